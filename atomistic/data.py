@@ -1,0 +1,408 @@
+"""Datasets: ingestion of ASE-readable files, validation, content keys and Zarr storage.
+
+A :class:`Dataset` holds structures as flat per-atom arrays plus offsets (DESIGN.md): the atoms
+of structure ``s`` are rows ``offsets[s]:offsets[s + 1]``. Units are Å and eV (forces eV/Å).
+
+Its key is the sha256 of the canonical arrays (numbers, positions, cell, pbc, offsets, energy,
+forces) and a format version: it depends on content only, never on file names or times.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ase.io
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.data import chemical_symbols
+from ase.neighborlist import neighbor_list
+
+from atomistic.storage import Store, content_hash
+
+__all__ = [
+    "DataError",
+    "Dataset",
+    "read_structures",
+    "load_files",
+    "write_dataset",
+    "read_dataset",
+    "make_split",
+    "read_split",
+    "split_id",
+    "SPLIT_NAMES",
+]
+
+FORMAT_VERSION = 1
+MIN_DISTANCE = 0.1  # Å; closer atoms are an input error
+SPLIT_NAMES = ("train", "validation", "test")
+_ARRAYS = ("numbers", "positions", "cell", "pbc", "offsets", "energy", "forces")
+
+
+class DataError(ValueError):
+    """Bad input; the message names the file and, where there is one, the structure index."""
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Structures as flat arrays.
+
+    numbers (n_atoms,) int64; positions (n_atoms, 3) float64, Å; cell (n_structures, 3, 3)
+    float64, Å; pbc (n_structures, 3) bool; offsets (n_structures + 1,) int64;
+    energy (n_structures,) float64 eV or None; forces (n_atoms, 3) float64 eV/Å or None.
+    ``sources`` lists the files read, each {"path", "sha256", "structures"} (not part of the key).
+    """
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    offsets: np.ndarray
+    energy: np.ndarray | None = None
+    forces: np.ndarray | None = None
+    sources: tuple[dict[str, Any], ...] = field(default=())
+
+    @property
+    def n_structures(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def elements(self) -> tuple[str, ...]:
+        """Chemical symbols present, ordered by atomic number."""
+        return tuple(chemical_symbols[z] for z in np.unique(self.numbers))
+
+    @property
+    def atoms_per_structure(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def batch(self) -> np.ndarray:
+        """Structure index of every atom, (n_atoms,) int64."""
+        return np.repeat(np.arange(self.n_structures), self.atoms_per_structure)
+
+    @property
+    def key(self) -> str:
+        cached = self.__dict__.get("_key")
+        if cached is None:
+            cached = content_hash(
+                "atompipe-dataset",
+                FORMAT_VERSION,
+                *(getattr(self, name) for name in _ARRAYS),
+            )
+            object.__setattr__(self, "_key", cached)
+        return cached
+
+    def __len__(self) -> int:
+        return self.n_structures
+
+    # -- conversions ---------------------------------------------------------------------
+    @classmethod
+    def from_atoms(
+        cls, images: Sequence[Atoms], *, source: str = "<atoms>", require_energy: bool = False
+    ) -> Dataset:
+        """Validate and pack ASE structures (labels from their calculators, if any)."""
+        return _pack([(source, i, a) for i, a in enumerate(images)], require_energy)
+
+    def atoms(self, s: int) -> Atoms:
+        """Structure ``s`` as ase.Atoms with its labels in a SinglePointCalculator."""
+        lo, hi = self.offsets[s], self.offsets[s + 1]
+        atoms = Atoms(
+            numbers=self.numbers[lo:hi],
+            positions=self.positions[lo:hi],
+            cell=self.cell[s],
+            pbc=self.pbc[s],
+        )
+        results: dict[str, Any] = {}
+        if self.energy is not None:
+            results["energy"] = float(self.energy[s])
+        if self.forces is not None:
+            results["forces"] = self.forces[lo:hi].copy()
+        if results:
+            atoms.calc = SinglePointCalculator(atoms, **results)
+        return atoms
+
+    def to_atoms(self) -> list[Atoms]:
+        return [self.atoms(s) for s in range(self.n_structures)]
+
+    def subset(self, indices: Iterable[int]) -> Dataset:
+        """The structures ``indices``, in that order."""
+        idx = np.asarray(list(indices), dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_structures):
+            raise IndexError(f"structure index out of range 0..{self.n_structures - 1}")
+        counts = self.atoms_per_structure[idx]
+        rows = (
+            np.concatenate([np.arange(self.offsets[s], self.offsets[s + 1]) for s in idx])
+            if idx.size
+            else np.zeros(0, dtype=np.int64)
+        )
+        return Dataset(
+            numbers=self.numbers[rows],
+            positions=self.positions[rows],
+            cell=self.cell[idx],
+            pbc=self.pbc[idx],
+            offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            energy=None if self.energy is None else self.energy[idx],
+            forces=None if self.forces is None else self.forces[rows],
+            sources=self.sources,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and label statistics, JSON-able."""
+        n = self.atoms_per_structure
+        out: dict[str, Any] = {
+            "key": self.key,
+            "structures": self.n_structures,
+            "atoms": self.n_atoms,
+            "atoms_per_structure": [int(n.min()), int(n.max())] if n.size else [0, 0],
+            "elements": list(self.elements),
+            "periodic": int(self.pbc.any(axis=1).sum()),
+        }
+        if self.energy is not None:
+            e = self.energy / n
+            out["energy_per_atom_eV"] = {
+                "min": float(e.min()), "max": float(e.max()),
+                "mean": float(e.mean()), "std": float(e.std()),
+            }
+        if self.forces is not None:
+            f = np.abs(self.forces)
+            out["force_component_eV_per_A"] = {
+                "mean_abs": float(f.mean()), "max_abs": float(f.max()),
+            }
+        return out
+
+
+# -- reading files ---------------------------------------------------------------------------
+def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
+            if not found:
+                raise DataError(f"{p}: folder holds no files")
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
+            matches = [m for m in matches if m.is_file()]
+            if not matches:
+                raise DataError(f"{p}: no such file, folder or matching glob")
+            files.extend(matches)
+    return files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_structures(path: str | Path, format: str | None = None) -> list[Atoms]:
+    """All structures of one ASE-readable file; errors name the file."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file")
+    try:
+        images = ase.io.read(path, index=":", format=format)
+    except (KeyError, ValueError) as exc:
+        msg = str(exc).strip("'\"")
+        if isinstance(exc, KeyError) and msg and msg[0].isalpha() and len(msg) <= 3:
+            raise DataError(f"{path}: unknown chemical symbol {msg!r}") from exc
+        raise DataError(f"{path}: cannot read as a structure file ({exc})") from exc
+    except Exception as exc:  # ase raises many types for unknown formats
+        raise DataError(f"{path}: cannot read as a structure file ({type(exc).__name__}: {exc})") from exc
+    if isinstance(images, Atoms):
+        images = [images]
+    if not images:
+        raise DataError(f"{path}: no structures in file")
+    return list(images)
+
+
+def load_files(
+    paths: Iterable[str | Path], *, require_energy: bool = True, format: str | None = None
+) -> Dataset:
+    """Read and validate files, globs or folders into one Dataset (structures in file order).
+
+    ``require_energy=False`` accepts unlabelled structures (prediction-only sets).
+    """
+    records: list[tuple[str, int, Atoms]] = []
+    sources = []
+    for path in _expand(paths):
+        images = read_structures(path, format=format)
+        records.extend((str(path), i, a) for i, a in enumerate(images))
+        sources.append({"path": str(path), "sha256": _sha256(path), "structures": len(images)})
+    if not records:
+        raise DataError("no structures given")
+    ds = _pack(records, require_energy)
+    return Dataset(**{**ds.__dict__, "sources": tuple(sources)})
+
+
+def _labels(atoms: Atoms) -> tuple[float | None, np.ndarray | None]:
+    results = atoms.calc.results if atoms.calc is not None else {}
+    energy = results.get("energy", atoms.info.get("energy"))
+    forces = results.get("forces", atoms.arrays.get("forces"))
+    return energy, forces
+
+
+def _validate(where: str, atoms: Atoms, energy: Any, forces: Any) -> None:
+    numbers = atoms.numbers
+    if len(numbers) == 0:
+        raise DataError(f"{where}: structure has no atoms")
+    bad = [int(z) for z in numbers if z <= 0 or z >= len(chemical_symbols)]
+    if bad:
+        raise DataError(f"{where}: unknown chemical element (atomic number {bad[0]})")
+    if not np.isfinite(atoms.positions).all():
+        raise DataError(f"{where}: positions contain NaN or inf")
+    cell = atoms.cell.array
+    if not np.isfinite(cell).all():
+        raise DataError(f"{where}: cell contains NaN or inf")
+    for axis in range(3):
+        if atoms.pbc[axis] and np.linalg.norm(cell[axis]) == 0.0:
+            raise DataError(f"{where}: pbc is True along axis {axis} but cell vector {axis} is zero")
+    if energy is not None and not math.isfinite(float(energy)):
+        raise DataError(f"{where}: energy is NaN or inf")
+    if forces is not None:
+        forces = np.asarray(forces)
+        if forces.shape != (len(atoms), 3):
+            raise DataError(
+                f"{where}: forces have shape {forces.shape}, expected ({len(atoms)}, 3)"
+            )
+        if not np.isfinite(forces).all():
+            raise DataError(f"{where}: forces contain NaN or inf")
+    if len(atoms) > 1 or atoms.pbc.any():
+        i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE, self_interaction=False)
+        if len(d):
+            k = int(np.argmin(d))
+            raise DataError(
+                f"{where}: atoms {i[k]} and {j[k]} are {d[k]:.3g} Å apart "
+                f"(closer than {MIN_DISTANCE} Å)"
+            )
+
+
+def _pack(records: Sequence[tuple[str, int, Atoms]], require_energy: bool) -> Dataset:
+    if not records:
+        raise DataError("no structures given")
+    energies, forces_list = [], []
+    for source, index, atoms in records:
+        where = f"{source}, structure {index}"
+        e, f = _labels(atoms)
+        _validate(where, atoms, e, f)
+        if e is None and require_energy:
+            raise DataError(f"{where}: no energy label (training needs energies)")
+        energies.append(e)
+        forces_list.append(f)
+    have_e = [e is not None for e in energies]
+    if any(have_e) and not all(have_e):
+        s, i, _ = records[have_e.index(False)]
+        raise DataError(f"{s}, structure {i}: no energy label while other structures have one")
+    have_f = [f is not None for f in forces_list]
+    if any(have_f) and not all(have_f):
+        s, i, _ = records[have_f.index(False)]
+        raise DataError(f"{s}, structure {i}: no forces while other structures have them")
+    counts = [len(a) for _, _, a in records]
+    return Dataset(
+        numbers=np.concatenate([a.numbers for _, _, a in records]).astype(np.int64),
+        positions=np.concatenate([a.positions for _, _, a in records]).astype(np.float64),
+        cell=np.stack([a.cell.array for _, _, a in records]).astype(np.float64),
+        pbc=np.stack([a.pbc for _, _, a in records]).astype(bool),
+        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        energy=np.asarray(energies, dtype=np.float64) if all(have_e) else None,
+        forces=np.concatenate(forces_list).astype(np.float64) if all(have_f) else None,
+    )
+
+
+# -- splits ----------------------------------------------------------------------------------
+def make_split(
+    n_structures: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, np.ndarray]:
+    """A seeded random split by structure: {"train", "validation", "test"} -> sorted indices."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1):
+        raise ValueError(f"split fractions {tuple(fractions)} must be three non-negative numbers summing to 1")
+    perm = np.random.default_rng(seed).permutation(n_structures)
+    n_train = int(round(fractions[0] * n_structures))
+    n_val = int(round(fractions[1] * n_structures))
+    parts = np.split(perm, [n_train, n_train + n_val])
+    return {name: np.sort(p).astype(np.int64) for name, p in zip(SPLIT_NAMES, parts, strict=True)}
+
+
+def split_id(fractions: Sequence[float], seed: int) -> str:
+    return "seed{}-{}".format(seed, "-".join(f"{f:g}" for f in fractions))
+
+
+# -- storage ---------------------------------------------------------------------------------
+def write_dataset(
+    ds: Dataset,
+    store: Store | str,
+    *,
+    split: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+) -> tuple[str, bool]:
+    """Store ``ds`` under ``datasets/<key>`` with its default split; returns (key, written).
+
+    Content already present is found by its key and nothing is written.
+    """
+    store = store if isinstance(store, Store) else Store(store)
+    key = ds.key
+    if store.has("datasets", key):
+        return key, False
+    with store.writing("datasets", key) as group:
+        for name in _ARRAYS:
+            arr = getattr(ds, name)
+            if arr is not None:
+                group.create_array(name, data=arr, chunks=arr.shape or (1,))
+        parts = make_split(ds.n_structures, split, seed)
+        sid = split_id(split, seed)
+        for name, idx in parts.items():
+            group.create_array(f"splits/{sid}/{name}", data=idx, chunks=(max(len(idx), 1),))
+        group.attrs.update(
+            {
+                "format_version": FORMAT_VERSION,
+                "units": {"positions": "Å", "energy": "eV", "forces": "eV/Å"},
+                "elements": list(ds.elements),
+                "sources": list(ds.sources),
+                "summary": ds.summary(),
+                "default_split": sid,
+            }
+        )
+    return key, True
+
+
+def read_dataset(store: Store | str, key: str) -> Dataset:
+    """The Dataset stored under ``datasets/<key>``."""
+    store = store if isinstance(store, Store) else Store(store)
+    group = store.open("datasets", key)
+    arrays = {name: (group[name][...] if name in group else None) for name in _ARRAYS}
+    return Dataset(**arrays, sources=tuple(group.attrs.get("sources", ())))
+
+
+def read_split(
+    store: Store | str,
+    key: str,
+    fractions: Sequence[float] | None = None,
+    seed: int | None = None,
+) -> dict[str, np.ndarray]:
+    """The stored split (the default one when no fractions/seed are given); made if absent."""
+    store = store if isinstance(store, Store) else Store(store)
+    group = store.open("datasets", key)
+    if fractions is None and seed is None:
+        sid = group.attrs["default_split"]
+    else:
+        sid = split_id(fractions or (0.8, 0.1, 0.1), 0 if seed is None else seed)
+    path = f"splits/{sid}"
+    if path in group:
+        return {name: group[f"{path}/{name}"][...] for name in SPLIT_NAMES}
+    n = len(group["offsets"]) - 1
+    return make_split(n, fractions or (0.8, 0.1, 0.1), 0 if seed is None else seed)

@@ -1,0 +1,165 @@
+"""The Zarr v3 store: content-addressed groups, published only once complete.
+
+Layout (DESIGN.md): ``<store>/<kind>/<key>/`` with ``kind`` in ``datasets``, ``features``,
+``latent``. A group is *complete* when its ``complete`` attribute is true; readers ignore
+anything else. On a local store a new group is written under ``<store>/.staging/`` and moved
+into place with one ``os.rename`` (atomic on POSIX), so a crash or a concurrent writer can
+never leave a torn group behind; on an object store (any fsspec URL) the group is written in
+place and the ``complete`` flag is set last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+__all__ = ["Store", "content_hash", "StoreError"]
+
+KINDS = ("datasets", "features", "latent")
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be opened or written; the message names the store and the key."""
+
+
+def content_hash(*parts: Any) -> str:
+    """sha256 (hex) of a sequence of numpy arrays, strings and JSON-able objects.
+
+    Arrays contribute their dtype, shape and little-endian bytes, so equal content gives an
+    equal key whatever the file it came from.
+    """
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            a = np.ascontiguousarray(part)
+            a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+            h.update(f"ndarray:{a.dtype.str}:{a.shape}".encode())
+            h.update(a.tobytes())
+        elif part is None:
+            h.update(b"none")
+        else:
+            h.update(b"json:" + json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _local_path(url: str) -> Path | None:
+    if url.startswith("file://"):
+        return Path(url[len("file://") :])
+    if "://" in url:
+        return None
+    return Path(url)
+
+
+class Store:
+    """A Zarr v3 store at a local path or any fsspec URL (``s3://bucket/atompipe.zarr``)."""
+
+    def __init__(self, url: str | os.PathLike[str]) -> None:
+        self.url = str(url)
+        self.path = _local_path(self.url)
+        try:
+            if self.path is not None:
+                self.path.mkdir(parents=True, exist_ok=True)
+            self.root = zarr.open_group(self.url, mode="a")
+        except OSError as exc:
+            raise StoreError(f"cannot open the store {self.url}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # -- reading -------------------------------------------------------------------------
+    def has(self, kind: str, key: str) -> bool:
+        """True when ``<kind>/<key>`` exists and is complete."""
+        group = self._get(kind, key)
+        return group is not None and bool(group.attrs.get("complete", False))
+
+    def _get(self, kind: str, key: str) -> zarr.Group | None:
+        self._check_kind(kind)
+        try:
+            node = zarr.open_group(self.url, mode="r", path=f"{kind}/{key}")
+        except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
+            return None
+        return node
+
+    def open(self, kind: str, key: str) -> zarr.Group:
+        """The complete group ``<kind>/<key>`` (read-only); a clear error when absent."""
+        group = self._get(kind, key)
+        if group is None or not group.attrs.get("complete", False):
+            raise KeyError(f"{self.url}: no complete {kind} entry with key {key}")
+        return group
+
+    def keys(self, kind: str) -> list[str]:
+        """Keys of the complete groups of one kind."""
+        self._check_kind(kind)
+        if kind not in self.root:
+            return []
+        return sorted(k for k in self.root[kind].group_keys() if self.has(kind, k))
+
+    # -- writing -------------------------------------------------------------------------
+    @contextmanager
+    def writing(self, kind: str, key: str) -> Iterator[zarr.Group]:
+        """Write a new group and publish it on a clean exit; discard it on an error.
+
+        Yields the group to fill. If another writer published the same key meanwhile, this
+        writer's copy is dropped (same key means same content).
+        """
+        self._check_kind(kind)
+        if self.path is None:
+            group = self.root.require_group(f"{kind}/{key}")
+            try:
+                yield group
+            except BaseException:
+                del self.root[f"{kind}/{key}"]
+                raise
+            group.attrs["complete"] = True
+            return
+        staging = f".staging/{kind}-{key[:16]}-{uuid.uuid4().hex}"
+        group = self.root.require_group(staging)
+        try:
+            yield group
+            group.attrs["complete"] = True
+            target = self.path / kind / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._ensure_parent_group(kind)
+            try:
+                os.rename(self.path / staging, target)
+            except OSError:
+                if not self.has(kind, key):
+                    raise
+        finally:
+            shutil.rmtree(self.path / staging, ignore_errors=True)
+
+    def require(self, kind: str, key: str) -> zarr.Group:
+        """An in-place group for resumable, chunk-by-chunk writing (features, latent).
+
+        The caller marks it complete with :meth:`mark_complete` once every chunk is written.
+        """
+        self._check_kind(kind)
+        return self.root.require_group(f"{kind}/{key}")
+
+    def mark_complete(self, kind: str, key: str) -> None:
+        self.root[f"{kind}/{key}"].attrs["complete"] = True
+
+    def delete(self, kind: str, key: str) -> None:
+        self._check_kind(kind)
+        if f"{kind}/{key}" in self.root:
+            del self.root[f"{kind}/{key}"]
+
+    def _ensure_parent_group(self, kind: str) -> None:
+        if kind not in self.root:
+            self.root.require_group(kind)
+
+    @staticmethod
+    def _check_kind(kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown store section {kind!r}; expected one of {KINDS}")
