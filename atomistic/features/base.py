@@ -1,0 +1,343 @@
+"""The featurizer base: element bookkeeping, neighbour lists, and the vectorized sums over pairs
+and triplets that every symmetry-function featurizer shares.
+
+A featurizer holds one radial term and (optionally) one angular term
+(:mod:`atomistic.features.terms`). ``forward`` sums them over neighbours, resolved by the
+neighbour's element (radial) and by the unordered pair of neighbour elements (angular), with
+index tensors and ``index_add_``/``bmm``; no Python loop runs over atoms. Distances are recomputed
+in torch from positions and cells, so gradients reach both (forces, stress).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from ase.data import atomic_numbers, chemical_symbols
+from torch import Tensor
+
+from ..neighbors import NeighborList, batch_neighbor_list
+from .terms import AngularTerm, RadialTerm, Triplets
+
+__all__ = ["Featurizer", "featurizer_from_params"]
+
+_REGISTRY: dict[str, type[Featurizer]] = {}
+
+# elements of a dense triplet block (centres x triplets x columns) per chunk
+_TRIPLET_BUDGET = 1 << 20
+# atoms per forward call in featurize_arrays (bounds memory; structures are never split)
+_ATOMS_PER_CALL = 8192
+
+
+def _normalize_elements(elements: Iterable[Any]) -> tuple[str, ...]:
+    numbers = set()
+    for e in elements:
+        if isinstance(e, str):
+            if e not in atomic_numbers:
+                raise ValueError(f"unknown element {e!r}")
+            numbers.add(atomic_numbers[e])
+        else:
+            numbers.add(int(e))
+    return tuple(chemical_symbols[z] for z in sorted(numbers))
+
+
+class Featurizer(torch.nn.Module):
+    """Base class of atom-centred featurizers (subclasses: Gaussian, AEV).
+
+    Subclasses set ``self.radial`` (a RadialTerm), ``self.angular`` (an AngularTerm or None),
+    ``self.weighted`` and implement :meth:`get_params`.
+    """
+
+    name: ClassVar[str] = ""
+    radial: RadialTerm
+    angular: AngularTerm | None
+    weighted: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            _REGISTRY[cls.name] = cls
+
+    def __init__(self, elements: Iterable[Any] | None = None, weighted: bool = False) -> None:
+        super().__init__()
+        self.weighted = bool(weighted)
+        self.register_buffer("species_bin", torch.full((119,), -1, dtype=torch.long))
+        self.register_buffer("pair_bin", torch.zeros((1, 1), dtype=torch.long))
+        self.elements: tuple[str, ...] | None = None
+        if elements is not None:
+            self._set_elements(_normalize_elements(elements))
+
+    # -- elements ------------------------------------------------------------------------------
+    def _set_elements(self, elements: tuple[str, ...]) -> None:
+        if not elements:
+            raise ValueError("a featurizer needs at least one element")
+        self.elements = elements
+        species_bin = torch.full((119,), -1, dtype=torch.long)
+        for b, e in enumerate(elements):
+            species_bin[atomic_numbers[e]] = 0 if self.weighted else b
+        n = self.n_bins
+        pair_bin = torch.zeros((n, n), dtype=torch.long)
+        a, b = torch.triu_indices(n, n)
+        pair_bin[a, b] = pair_bin[b, a] = torch.arange(a.numel())
+        device = self.species_bin.device
+        self.species_bin, self.pair_bin = species_bin.to(device), pair_bin.to(device)
+
+    def fit_elements(self, images_or_numbers: Any) -> Featurizer:
+        """Fix the element list from structures (ase.Atoms or a list of them) or atomic numbers
+        (an array, or a list of arrays). Returns ``self``."""
+        data = images_or_numbers
+        if hasattr(data, "get_atomic_numbers"):
+            data = [data]
+        numbers: set[int] = set()
+        if isinstance(data, np.ndarray | torch.Tensor):
+            numbers.update(int(z) for z in np.unique(np.asarray(data)))
+        else:
+            for item in data:
+                if hasattr(item, "get_atomic_numbers"):
+                    numbers.update(int(z) for z in np.unique(item.get_atomic_numbers()))
+                elif isinstance(item, str):
+                    numbers.add(atomic_numbers[item])
+                else:
+                    numbers.update(int(z) for z in np.unique(np.asarray(item)))
+        self._set_elements(_normalize_elements(numbers))
+        return self
+
+    def _require_elements(self) -> tuple[str, ...]:
+        if self.elements is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no elements yet: pass elements=... or call fit_elements"
+            )
+        return self.elements
+
+    @property
+    def n_bins(self) -> int:
+        return 1 if self.weighted else len(self._require_elements())
+
+    @property
+    def n_pairs(self) -> int:
+        return self.n_bins * (self.n_bins + 1) // 2
+
+    # -- columns -------------------------------------------------------------------------------
+    @property
+    def cutoff(self) -> float:
+        """The largest cutoff of all terms, Å (neighbour lists are built with it)."""
+        return max(self.radial.cutoff, self.angular.cutoff if self.angular is not None else 0.0)
+
+    @property
+    def n_features(self) -> int:
+        angular = self.angular.n_features * self.n_pairs if self.angular is not None else 0
+        return self.radial.n_features * self.n_bins + angular
+
+    @property
+    def labels(self) -> list[dict]:
+        """One dict per column: term, elements (neighbour element(s)), and the term's constants."""
+        elements = self._require_elements()
+        bins: list[tuple[str, ...]] = [()] if self.weighted else [(e,) for e in elements]
+        extra = {"weighted": True} if self.weighted else {}
+        out = [{"term": self.radial.term, "elements": b, **p, **extra}
+               for b in bins for p in self.radial.label_params()]
+        if self.angular is not None:
+            n = len(bins)
+            pairs = [bins[a] + bins[b] for a in range(n) for b in range(a, n)]
+            out += [{"term": self.angular.term, "elements": pr, **p, **extra}
+                    for pr in pairs for p in self.angular.label_params()]
+        return out
+
+    def get_params(self) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- batches of structures -----------------------------------------------------------------
+    def _check_numbers(self, numbers: np.ndarray, offsets: np.ndarray | None = None) -> None:
+        bins = self.species_bin.cpu().numpy()[np.asarray(numbers)]
+        if (bins < 0).any():
+            k = int(np.flatnonzero(bins < 0)[0])
+            z = int(numbers[k])
+            where = ""
+            if offsets is not None:
+                where = f" in structure {int(np.searchsorted(offsets, k, side='right')) - 1}"
+            raise ValueError(
+                f"element {chemical_symbols[z]} (Z={z}){where} is not in this featurizer's "
+                f"elements {self.elements}"
+            )
+
+    def neighbors(self, numbers, positions, cells, pbcs, offsets) -> NeighborList:
+        """Full neighbour list of a flat ragged batch at :attr:`cutoff` (numpy, no gradients).
+
+        Shapes: numbers (N,), positions (N, 3) Å, cells (S, 3, 3) Å, pbcs (S, 3), offsets (S+1,).
+        """
+        return batch_neighbor_list(positions, cells, pbcs, offsets, self.cutoff)
+
+    def featurize_arrays(self, numbers, positions, cells, pbcs, offsets) -> np.ndarray:
+        """Features of a flat ragged batch: (N, n_features) float64 numpy array, unscaled.
+
+        Shapes as :meth:`neighbors`. Structures are processed together, many per forward call.
+        """
+        numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+        positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+        cells = np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)
+        pbcs = np.asarray(pbcs, dtype=bool).reshape(-1, 3)
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        if self.elements is None:
+            self.fit_elements(numbers)
+        self._check_numbers(numbers, offsets)
+        out = np.zeros((len(numbers), self.n_features), dtype=np.float64)
+        s = 0
+        while s < len(cells):
+            e = int(np.searchsorted(offsets, offsets[s] + _ATOMS_PER_CALL, side="right")) - 1
+            e = min(max(e, s + 1), len(cells))
+            a, b = offsets[s], offsets[e]
+            sub = offsets[s : e + 1] - a
+            nl = self.neighbors(numbers[a:b], positions[a:b], cells[s:e], pbcs[s:e], sub)
+            batch = np.repeat(np.arange(e - s), np.diff(sub))
+            with torch.no_grad():
+                x = self.forward(
+                    torch.from_numpy(numbers[a:b]),
+                    torch.from_numpy(positions[a:b]),
+                    torch.from_numpy(cells[s:e]),
+                    torch.from_numpy(batch),
+                    nl,
+                )
+            out[a:b] = x.numpy()
+            s = e
+        return out
+
+    def featurize(self, images: Any) -> list[np.ndarray]:
+        """Features of ase.Atoms structures: a list of (n_atoms_i, n_features) float64 arrays."""
+        if hasattr(images, "get_atomic_numbers"):
+            images = [images]
+        images = list(images)
+        if not images:
+            return []
+        if self.elements is None:
+            self.fit_elements(images)
+        sizes = np.array([len(a) for a in images])
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        x = self.featurize_arrays(
+            np.concatenate([a.numbers for a in images]),
+            np.concatenate([a.positions for a in images]),
+            np.stack([a.cell.array for a in images]),
+            np.stack([a.pbc for a in images]),
+            offsets,
+        )
+        return np.split(x, offsets[1:-1])
+
+    # -- the computation -----------------------------------------------------------------------
+    def forward(
+        self, numbers: Tensor, positions: Tensor, cells: Tensor, batch: Tensor, nl: NeighborList
+    ) -> Tensor:
+        """Features, shape (N, n_features), dtype of ``positions``.
+
+        Args:
+            numbers: (N,) atomic numbers (long).
+            positions: (N, 3) Å.
+            cells: (S, 3, 3) Å, one cell per structure (rows are lattice vectors).
+            batch: (N,) structure index of each atom.
+            nl: neighbour list (from :meth:`neighbors`), indices into the N atoms.
+        """
+        self._require_elements()
+        n_atoms, device = positions.shape[0], positions.device
+        bins = self.species_bin[numbers]
+        if bool((bins < 0).any()):
+            k = int(torch.nonzero(bins < 0)[0, 0])
+            z = int(numbers[k])
+            raise ValueError(
+                f"element {chemical_symbols[z]} (Z={z}) in structure {int(batch[k])} is not in "
+                f"this featurizer's elements {self.elements}"
+            )
+        nl = nl.to_torch(device)
+        i, j, shifts = nl.i, nl.j, nl.shifts
+        if i.numel() > 1 and not bool((i[1:] >= i[:-1]).all()):
+            order = torch.argsort(i, stable=True)
+            i, j, shifts = i[order], j[order], shifts[order]
+        offset = torch.einsum("pa,pab->pb", shifts.to(positions.dtype), cells[batch[i]])
+        vectors = positions[j] - positions[i] + offset  # shape (pairs, 3)
+        distances = vectors.norm(dim=-1)  # shape (pairs,)
+        weights = numbers.to(positions.dtype) if self.weighted else None
+
+        keep = torch.nonzero(distances < self.radial.cutoff).squeeze(-1)
+        ir, jr, rr = i[keep], j[keep], distances[keep]
+        terms = self.radial(rr)  # shape (pairs, F_r)
+        if weights is not None:
+            terms = terms * weights[jr].unsqueeze(-1)
+        nb = self.n_bins
+        radial = terms.new_zeros((n_atoms * nb, terms.shape[1]))
+        radial = radial.index_add_(0, ir * nb + bins[jr], terms).reshape(n_atoms, -1)
+        if self.angular is None:
+            return radial
+
+        keep = torch.nonzero(distances < self.angular.cutoff).squeeze(-1)
+        ia, ja = i[keep], j[keep]
+        factors = self.angular.pair_factor(distances[keep])  # shape (pairs, a)
+        if weights is not None:
+            factors = factors * weights[ja].unsqueeze(-1)
+        args = (ia, vectors[keep], distances[keep], factors, bins[ja], n_atoms)
+        if self.angular.separable:
+            angular = self._angular_moments(*args)
+        else:
+            angular = self._angular_triplets(*args)
+        return torch.cat([radial, angular.reshape(n_atoms, -1)], dim=1)
+
+    def _angular_moments(self, i, vectors, distances, factors, nbins_j, n_atoms) -> Tensor:
+        """Separable angular sums (G4, integer zeta) from per-atom tensor moments, O(pairs):
+        sum_{j<k} g_j g_k (u_j . u_k)^p = 1/2 (|sum_j g_j u_j^(x)p|^2 - sum_j g_j^2) per element."""
+        term = self.angular
+        nb, a = self.n_bins, factors.shape[1]
+        mono = term.pair_monomials(vectors / distances.unsqueeze(-1))  # shape (pairs, M)
+        moments = factors.unsqueeze(-1) * mono.unsqueeze(1)  # shape (pairs, a, M)
+        moments = torch.cat([moments, (factors * factors).unsqueeze(-1)], dim=-1)
+        total = moments.new_zeros((n_atoms * nb,) + moments.shape[1:])
+        total = total.index_add_(0, i * nb + nbins_j, moments).reshape(n_atoms, nb, a, -1)
+        left, right = torch.triu_indices(nb, nb, device=vectors.device)
+        tl, tr = total[:, left], total[:, right]  # shape (N, n_pairs, a, M + 1)
+        sums = term.moment_products(tl[..., :-1], tr[..., :-1])  # shape (N, n_pairs, a, P)
+        diag = (left == right).view(1, -1, 1, 1)
+        sums = torch.where(diag, 0.5 * (sums - tl[..., -1:]), sums)
+        return term.combine(sums)
+
+    def _angular_triplets(self, i, vectors, distances, factors, nbins_j, n_atoms) -> Tensor:
+        """Angular sums over explicit triplets {j, k} of each centre, padded per block of centres
+        to m neighbour slots; only neighbours within the angular cutoff take part."""
+        term = self.angular
+        counts = torch.bincount(i, minlength=n_atoms)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(i.numel(), device=i.device) - starts[i]
+        counts_np = counts.cpu().numpy()
+        npairs, a = self.n_pairs, factors.shape[1]
+        m_max = int(counts_np.max()) if n_atoms else 0
+        width = max(a * npairs, 8) + 8
+        per_chunk = max(1, _TRIPLET_BUDGET // max(1, m_max * (m_max - 1) // 2 * width))
+        blocks = []
+        for c0 in range(0, n_atoms, per_chunk):
+            c1 = min(n_atoms, c0 + per_chunk)
+            n, m = c1 - c0, int(counts_np[c0:c1].max())
+            p0 = int(starts[c0])
+            p1 = p0 + int(counts_np[c0:c1].sum())
+            if m < 2:
+                blocks.append(factors.new_zeros((n, npairs * term.n_features)))
+                continue
+            flat = (i[p0:p1] - c0) * m + slot[p0:p1]
+            dense_v = vectors.new_zeros((n * m, 3)).index_put((flat,), vectors[p0:p1])
+            dense_r = distances.new_ones(n * m).index_put((flat,), distances[p0:p1])
+            dense_g = factors.new_zeros((n * m, a)).index_put((flat,), factors[p0:p1])
+            tri = Triplets(dense_v.view(n, m, 3), dense_r.view(n, m), dense_g.view(n, m, a))
+            radial, angular = term(tri)  # shapes (n, T, a), (n, T, b)
+            if npairs > 1:
+                dense_b = nbins_j.new_zeros(n * m).index_put((flat,), nbins_j[p0:p1]).view(n, m)
+                pair = self.pair_bin[dense_b[:, tri.tj], dense_b[:, tri.tk]]  # shape (n, T)
+                onehot = torch.nn.functional.one_hot(pair, npairs).to(radial.dtype)
+                radial = (onehot.unsqueeze(-1) * radial.unsqueeze(-2)).flatten(-2)
+            sums = torch.bmm(radial.transpose(1, 2), angular)  # shape (n, n_pairs * a, b)
+            sums = sums.view(n, npairs, a, -1)
+            blocks.append(term.combine(sums).reshape(n, -1))
+        if not blocks:
+            return factors.new_zeros((0, npairs * term.n_features))
+        return torch.cat(blocks, dim=0)
+
+
+def featurizer_from_params(name: str, params: dict) -> Featurizer:
+    """Rebuild a featurizer from its ``name`` and :meth:`Featurizer.get_params`."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown featurizer {name!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](**params)

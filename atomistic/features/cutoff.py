@@ -1,0 +1,39 @@
+"""Cutoff functions: smooth switches f_c(r) that go to zero at the cutoff radius.
+
+A new cutoff overrides :meth:`Cutoff.compute`; the base class zeroes it beyond the radius.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["Cutoff", "CosineCutoff"]
+
+
+class Cutoff(torch.nn.Module):
+    """Base class: ``forward(r) = compute(r)`` for r < R_c, 0 beyond (value and gradient)."""
+
+    def __init__(self, cutoff: float) -> None:
+        super().__init__()
+        self.cutoff = float(cutoff)
+
+    def forward(self, r: Tensor) -> Tensor:
+        """r: distances, any shape, Å -> f_c(r), same shape."""
+        return torch.where(r < self.cutoff, self.compute(r), torch.zeros_like(r))
+
+    def compute(self, r: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"cutoff={self.cutoff}"
+
+
+class CosineCutoff(Cutoff):
+    """Behler's cosine cutoff, f_c(r) = 0.5 (1 + cos(pi r / R_c)) (Behler, JCP 134, 074106 (2011),
+    eq. 4)."""
+
+    def compute(self, r: Tensor) -> Tensor:
+        return 0.5 * torch.cos(r * (math.pi / self.cutoff)) + 0.5

@@ -1,0 +1,143 @@
+"""Gaussian (Behler-Parrinello) atom-centred symmetry functions, ML4Chem's ``Gaussian``.
+
+J. Behler, J. Chem. Phys. 134, 074106 (2011); weighted variant (wACSF): M. Gastegger et al.,
+J. Chem. Phys. 148, 241709 (2018). Exact conventions: /work/shared/FEATURES.md ("Gaussian").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from .base import Featurizer
+from .terms import BehlerAngular, BehlerRadial
+
+__all__ = ["Gaussian"]
+
+DEFAULT_G2 = {"etas": [float(e) for e in np.logspace(np.log10(0.05), np.log10(5.0), 4)],
+              "Rs": [0.0]}
+DEFAULT_ANGULAR = {"etas": [0.005], "zetas": [1, 4], "gammas": [1.0, -1.0]}
+
+
+def _as_list(values: Any, key: str) -> list:
+    values = list(np.atleast_1d(np.asarray(values, dtype=float)).tolist())
+    if not values:
+        raise ValueError(f"custom {key!r} is empty")
+    return values
+
+
+def _resolve_custom(custom: dict | None, angular_type: str) -> dict:
+    """Full parameter sets {"G2": {etas, Rs}, angular_type: {etas, zetas, gammas}}."""
+    custom = dict(custom or {})
+    unknown = set(custom) - {"G2", "G3", "G4"}
+    if unknown:
+        raise ValueError(f"unknown custom key(s) {sorted(unknown)}; expected 'G2', 'G3' or 'G4'")
+    other = "G4" if angular_type == "G3" else "G3"
+    if other in custom:
+        raise ValueError(f"custom has {other!r} parameters but angular_type is {angular_type!r}")
+    g2 = dict(custom.get("G2") or {})
+    bad = set(g2) - {"etas", "Rs"}
+    if bad:
+        raise ValueError(f"unknown key(s) {sorted(bad)} in custom['G2']; expected 'etas', 'Rs'")
+    ang = dict(custom.get(angular_type) or {})
+    if "lambdas" in ang:
+        if "gammas" in ang:
+            raise ValueError(f"custom[{angular_type!r}] has both 'gammas' and 'lambdas'")
+        ang["gammas"] = ang.pop("lambdas")
+    bad = set(ang) - {"etas", "zetas", "gammas"}
+    if bad:
+        raise ValueError(
+            f"unknown key(s) {sorted(bad)} in custom[{angular_type!r}]; "
+            "expected 'etas', 'zetas', 'gammas' (or 'lambdas')"
+        )
+    zetas = ang.get("zetas", DEFAULT_ANGULAR["zetas"])
+    zetas = [int(z) if float(z).is_integer() else float(z) for z in np.atleast_1d(zetas).tolist()]
+    return {
+        "G2": {
+            "etas": _as_list(g2.get("etas", DEFAULT_G2["etas"]), "etas"),
+            "Rs": _as_list(g2.get("Rs", [0.0]), "Rs"),
+        },
+        angular_type: {
+            "etas": _as_list(ang.get("etas", DEFAULT_ANGULAR["etas"]), "etas"),
+            "zetas": zetas,
+            "gammas": _as_list(ang.get("gammas", DEFAULT_ANGULAR["gammas"]), "gammas"),
+        },
+    }
+
+
+class Gaussian(Featurizer):
+    """Behler-Parrinello G2 radial and G3 or G4 angular symmetry functions.
+
+    * G2_i(eta, R_s) = sum_j exp(-eta (R_ij - R_s)^2 / R_c^2) f_c(R_ij)
+    * G3_i(eta, zeta, lambda) = 2^(1-zeta) sum_{j<k} (1 + lambda cos theta_ijk)^zeta
+      exp(-eta (R_ij^2 + R_ik^2 + R_jk^2) / R_c^2) f_c(R_ij) f_c(R_ik) f_c(R_jk)
+    * G4_i: G3 without the R_jk^2 term and without f_c(R_jk)
+
+    (the / R_c^2 only when ``normalized``; R_c is the cutoff of that term). Radial columns per
+    neighbour element, angular columns per unordered pair of neighbour elements; with
+    ``weighted=True`` (wACSF) terms are weighted by Z_j (Z_j Z_k) and not resolved by element.
+
+    Args:
+        cutoff: R_c in Å, a float or {"radial": r, "angular": r}.
+        normalized: divide the exponents by R_c^2.
+        angular_type: "G3" or "G4".
+        elements: symbols (or atomic numbers); None to fix them later (fit_elements/featurize).
+        custom: ML4Chem-style parameter sets, e.g. {"G2": {"etas": [...], "Rs": [...]},
+            "G3": {"etas": [...], "zetas": [...], "gammas": [...]}}; full product grids; a term
+            left out keeps the defaults (FEATURES.md).
+        weighted: wACSF.
+
+    Output of ``forward``/``featurize``: (n_atoms, n_features), dimensionless.
+    """
+
+    name = "gaussian"
+
+    def __init__(
+        self,
+        cutoff: float | dict = 6.5,
+        normalized: bool = True,
+        angular_type: str = "G3",
+        elements: Iterable[Any] | None = None,
+        custom: dict | None = None,
+        weighted: bool = False,
+    ) -> None:
+        if angular_type not in ("G3", "G4"):
+            raise ValueError(f"angular_type must be 'G3' or 'G4', not {angular_type!r}")
+        if isinstance(cutoff, dict):
+            bad = set(cutoff) - {"radial", "angular"}
+            if bad or len(cutoff) != 2:
+                raise ValueError("cutoff dict needs exactly the keys 'radial' and 'angular'")
+            rc_radial, rc_angular = float(cutoff["radial"]), float(cutoff["angular"])
+            self._cutoff_param: float | dict = {"radial": rc_radial, "angular": rc_angular}
+        else:
+            rc_radial = rc_angular = float(cutoff)
+            self._cutoff_param = float(cutoff)
+        if min(rc_radial, rc_angular) <= 0:
+            raise ValueError("cutoffs must be positive")
+        super().__init__(elements=elements, weighted=weighted)
+        self.normalized = bool(normalized)
+        self.angular_type = angular_type
+        self.params = _resolve_custom(custom, angular_type)
+        g2, ang = self.params["G2"], self.params[angular_type]
+        self.radial = BehlerRadial(rc_radial, g2["etas"], g2["Rs"], normalized=self.normalized)
+        self.angular = BehlerAngular(
+            rc_angular, ang["etas"], ang["zetas"], ang["gammas"],
+            normalized=self.normalized, include_jk=angular_type == "G3",
+        )
+
+    def get_params(self) -> dict:
+        """JSON-serialisable constructor arguments; ``Gaussian(**f.get_params())`` rebuilds f."""
+        cutoff = dict(self._cutoff_param) if isinstance(self._cutoff_param, dict) else self._cutoff_param
+        return {
+            "cutoff": cutoff,
+            "normalized": self.normalized,
+            "angular_type": self.angular_type,
+            "elements": list(self.elements) if self.elements is not None else None,
+            "custom": {k: {kk: list(vv) for kk, vv in v.items()} for k, v in self.params.items()},
+            "weighted": self.weighted,
+        }
+
+    def extra_repr(self) -> str:
+        return f"elements={self.elements}, n_features={self.n_features if self.elements else '?'}"

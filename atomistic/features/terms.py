@@ -1,0 +1,341 @@
+"""Radial (two-body) and angular (three-body) terms of symmetry-function featurizers.
+
+Terms only compute per-pair / per-triplet values; summing over neighbours and resolving by element
+is done once, for every term, by :class:`atomistic.features.base.Featurizer`. A new term overrides
+:meth:`RadialTerm.compute`, or :meth:`AngularTerm.forward` (and :meth:`AngularTerm.combine` when
+its per-triplet output is a factorised basis rather than the final columns).
+
+Units: distances in Å, eta in Å^-2 (or dimensionless when ``normalized``).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from itertools import product
+
+import torch
+from torch import Tensor
+
+from .cutoff import CosineCutoff, Cutoff
+
+__all__ = [
+    "Triplets",
+    "RadialTerm",
+    "AngularTerm",
+    "BehlerRadial",
+    "BehlerAngular",
+    "ANIRadial",
+    "ANIAngular",
+]
+
+
+def _buffer(values, dtype=torch.float64) -> Tensor:
+    return torch.as_tensor(values, dtype=dtype).reshape(-1)
+
+
+def _ipow(x: Tensor, n: int) -> Tensor:
+    """x**n for a non-negative integer n by repeated squaring (exact, cheap, autograd-friendly)."""
+    result, base = None, x
+    while n:
+        if n & 1:
+            result = base if result is None else result * base
+        n >>= 1
+        if n:
+            base = base * base
+    return torch.ones_like(x) if result is None else result
+
+
+class Triplets:
+    """Geometry of the unordered neighbour pairs {j, k} (j < k) of a block of centre atoms.
+
+    Neighbours are padded to ``m`` slots per centre (padding has ``g = 0`` so it contributes
+    nothing); ``T = m (m - 1) / 2``. Attributes are computed on first use.
+
+    Args:
+        vectors: (n, m, 3) r_ij, Å (zero in padding).
+        distances: (n, m) R_ij, Å (one in padding).
+        factors: (n, m, a) the angular term's per-neighbour factor (zero in padding).
+    """
+
+    def __init__(self, vectors: Tensor, distances: Tensor, factors: Tensor) -> None:
+        n, m, _ = vectors.shape
+        tj, tk = torch.triu_indices(m, m, 1, device=vectors.device)
+        self.vectors, self.distances, self.factors = vectors, distances, factors
+        self.tj, self.tk, self.flat = tj, tk, tj * m + tk
+
+    def _pairwise(self, a: Tensor, b: Tensor) -> Tensor:
+        n, m, _ = a.shape
+        return torch.bmm(a, b.transpose(1, 2)).reshape(n, m * m)[:, self.flat]
+
+    @cached_property
+    def cos(self) -> Tensor:
+        """cos theta_ijk, shape (n, T)."""
+        unit = self.vectors / self.distances.unsqueeze(-1)
+        return self._pairwise(unit, unit)
+
+    @cached_property
+    def r_j(self) -> Tensor:
+        """R_ij, shape (n, T)."""
+        return self.distances[:, self.tj]
+
+    @cached_property
+    def r_k(self) -> Tensor:
+        """R_ik, shape (n, T)."""
+        return self.distances[:, self.tk]
+
+    @cached_property
+    def g_j(self) -> Tensor:
+        """Per-neighbour factor of j, shape (n, T, a)."""
+        return self.factors[:, self.tj]
+
+    @cached_property
+    def g_k(self) -> Tensor:
+        """Per-neighbour factor of k, shape (n, T, a)."""
+        return self.factors[:, self.tk]
+
+    @cached_property
+    def r_jk2(self) -> Tensor:
+        """R_jk^2 = R_ij^2 + R_ik^2 - 2 r_ij . r_ik, shape (n, T), Å^2."""
+        squared = self.distances * self.distances
+        dots = self._pairwise(self.vectors, self.vectors)
+        return (squared[:, self.tj] + squared[:, self.tk] - 2.0 * dots).clamp_min(1e-12)
+
+
+class RadialTerm(torch.nn.Module):
+    """Base of two-body terms: ``forward(r) = compute(r) * f_c(r)``, shape (pairs, n_features)."""
+
+    term = "radial"
+
+    def __init__(self, cutoff: float, cutoff_fn: Cutoff | None = None) -> None:
+        super().__init__()
+        self.cutoff = float(cutoff)
+        self.cutoff_fn = cutoff_fn if cutoff_fn is not None else CosineCutoff(cutoff)
+
+    def forward(self, r: Tensor) -> Tensor:
+        """r: (pairs,) Å -> (pairs, n_features)."""
+        return self.compute(r) * self.cutoff_fn(r).unsqueeze(-1)
+
+    def compute(self, r: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def n_features(self) -> int:
+        return len(self.label_params())
+
+    def label_params(self) -> list[dict]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class BehlerRadial(RadialTerm):
+    """G2 (Behler, JCP 134, 074106 (2011), eq. 6): exp(-eta (R_ij - R_s)^2 / R_c^2) f_c(R_ij),
+    the / R_c^2 only when ``normalized``. Columns: eta outer, R_s inner."""
+
+    term = "G2"
+
+    def __init__(self, cutoff: float, etas, shifts, normalized: bool = True) -> None:
+        super().__init__(cutoff)
+        self.etas, self.shifts = [float(e) for e in etas], [float(s) for s in shifts]
+        scale = 1.0 / self.cutoff**2 if normalized else 1.0
+        grid = list(product(self.etas, self.shifts))
+        self.register_buffer("exponent", _buffer([e * scale for e, _ in grid]))
+        self.register_buffer("shift", _buffer([s for _, s in grid]))
+
+    def compute(self, r: Tensor) -> Tensor:
+        d = r.unsqueeze(-1) - self.shift.to(r.dtype)  # shape (pairs, F)
+        return torch.exp(-self.exponent.to(r.dtype) * d * d)
+
+    def label_params(self) -> list[dict]:
+        return [{"eta": e, "Rs": s} for e, s in product(self.etas, self.shifts)]
+
+
+class ANIRadial(RadialTerm):
+    """ANI radial term (Smith et al., Chem. Sci. 8, 3192 (2017), eq. 3) with TorchANI's 0.25:
+    0.25 exp(-eta (R_ij - R_s)^2) f_c(R_ij). Columns: one per shift R_s."""
+
+    term = "radial"
+
+    def __init__(self, cutoff: float, eta: float, shifts) -> None:
+        super().__init__(cutoff)
+        self.eta, self.shifts = float(eta), [float(s) for s in shifts]
+        self.register_buffer("shift", _buffer(self.shifts))
+
+    def compute(self, r: Tensor) -> Tensor:
+        d = r.unsqueeze(-1) - self.shift.to(r.dtype)  # shape (pairs, F)
+        return 0.25 * torch.exp(-self.eta * d * d)
+
+    def label_params(self) -> list[dict]:
+        return [{"eta": self.eta, "Rs": s} for s in self.shifts]
+
+
+class AngularTerm(torch.nn.Module):
+    """Base of three-body terms over unordered neighbour pairs {j, k} of a centre i.
+
+    The summand of column (alpha, beta) factorises as ``R[t, alpha] * A[t, beta]``; the featurizer
+    sums ``sum_t R A`` per element pair, then :meth:`combine` maps the (a, b) block to the columns.
+    """
+
+    term = "angular"
+    separable = False
+
+    def __init__(self, cutoff: float, cutoff_fn: Cutoff | None = None) -> None:
+        super().__init__()
+        self.cutoff = float(cutoff)
+        self.cutoff_fn = cutoff_fn if cutoff_fn is not None else CosineCutoff(cutoff)
+
+    def pair_factor(self, r: Tensor) -> Tensor:
+        """Per-neighbour factor g(R_ij), shape (pairs, a); default f_c(R_ij)."""
+        return self.cutoff_fn(r).unsqueeze(-1)
+
+    def forward(self, tri: Triplets) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        """-> R (n, T, a), A (n, T, b)."""
+        raise NotImplementedError
+
+    def combine(self, sums: Tensor) -> Tensor:
+        """(..., a, b) sums -> (..., n_features) columns; default: flatten a outer, b inner."""
+        return sums.flatten(-2)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.label_params())
+
+    def label_params(self) -> list[dict]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class BehlerAngular(AngularTerm):
+    """Behler's angular functions (JCP 134, 074106 (2011), eqs. 8-9), columns eta, zeta, lambda:
+
+    * ``include_jk=True``  (our G3): 2^(1-zeta) sum_{j<k} (1 + lambda cos)^zeta
+      exp(-eta (R_ij^2 + R_ik^2 + R_jk^2) / R_c^2) f_c(R_ij) f_c(R_ik) f_c(R_jk);
+    * ``include_jk=False`` (our G4): without the R_jk^2 term and without f_c(R_jk).
+
+    For integer zetas the angular factor is expanded in powers of cos theta,
+    (1 + lambda c)^zeta = sum_p binom(zeta, p) lambda^p c^p, so the triplet sums are the moments
+    sum_t R_t c_t^p, mapped to the columns by the ``coef`` buffer. G4 with integer zetas is
+    ``separable``: the moments come from per-atom tensor moments in O(neighbours)
+    (:meth:`pair_monomials`, :meth:`moment_products`).
+    """
+
+    def __init__(
+        self, cutoff: float, etas, zetas, lambdas, normalized: bool = True, include_jk: bool = True
+    ) -> None:
+        super().__init__(cutoff)
+        self.term = "G3" if include_jk else "G4"
+        self.etas = [float(e) for e in etas]
+        self.zetas = [int(z) if float(z).is_integer() else float(z) for z in zetas]
+        self.lambdas = [float(g) for g in lambdas]
+        self.include_jk = include_jk
+        self.integer = all(isinstance(z, int) and z >= 0 for z in self.zetas)
+        self.separable = self.integer and not include_jk
+        scale = 1.0 / self.cutoff**2 if normalized else 1.0
+        self.register_buffer("exponent", _buffer([e * scale for e in self.etas]))
+        columns = list(product(self.zetas, self.lambdas))
+        if self.integer:
+            self.max_power = max(self.zetas)
+            coef = torch.zeros(self.max_power + 1, len(columns), dtype=torch.float64)
+            for c, (z, lam) in enumerate(columns):
+                for p in range(z + 1):
+                    coef[p, c] = 2.0 ** (1 - z) * math.comb(z, p) * lam**p
+        else:
+            coef = torch.diag(_buffer([2.0 ** (1 - z) for z, _ in columns]))
+        self.register_buffer("coef", coef)
+        self.register_buffer("zeta", _buffer([z for z, _ in columns]))
+        self.register_buffer("lam", _buffer([lam for _, lam in columns]))
+        if self.separable:
+            self._init_monomials()
+
+    def pair_factor(self, r: Tensor) -> Tensor:
+        """exp(-eta R_ij^2 / R_c^2) f_c(R_ij), shape (pairs, n_eta)."""
+        r2 = (r * r).unsqueeze(-1)
+        return torch.exp(-self.exponent.to(r.dtype) * r2) * self.cutoff_fn(r).unsqueeze(-1)
+
+    def forward(self, tri: Triplets) -> tuple[Tensor, Tensor]:
+        radial = tri.g_j * tri.g_k  # shape (n, T, n_eta)
+        if self.include_jk:
+            r_jk2 = tri.r_jk2
+            f_jk = self.cutoff_fn(torch.sqrt(r_jk2)).unsqueeze(-1)
+            radial = radial * torch.exp(-self.exponent.to(r_jk2.dtype) * r_jk2.unsqueeze(-1)) * f_jk
+        cos = tri.cos
+        if self.integer:
+            powers = [torch.ones_like(cos), cos]
+            for _ in range(self.max_power - 1):
+                powers.append(powers[-1] * cos)
+            angular = torch.stack(powers[: self.max_power + 1], dim=-1)  # shape (n, T, P)
+        else:
+            base = 1.0 + self.lam.to(cos.dtype) * cos.unsqueeze(-1)
+            angular = base.clamp_min(0.0) ** self.zeta.to(cos.dtype)  # shape (n, T, columns)
+        return radial, angular
+
+    def combine(self, sums: Tensor) -> Tensor:
+        return (sums @ self.coef.to(sums.dtype)).flatten(-2)
+
+    # -- separable moments (G4, integer zeta) ----------------------------------------------------
+    def _init_monomials(self) -> None:
+        exps, degree, weight = [], [], []
+        for p in range(self.max_power + 1):
+            for a in range(p, -1, -1):
+                for b in range(p - a, -1, -1):
+                    c = p - a - b
+                    exps.append((a, b, c))
+                    degree.append(p)
+                    weight.append(math.factorial(p) / (math.factorial(a) * math.factorial(b)
+                                                       * math.factorial(c)))
+        self.register_buffer("mono_exps", torch.tensor(exps, dtype=torch.long))
+        # (monomials, P): multinomial weight of each monomial in (u . v)^p, by degree p
+        deg = torch.zeros(len(exps), self.max_power + 1, dtype=torch.float64)
+        deg[torch.arange(len(exps)), torch.tensor(degree)] = torch.tensor(weight, dtype=torch.float64)
+        self.register_buffer("mono_degree", deg)
+
+    def pair_monomials(self, unit: Tensor) -> Tensor:
+        """unit vectors (pairs, 3) -> monomials x^a y^b z^c, a + b + c <= max zeta, (pairs, M)."""
+        powers = [torch.ones_like(unit), unit]
+        for _ in range(self.max_power - 1):
+            powers.append(powers[-1] * unit)
+        powers = torch.stack(powers[: self.max_power + 1], dim=1)  # shape (pairs, P, 3)
+        e = self.mono_exps
+        return powers[:, e[:, 0], 0] * powers[:, e[:, 1], 1] * powers[:, e[:, 2], 2]
+
+    def moment_products(self, left: Tensor, right: Tensor) -> Tensor:
+        """sum_alpha w_alpha L_alpha R_alpha per degree p: (..., M), (..., M) -> (..., P)."""
+        return (left * right) @ self.mono_degree.to(left.dtype)
+
+    def label_params(self) -> list[dict]:
+        return [
+            {"eta": e, "zeta": z, "lambda": lam}
+            for e, z, lam in product(self.etas, self.zetas, self.lambdas)
+        ]
+
+
+class ANIAngular(AngularTerm):
+    """ANI angular term (Smith et al. 2017, eq. 4) as TorchANI computes it:
+    2 ((1 + cos(theta' - theta_s)) / 2)^zeta exp(-eta ((R_ij + R_ik)/2 - R_s)^2)
+    f_c(R_ij) f_c(R_ik), theta' = arccos(0.95 cos theta). Columns: R_s outer, theta_s inner."""
+
+    def __init__(self, cutoff: float, eta: float, zeta: float, shifts, sections) -> None:
+        super().__init__(cutoff)
+        self.eta, self.zeta = float(eta), float(zeta)
+        self.shifts, self.sections = [float(s) for s in shifts], [float(s) for s in sections]
+        self.register_buffer("shift", _buffer(self.shifts))
+        self.register_buffer("cos_s", _buffer([math.cos(s) for s in self.sections]))
+        self.register_buffer("sin_s", _buffer([math.sin(s) for s in self.sections]))
+
+    def forward(self, tri: Triplets) -> tuple[Tensor, Tensor]:
+        mean = 0.5 * (tri.r_j + tri.r_k)
+        d = mean.unsqueeze(-1) - self.shift.to(mean.dtype)
+        radial = tri.g_j * tri.g_k * torch.exp(-self.eta * d * d)  # shape (n, T, n_shifts)
+        c = 0.95 * tri.cos
+        s = torch.sqrt(1.0 - c * c)
+        half = 0.5 + 0.5 * (c.unsqueeze(-1) * self.cos_s.to(c.dtype)
+                            + s.unsqueeze(-1) * self.sin_s.to(c.dtype))
+        if self.zeta.is_integer():
+            angular = 2.0 * _ipow(half, int(self.zeta))  # shape (n, T, n_sections)
+        else:
+            angular = 2.0 * half**self.zeta
+        return radial, angular
+
+    def label_params(self) -> list[dict]:
+        return [
+            {"eta": self.eta, "zeta": self.zeta, "Rs": r, "theta_s": t}
+            for r, t in product(self.shifts, self.sections)
+        ]
