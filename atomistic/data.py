@@ -31,6 +31,7 @@ __all__ = [
     "Dataset",
     "read_structures",
     "load_files",
+    "expand_paths",
     "write_dataset",
     "read_dataset",
     "make_split",
@@ -182,7 +183,7 @@ class Dataset:
 
 
 # -- reading files ---------------------------------------------------------------------------
-def _expand(paths: Iterable[str | Path]) -> list[Path]:
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     files: list[Path] = []
     for p in paths:
         p = Path(p)
@@ -240,7 +241,7 @@ def load_files(
     """
     records: list[tuple[str, int, Atoms]] = []
     sources = []
-    for path in _expand(paths):
+    for path in expand_paths(paths):
         images = read_structures(path, format=format)
         records.extend((str(path), i, a) for i, a in enumerate(images))
         sources.append({"path": str(path), "sha256": _sha256(path), "structures": len(images)})

@@ -155,6 +155,20 @@ class Store:
         if f"{kind}/{key}" in self.root:
             del self.root[f"{kind}/{key}"]
 
+    # -- a small index: content key of some input -> key of what was made from it ------
+    def remember(self, source_key: str, key: str) -> None:
+        """Record that ``source_key`` (e.g. the hash of some files' bytes) made ``key``."""
+        self.root.require_group(f"index/{source_key}").attrs["key"] = key
+
+    def lookup(self, source_key: str) -> str | None:
+        """The key recorded for ``source_key``, if its dataset is still complete."""
+        try:
+            node = zarr.open_group(self.url, mode="r", path=f"index/{source_key}")
+        except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
+            return None
+        key = node.attrs.get("key")
+        return key if key and self.has("datasets", key) else None
+
     def _ensure_parent_group(self, kind: str) -> None:
         if kind not in self.root:
             self.root.require_group(kind)

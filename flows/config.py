@@ -1,0 +1,295 @@
+"""The campaign file: one YAML document validated by typed models.
+
+Every parameter has a default; an unknown or ill-typed key is an error that names it
+(pydantic's ``extra="forbid"``). YAML is read with ``yaml.safe_load`` only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "CampaignConfig",
+    "ConfigError",
+    "load_campaign",
+    "flatten",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid campaign file; the message names the file and the key at fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Strict):
+    paths: list[str] = Field(min_length=1, description="files, globs or folders (ASE-readable)")
+    format: str | None = Field(None, description="ASE format name, when the suffix is not enough")
+
+
+class SplitConfig(_Strict):
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-9:
+            raise ValueError(f"fractions {v} must be non-negative and sum to 1")
+        if v[0] <= 0 or v[2] <= 0:
+            raise ValueError(f"fractions {v} leave an empty train or test set")
+        return v
+
+
+class ScalerConfig(_Strict):
+    kind: Literal["minmax", "standard"] = "minmax"
+    feature_range: tuple[float, float] = (-1.0, 1.0)
+    per_element: bool = False
+
+
+class TrainingSettings(_Strict):
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "lbfgs"] = "adam"
+    lr: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["plateau", "cosine", "step"] | None = "plateau"
+    patience: int | None = Field(30, ge=1)
+    seed: int = 0
+
+
+class GaussianFeatures(_Strict):
+    type: Literal["gaussian"] = "gaussian"
+    dataset: str
+    cutoff: float | dict[str, float] = 6.5
+    normalized: bool = True
+    angular_type: Literal["G3", "G4"] = "G3"
+    custom: dict[str, dict[str, list[float]]] | None = None
+    weighted: bool = False
+    elements: list[str] | None = None
+
+    @field_validator("cutoff")
+    @classmethod
+    def _positive(cls, v: float | dict[str, float]) -> float | dict[str, float]:
+        values = v.values() if isinstance(v, dict) else [v]
+        if any(c <= 0 for c in values):
+            raise ValueError(f"cutoff {v} must be > 0")
+        return v
+
+    def featurizer_params(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"type", "dataset"}, exclude_none=True)
+
+
+class AEVFeatures(_Strict):
+    type: Literal["aev"] = "aev"
+    dataset: str
+    preset: Literal["ani1x"] | None = "ani1x"
+    params: dict[str, Any] = Field(default_factory=dict, description="AEV constants; override the preset")
+    elements: list[str] | None = None
+
+    def featurizer_params(self) -> dict[str, Any]:
+        out = dict(self.params)
+        if self.elements:
+            out["elements"] = self.elements
+        return out
+
+
+class AutoEncoderSettings(_Strict):
+    kind: Literal["autoencoder", "vae"] = "autoencoder"
+    hiddenlayers: dict[str, tuple[int, ...]] = {"encoder": (20, 10, 4), "decoder": (4, 10, 20)}
+    activation: Literal["tanh", "relu", "celu", "silu", "softplus"] = "tanh"
+    variant: Literal["multivariate", "bernoulli"] = "multivariate"
+    beta: float = Field(1.0, ge=0)
+    per_element: bool = True
+    training: TrainingSettings = TrainingSettings(epochs=100, lr=1e-3, batch_size=256)
+
+
+class LatentFeatures(_Strict):
+    type: Literal["latent"] = "latent"
+    source: str = Field(description="the feature set the autoencoder reads (scaled)")
+    encoder: AutoEncoderSettings = AutoEncoderSettings()
+
+
+FeatureConfig = Annotated[GaussianFeatures | AEVFeatures | LatentFeatures, Field(discriminator="type")]
+
+
+class NeuralNetworkConfig(_Strict):
+    type: Literal["neuralnetwork"] = "neuralnetwork"
+    features: str
+    hiddenlayers: tuple[int, ...] = (10, 10)
+    activation: Literal["relu", "tanh", "celu", "silu", "softplus"] = "relu"
+    force_weight: float = Field(0.0, ge=0, description="> 0 trains on forces too")
+    training: TrainingSettings = TrainingSettings()
+
+
+class KernelRidgeConfig(_Strict):
+    type: Literal["kernelridge"] = "kernelridge"
+    features: str
+    kernel: Literal["rbf", "laplacian", "exponential", "linear"] = "rbf"
+    sigma: float = Field(1.0, gt=0)
+    lamda: float = Field(1e-5, gt=0)
+
+
+class GaussianProcessConfig(_Strict):
+    type: Literal["gaussianprocess"] = "gaussianprocess"
+    features: str
+    kernel: Literal["rbf", "laplacian", "exponential", "linear"] = "rbf"
+    sigma: float = Field(1.0, gt=0)
+    noise: float = Field(1e-5, gt=0)
+    optimize: bool = True
+
+
+ModelConfig = Annotated[
+    NeuralNetworkConfig | KernelRidgeConfig | GaussianProcessConfig, Field(discriminator="type")
+]
+
+
+class EvaluationConfig(_Strict):
+    split: Literal["test", "validation"] = "test"
+    plots: bool = True
+    register_best: bool = True
+    metric: Literal["energy_mae_per_atom", "energy_rmse_per_atom", "force_mae"] = (
+        "energy_mae_per_atom"
+    )
+
+
+class DaskConfig(_Strict):
+    address: str | None = Field(None, description="scheduler address; None starts a LocalCluster")
+    n_workers: int | None = Field(None, ge=1)
+    rows_per_chunk: int | None = Field(None, ge=1)
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite in the workspace")
+    experiment: str | None = None
+
+
+class CampaignConfig(_Strict):
+    name: str = "campaign"
+    workspace: str = "workspace"
+    allow_absolute_paths: bool = False
+    datasets: dict[str, DatasetConfig] = Field(min_length=1)
+    split: SplitConfig = SplitConfig()
+    scaler: ScalerConfig = ScalerConfig()
+    features: dict[str, FeatureConfig] = Field(min_length=1)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    evaluation: EvaluationConfig = EvaluationConfig()
+    dask: DaskConfig = DaskConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _references(self) -> CampaignConfig:
+        for name, feat in self.features.items():
+            if isinstance(feat, LatentFeatures):
+                if feat.source not in self.features or feat.source == name:
+                    raise ValueError(f"features.{name}.source: unknown feature set {feat.source!r}")
+                if isinstance(self.features[feat.source], LatentFeatures):
+                    raise ValueError(f"features.{name}.source: latent from latent is not supported")
+            elif feat.dataset not in self.datasets:
+                raise ValueError(f"features.{name}.dataset: unknown dataset {feat.dataset!r}")
+        for name, model in self.models.items():
+            if model.features not in self.features:
+                raise ValueError(f"models.{name}.features: unknown feature set {model.features!r}")
+        return self
+
+    def dataset_of(self, feature_name: str) -> str:
+        feat = self.features[feature_name]
+        while isinstance(feat, LatentFeatures):
+            feat = self.features[feat.source]
+        return feat.dataset
+
+    @property
+    def workspace_path(self) -> Path:
+        return Path(self.workspace)
+
+    @property
+    def store_url(self) -> str:
+        return str(self.workspace_path / "store.zarr")
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{(self.workspace_path / 'mlflow.db').resolve()}"
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        kind = err["type"]
+        msg = err["msg"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {loc or '<top>'}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path, allow_absolute: bool, source: str) -> None:
+    """Make dataset paths relative to the campaign file; refuse escapes unless allowed."""
+    for name, ds in (raw.get("datasets") or {}).items():
+        if not isinstance(ds, dict) or not isinstance(ds.get("paths"), list):
+            continue
+        resolved = []
+        for p in ds["paths"]:
+            path = Path(str(p))
+            if path.is_absolute() or ".." in path.parts:
+                if not allow_absolute:
+                    raise ConfigError(
+                        f"{source}: datasets.{name}.paths: {p!r} leaves the campaign folder; "
+                        "set allow_absolute_paths: true to permit it"
+                    )
+            resolved.append(str(path if path.is_absolute() else base / path))
+        ds["paths"] = resolved
+
+
+def load_campaign(path: str | Path, overrides: dict[str, Any] | None = None) -> CampaignConfig:
+    """Read, resolve and validate a campaign file (``yaml.safe_load`` only).
+
+    Dataset paths are taken relative to the current directory; absolute paths and paths with
+    ``..`` are refused unless the campaign sets ``allow_absolute_paths: true``.
+    ``overrides`` maps dotted keys ("models.nn.hiddenlayers") to values.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the campaign file ({exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the campaign file must be a mapping of keys")
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    allow = bool(raw.get("allow_absolute_paths", False))
+    _resolve_paths(raw, Path.cwd(), allow, str(path))
+    try:
+        return CampaignConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(str(path), exc)) from exc
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    """Nested mappings as {"a.b.c": "value"} (for MLflow parameters)."""
+    out: dict[str, str] = {}
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = json.dumps(obj) if isinstance(obj, list | tuple) else str(obj)
+    return out

@@ -1,0 +1,54 @@
+"""Dask clusters: a LocalCluster sized to the machine by default, or a scheduler address."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from distributed import Client, LocalCluster
+
+__all__ = ["dask_client", "ClusterError"]
+
+
+class ClusterError(RuntimeError):
+    """The Dask scheduler cannot be reached; the message names its address."""
+
+
+def _worker_setup() -> None:  # runs on every worker: one thread per process for torch
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def dask_client(
+    address: str | None = None, n_workers: int | None = None, timeout: float = 10.0
+) -> Iterator[Client]:
+    """A Dask client: connected to ``address`` if given, else to a fresh LocalCluster.
+
+    The LocalCluster binds to 127.0.0.1, has one single-threaded worker process per core
+    (``n_workers`` to override) and no dashboard.
+    """
+    if address:
+        try:
+            client = Client(address, timeout=timeout)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+        try:
+            client.run(_worker_setup)
+            yield client
+        finally:
+            client.close()
+        return
+    n = n_workers or max(1, min(os.cpu_count() or 1, 8))
+    with LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs="error",
+    ) as cluster, Client(cluster) as client:
+        client.run(_worker_setup)
+        yield client

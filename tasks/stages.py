@@ -1,0 +1,122 @@
+"""Prefect tasks: one per stage, thin adapters from references in to references out.
+
+Each returns a small JSON-able reference (store URL, content key, a few figures), never arrays;
+the arrays live in Zarr or in the model directory under that key. Results are persisted as JSON
+in the workspace so that caching holds across processes and days.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from atomistic.data import expand_paths, load_files, read_dataset, read_split, write_dataset
+from atomistic.features.scaling import Scaler
+from atomistic.features.store import feature_key, read_features
+from atomistic.storage import Store, content_hash
+from tasks.caching import content_cache_key
+from tasks.featurize import build_featurizer, featurize_dataset
+
+__all__ = ["ingest", "featurize", "fit_scaler"]
+
+
+def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Ingest is keyed by the files' bytes (sha256), not their names or times."""
+    key = _ingest_content_key(parameters)
+    dataset_key = Store(parameters["store_url"]).lookup(key)
+    return key if dataset_key else key + "-missing"
+
+
+def _ingest_content_key(parameters: dict[str, Any]) -> str:
+    digests = [
+        hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in expand_paths(parameters["paths"])
+    ]
+    params = {k: v for k, v in parameters.items() if k != "paths"}
+    return "atompipe-ingest-" + content_hash("ingest", 1, digests, params)
+
+
+@task(name="ingest", cache_key_fn=_ingest_key, persist_result=True, result_serializer="json")
+def ingest(
+    paths: list[str],
+    store_url: str,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    format: str | None = None,
+) -> dict[str, Any]:
+    """Validate and store structures; returns {"store", "key", "summary", "written"}."""
+    ds = load_files(paths, format=format)
+    key, written = write_dataset(ds, store_url, split=fractions, seed=seed)
+    store = Store(store_url)
+    store.remember(
+        _ingest_content_key(
+            {"paths": paths, "store_url": store_url, "fractions": fractions, "seed": seed,
+             "format": format}
+        ),
+        key,
+    )
+    return {"store": store_url, "key": key, "summary": ds.summary(), "written": written}
+
+
+def _features_exist(parameters: dict[str, Any]) -> bool:
+    ds = parameters["dataset"]
+    store = Store(ds["store"])
+    elements = tuple(ds["summary"]["elements"])
+    f = build_featurizer(parameters["name"], parameters["params"], elements)
+    return store.has("features", feature_key(ds["key"], f.name, f.get_params()))
+
+
+@task(
+    name="featurize",
+    cache_key_fn=content_cache_key("featurize", _features_exist),
+    persist_result=True,
+    result_serializer="json",
+)
+def featurize(
+    dataset: dict[str, Any],
+    name: str,
+    params: dict[str, Any],
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    rows_per_chunk: int | None = None,
+    on_chunk: Any = None,
+) -> dict[str, Any]:
+    """Featurize a stored dataset on Dask (a LocalCluster unless ``scheduler`` is given)."""
+    from tasks.cluster import dask_client
+
+    with dask_client(scheduler, n_workers) as client:
+        ref = featurize_dataset(
+            dataset["store"], dataset["key"], name, params,
+            client=client, rows_per_chunk=rows_per_chunk, on_chunk=on_chunk,
+        )
+    return ref
+
+
+@task(
+    name="fit-scaler",
+    cache_key_fn=content_cache_key("fit-scaler"),
+    persist_result=True,
+    result_serializer="json",
+)
+def fit_scaler(
+    features: dict[str, Any],
+    kind: str = "minmax",
+    feature_range: tuple[float, float] = (-1.0, 1.0),
+    per_element: bool = False,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fit the scaler on the training split's features only; returns it as a JSON dict."""
+    store = Store(features["store"])
+    split = read_split(store, features["dataset"], fractions, seed)
+    X, _ = read_features(store, features["key"], split["train"], kind=features["kind"])
+    numbers = None
+    if per_element:
+        ds = read_dataset(store, features["dataset"]).subset(split["train"])
+        numbers = ds.numbers
+    scaler = Scaler(kind, feature_range, per_element).fit(X, numbers)
+    d = scaler.to_dict()
+    return {"scaler": d, "key": content_hash("scaler", features["key"], d)}
