@@ -41,12 +41,14 @@ from ase.data import atomic_numbers, chemical_symbols
 from torch import nn
 from torch.nn import functional as F
 
+from atomistic.models.base import NotFittedError
+from atomistic.models.io import ModelFileError, read_card, read_tensors, write_model_dir
 from atomistic.models.training import History, TrainingConfig, minibatches, train
 
 __all__ = ["AutoEncoder", "VAE", "load_autoencoder"]
 
 FORMAT_VERSION = 1
-_WEIGHTS, _CARD = "weights.safetensors", "card.json"
+_WEIGHTS = "weights"  # weights.safetensors beside card.json
 _SHARED = "all"  # the ModuleDict key of the one network when per_element=False
 _LOGVAR_MIN = -10.0  # soft floor of the decoder's log-variance (sigma >= 7e-3 scaled units)
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -161,7 +163,7 @@ class AutoEncoder:
 
     Fitted state: ``elements_`` (symbols ordered by atomic number), ``n_features_``,
     ``latent_dim_``, ``module_`` (the torch module, float64), ``history_``, ``config_``,
-    ``feature_key_``.
+    ``feature_key_``. Using an unfitted model raises ``NotFittedError``.
     """
 
     _kind = "ae"
@@ -365,7 +367,7 @@ class AutoEncoder:
 
     def _check_fitted(self) -> None:
         if not self._fitted():
-            raise RuntimeError(
+            raise NotFittedError(
                 f"this {type(self).__name__} is not fitted yet: call fit() or load() first"
             )
 
@@ -396,72 +398,53 @@ class AutoEncoder:
         return float(np.mean((self.reconstruct(X, numbers) - X) ** 2))
 
     # -- persistence (safetensors + JSON card; never pickle) ---------------------------------
-    def _weights_bytes(self) -> bytes:
-        state = {k: v.detach().contiguous() for k, v in self.module_.state_dict().items()}
-        return safetensors.torch.save(state)
+    def _state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous() for k, v in self.module_.state_dict().items()}
 
-    def _card_extra(self) -> dict[str, Any]:
-        return {}
+    def _weights_bytes(self) -> bytes:
+        return safetensors.torch.save(self._state_dict())
 
     def save(self, directory: str | Path) -> Path:
         """Write ``weights.safetensors`` and ``card.json`` (hyperparameters, elements, sizes,
-        input feature key, training config, weights sha256, encoder key) into ``directory``."""
+        input feature key, training config, history, weights sha256, encoder key) into
+        ``directory``; return it."""
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        blob = self._weights_bytes()
         card = {
-            "format": FORMAT_VERSION,
-            "class": type(self).__name__,
-            "params": self.get_params(),
+            "model": type(self).__name__,
+            "hyperparameters": self.get_params(),
             "elements": self.elements_,
             "n_features": self.n_features_,
             "latent_dim": self.latent_dim_,
             "feature_key": self.feature_key_,
             "config": self.config_.to_dict(),
-            "weights_sha256": hashlib.sha256(blob).hexdigest(),
+            "weights_sha256": self.weights_sha256,
             "encoder_key": self.encoder_key,
             "history": {"best_epoch": self.history_.best_epoch, "metrics": self.history_.metrics},
-            **self._card_extra(),
         }
-        tmp = directory / (_WEIGHTS + ".tmp")
-        tmp.write_bytes(blob)
-        tmp.replace(directory / _WEIGHTS)
-        (directory / _CARD).write_text(json.dumps(card, indent=1))
-        return directory
+        return write_model_dir(directory, card, {_WEIGHTS: self._state_dict()})
 
     @classmethod
     def load(cls, directory: str | Path) -> AutoEncoder:
-        """Read a model written by :meth:`save`; refuses a weights file whose sha256 differs from
-        the card's."""
-        directory = Path(directory)
-        card = json.loads((directory / _CARD).read_text())
-        if card.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{directory}: unsupported model card format {card.get('format')!r}")
+        """Read a model written by :meth:`save`. The weights file's sha256 is checked against the
+        card before it is read, with safetensors only (:class:`ModelFileError` otherwise)."""
+        card = read_card(directory)
         classes = {c.__name__: c for c in (AutoEncoder, VAE)}
-        if card["class"] not in classes or not issubclass(classes[card["class"]], cls):
-            raise ValueError(f"{directory}: holds a {card['class']}, not a {cls.__name__}")
-        blob = (directory / _WEIGHTS).read_bytes()
-        digest = hashlib.sha256(blob).hexdigest()
-        if digest != card["weights_sha256"]:
-            raise ValueError(
-                f"{directory / _WEIGHTS}: sha256 {digest} does not match the card's "
-                f"{card['weights_sha256']}; the weights were modified or truncated"
-            )
-        obj = classes[card["class"]](**card["params"])
+        klass = classes.get(card["model"])
+        if klass is None or not issubclass(klass, cls):
+            raise ModelFileError(f"{directory}: holds a {card['model']}, not a {cls.__name__}")
+        state = read_tensors(directory, card, _WEIGHTS)
+        obj = klass(**card["hyperparameters"])
         obj.elements_, obj.n_features_ = list(card["elements"]), int(card["n_features"])
         obj.latent_dim_, obj.feature_key_ = int(card["latent_dim"]), card["feature_key"]
         obj.config_ = TrainingConfig(**card["config"])
-        obj.history_ = History(metrics=card["history"]["metrics"], best_epoch=card["history"]["best_epoch"])
-        module = obj._build(obj.n_features_)
-        module.load_state_dict(safetensors.torch.load(blob))
-        module.eval()
-        obj.module_ = module
-        obj._load_extra(card)
+        h = card["history"]
+        obj.history_ = History(metrics=h["metrics"], best_epoch=h["best_epoch"])
+        obj.module_ = obj._build(obj.n_features_)
+        obj.module_.load_state_dict(state)
+        obj.module_.eval()
+        if obj.weights_sha256 != card["weights_sha256"]:
+            raise ModelFileError(f"{directory}: the loaded weights do not hash to the card's")
         return obj
-
-    def _load_extra(self, card: dict[str, Any]) -> None:
-        pass
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
