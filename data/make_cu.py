@@ -2,7 +2,8 @@
 
 Protocol (defaults reproduce the shipped file exactly):
 
-* cell: ``bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)`` (2x2x2 conventional cubic supercell, 32 atoms, pbc)
+* cell: ``bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)`` (2x2x2 conventional cubic supercell,
+  32 atoms, pbc)
 * potential: ASE EMT (built-in Cu parameters)
 * dynamics: Langevin (``fixcm=False`` + ``FixCom`` constraint), timestep 2 fs, friction 0.02 / fs,
   Maxwell-Boltzmann initial velocities at 300 K (centre-of-mass motion removed)
@@ -12,9 +13,9 @@ Protocol (defaults reproduce the shipped file exactly):
 * seed: one ``numpy.random.default_rng(seed)`` drives the initial velocities and the Langevin noise
 
 Each written frame carries ``info["T_target"]`` (K) and ``info["md_step"]``, and a
-SinglePointCalculator with the EMT energy (eV) and forces (eV/Å). Positions are rounded to the 8 decimals
-that the extxyz writer keeps *before* labelling, so the stored labels belong exactly to the stored geometry
-(the script asserts this by reading the file back).
+SinglePointCalculator with the EMT energy (eV) and forces (eV/Å). Positions are rounded to the
+8 decimals that the extxyz writer keeps *before* labelling, so the stored labels belong exactly to
+the stored geometry (the script asserts this by reading the file back).
 
 Run: ``python data/make_cu.py`` (from the repository root).
 """
@@ -30,9 +31,9 @@ from ase import units
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixCom
 from ase.io import read, write
 from ase.md.langevin import Langevin
-from ase.constraints import FixCom
 from ase.md.velocitydistribution import Stationary
 
 try:  # ase >= 3.29
@@ -42,6 +43,7 @@ except ImportError:  # older ase: same distribution under the older name
 
     def thermalize_momenta(atoms, temperature_K, *, rng=None):
         MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "cu_emt.extxyz"
@@ -58,7 +60,9 @@ DECIMALS = 8  # what ase's extxyz writer keeps for positions (format %16.8f)
 
 def round_like_writer(x: np.ndarray) -> np.ndarray:
     """Round to the decimal string the extxyz writer emits, then parse back (exact round trip)."""
-    return np.array([float(f"{v:.{DECIMALS}f}") for v in np.asarray(x, float).ravel()]).reshape(np.shape(x))
+    return np.array([float(f"{v:.{DECIMALS}f}") for v in np.asarray(x, float).ravel()]).reshape(
+        np.shape(x)
+    )
 
 
 def t_target(i: int, n: int) -> float:
@@ -120,7 +124,7 @@ def check(frames, path: Path) -> dict:
     energies = np.array([f.get_potential_energy() for f in frames])
     forces = [f.get_forces() for f in frames]
     n_atoms = len(frames[0])
-    for f, F in zip(frames, forces):
+    for f, F in zip(frames, forces, strict=True):
         assert F.shape == (len(f), 3)
         assert np.all(np.isfinite(F))
         assert min_distance(f) > 0.5
@@ -128,7 +132,7 @@ def check(frames, path: Path) -> dict:
 
     back = read(path, ":")
     assert len(back) == len(frames)
-    for a, b in zip(frames, back):
+    for a, b in zip(frames, back, strict=True):
         assert np.array_equal(a.positions, b.positions), "positions do not round-trip"
         assert np.array_equal(a.cell.array, b.cell.array)
         assert abs(b.get_potential_energy() - a.get_potential_energy()) < 1e-9
@@ -148,7 +152,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output extxyz path")
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="number of frames to write")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="RNG seed (velocities and Langevin noise)")
+    p.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help="RNG seed (velocities and Langevin noise)"
+    )
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()

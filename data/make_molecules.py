@@ -1,25 +1,30 @@
-"""Generate ``data/ethanol_gfn2.extxyz`` and ``data/malonaldehyde_gfn2.extxyz``: GFN2-xTB-labelled MD of two molecules.
+"""Generate ``data/{ethanol,malonaldehyde}_gfn2.extxyz``: GFN2-xTB-labelled MD of two molecules.
 
 Protocol (defaults reproduce the shipped files exactly):
 
 * ethanol: ``ase.build.molecule("CH3CH2OH")`` (C2H6O, 9 atoms)
-* malonaldehyde: (Z)-3-hydroxyprop-2-enal (C3H4O2, 9 atoms, the intramolecularly H-bonded enol form; not in
-  ``ase.collections.g2``), built from the planar guess ``MALONALDEHYDE_GUESS`` below and relaxed with
-  GFN2-xTB (BFGS, fmax 0.01 eV/Å) before the MD
-* labels: GFN2-xTB from tblite's ASE calculator, ``TBLite(method="GFN2-xTB", verbosity=0)``; it returns eV and
-  eV/Å already (checked here against the Hartree value of the same point)
-* dynamics: Langevin (``fixcm=False`` + ``FixCom`` constraint), 500 K, timestep 0.5 fs, friction 0.02 / fs,
-  Maxwell-Boltzmann initial velocities at 500 K (centre-of-mass motion and rotation removed)
-* equilibration: 1000 steps (0.5 ps, not written); production: ``--frames`` frames, one every 10 steps (5 fs)
-* seeds: ``numpy.random.default_rng(seed)`` for ethanol, ``default_rng(seed + 1)`` for malonaldehyde; each
-  drives the initial velocities and the Langevin noise of its run
+* malonaldehyde: (Z)-3-hydroxyprop-2-enal (C3H4O2, 9 atoms, the intramolecularly H-bonded enol
+  form; not in ``ase.collections.g2``), built from the planar guess ``MALONALDEHYDE_GUESS`` below
+  and relaxed with GFN2-xTB (BFGS, fmax 0.01 eV/Å) before the MD
+* labels: GFN2-xTB from tblite's ASE calculator, ``TBLite(method="GFN2-xTB", verbosity=0)``; it
+  returns eV and eV/Å already (checked here against tblite's Hartree/Bohr interface)
+* dynamics: Langevin (``fixcm=False`` + ``FixCom`` constraint), 500 K, timestep 0.5 fs, friction
+  0.02 / fs, Maxwell-Boltzmann initial velocities at 500 K (centre-of-mass motion and rotation
+  removed)
+* equilibration: 1000 steps (0.5 ps, not written); production: ``--frames`` frames, one every
+  10 steps (5 fs)
+* seeds: ``numpy.random.default_rng(seed)`` for ethanol, ``default_rng(seed + 1)`` for
+  malonaldehyde; each drives the initial velocities and the Langevin noise of its run
 * non-periodic: pbc False, zero cell
-* single-threaded (``OMP_NUM_THREADS=1``, set by the script): threaded tblite is not bitwise reproducible
+* single-threaded (``OMP_NUM_THREADS=1``, set by the script): threaded tblite is not bitwise
+  reproducible
 
-Positions are rounded to the 8 decimals that the extxyz writer keeps *before* labelling, so the stored labels
-belong exactly to the stored geometry (the script asserts this by reading the files back).
+Positions are rounded to the 8 decimals that the extxyz writer keeps *before* labelling, so the
+stored labels belong exactly to the stored geometry (the script asserts this by reading the files
+back).
 
-Needs tblite (``pip install tblite``, or the package's optional extra ``labels``); only for regeneration.
+Needs tblite (``pip install tblite``, or the package's optional extra ``labels``); only for
+regeneration.
 
 Run: ``python data/make_molecules.py`` (from the repository root).
 """
@@ -28,8 +33,9 @@ from __future__ import annotations
 
 import os
 
-# tblite parallelises with OpenMP; threaded reductions change the last bits from run to run, and MD amplifies
-# them, so the trajectory is bitwise reproducible only single-threaded. Set before tblite/numpy load.
+# tblite parallelises with OpenMP; threaded reductions change the last bits from run to run, and MD
+# amplifies them, so the trajectory is bitwise reproducible only single-threaded. Set this before
+# tblite/numpy load.
 os.environ["OMP_NUM_THREADS"] = "1"
 
 import argparse  # noqa: E402
@@ -95,7 +101,9 @@ def tblite_version() -> str:
 
 def round_like_writer(x: np.ndarray) -> np.ndarray:
     """Round to the decimal string the extxyz writer emits, then parse back (exact round trip)."""
-    return np.array([float(f"{v:.{DECIMALS}f}") for v in np.asarray(x, float).ravel()]).reshape(np.shape(x))
+    return np.array([float(f"{v:.{DECIMALS}f}") for v in np.asarray(x, float).ravel()]).reshape(
+        np.shape(x)
+    )
 
 
 def min_distance(atoms) -> float:
@@ -107,7 +115,9 @@ def build(name: str) -> Atoms:
     if name == "ethanol":
         atoms = molecule("CH3CH2OH")
     elif name == "malonaldehyde":
-        atoms = Atoms([s for s, _ in MALONALDEHYDE_GUESS], positions=[p for _, p in MALONALDEHYDE_GUESS])
+        atoms = Atoms(
+            [s for s, _ in MALONALDEHYDE_GUESS], positions=[p for _, p in MALONALDEHYDE_GUESS]
+        )
         atoms.calc = tblite_calc()
         BFGS(atoms, logfile=None).run(fmax=0.01, steps=500)
         assert np.abs(atoms.get_forces()).max() < 0.01, "malonaldehyde relaxation did not converge"
@@ -121,7 +131,7 @@ def build(name: str) -> Atoms:
 
 
 def check_units() -> None:
-    """tblite's ASE calculator must return eV (compare with the Hartree energy of its own Python API)."""
+    """tblite's ASE calculator must return eV and eV/Å (compare with its Hartree/Bohr API)."""
     from tblite.interface import Calculator
 
     atoms = molecule("CH3CH2OH")
@@ -179,7 +189,7 @@ def generate(name: str, n_frames: int, seed: int) -> list:
 def check(frames, path: Path) -> dict:
     energies = np.array([f.get_potential_energy() for f in frames])
     forces = [f.get_forces() for f in frames]
-    for f, F in zip(frames, forces):
+    for f, F in zip(frames, forces, strict=True):
         assert F.shape == (len(f), 3)
         assert np.all(np.isfinite(F))
         assert min_distance(f) > 0.5
@@ -188,7 +198,7 @@ def check(frames, path: Path) -> dict:
 
     back = read(path, ":")
     assert len(back) == len(frames)
-    for a, b in zip(frames, back):
+    for a, b in zip(frames, back, strict=True):
         assert np.array_equal(a.positions, b.positions), "positions do not round-trip"
         assert not b.pbc.any() and not b.cell.any()
         assert abs(b.get_potential_energy() - a.get_potential_energy()) < 1e-9
@@ -207,10 +217,19 @@ def check(frames, path: Path) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--outdir", type=Path, default=HERE, help="output folder (files <molecule>_gfn2.extxyz)")
+    p.add_argument(
+        "--outdir", type=Path, default=HERE, help="output folder (files <molecule>_gfn2.extxyz)"
+    )
     p.add_argument("--molecules", nargs="+", choices=MOLECULES, default=list(MOLECULES))
-    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="number of frames per molecule")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="RNG seed (ethanol: seed, malonaldehyde: seed+1)")
+    p.add_argument(
+        "--frames", type=int, default=DEFAULT_FRAMES, help="number of frames per molecule"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help="RNG seed (ethanol: seed, malonaldehyde: seed+1)",
+    )
     args = p.parse_args(argv)
 
     check_units()
@@ -225,12 +244,18 @@ def main(argv=None) -> None:
         s = check(frames, out)
         wall = time.perf_counter() - t0
         n = s["atoms"]
-        print(f"{out}: {s['formula']}, {s['frames']} frames x {n} atoms, seed {seed}, {out.stat().st_size / 1e6:.2f} MB")
+        print(
+            f"{out}: {s['formula']}, {s['frames']} frames x {n} atoms, seed {seed},"
+            f" {out.stat().st_size / 1e6:.2f} MB"
+        )
         print(
             f"  energy [eV]: min {s['e_min']:.4f} max {s['e_max']:.4f} mean {s['e_mean']:.4f}"
             f"  (per atom: {s['e_min'] / n:.4f} / {s['e_max'] / n:.4f} / {s['e_mean'] / n:.4f})"
         )
-        print(f"  max |F| component: {s['max_abs_force']:.3f} eV/A, min distance {s['min_dist']:.3f} A")
+        print(
+            f"  max |F| component: {s['max_abs_force']:.3f} eV/A,"
+            f" min distance {s['min_dist']:.3f} A"
+        )
         print(f"  wall time: {wall:.1f} s")
 
 
