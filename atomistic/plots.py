@@ -58,8 +58,10 @@ def latent_map(
     Z = np.asarray(Z, dtype=np.float64)
     numbers = np.asarray(numbers).reshape(-1)
     if Z.ndim != 2 or Z.shape[0] != numbers.shape[0] or Z.shape[0] == 0:
-        raise ValueError(f"latent_map needs Z (n_atoms, d) and numbers (n_atoms,), got "
-                         f"{Z.shape} and {numbers.shape}")
+        raise ValueError(
+            f"latent_map needs Z (n_atoms, d) and numbers (n_atoms,), got "
+            f"{Z.shape} and {numbers.shape}"
+        )
     P, ratio = _project_2d(Z)
     panels = 1 if atomic_energy is None else 2
     fig = Figure(figsize=(5.2 * panels, 4.4), layout="constrained")
@@ -68,8 +70,9 @@ def latent_map(
     ax = axes[0]
     for z in np.unique(numbers):
         m = numbers == z
-        ax.scatter(P[m, 0], P[m, 1], s=10, alpha=0.7, label=chemical_symbols[int(z)],
-                   edgecolors="none")
+        ax.scatter(
+            P[m, 0], P[m, 1], s=10, alpha=0.7, label=chemical_symbols[int(z)], edgecolors="none"
+        )
     ax.legend(title="element", markerscale=2.5, frameon=False)
     ax.set(xlabel=labels[0], ylabel=labels[1], title="by element")
     if atomic_energy is not None:
@@ -127,8 +130,20 @@ def parity_plot(
     ax = fig.subplots()
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.4", lw=1, ls="--")
     ax.scatter(t, p, s=8, alpha=0.6, edgecolors="none")
-    ax.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad), aspect="equal",
-           xlabel=f"reference ({units})", ylabel=f"predicted ({units})", title=title)
-    ax.text(0.04, 0.96, f"MAE {mae:.3g} {units}\nRMSE {rmse:.3g} {units}\nn = {t.size}",
-            transform=ax.transAxes, va="top", ha="left")
+    ax.set(
+        xlim=(lo - pad, hi + pad),
+        ylim=(lo - pad, hi + pad),
+        aspect="equal",
+        xlabel=f"reference ({units})",
+        ylabel=f"predicted ({units})",
+        title=title,
+    )
+    ax.text(
+        0.04,
+        0.96,
+        f"MAE {mae:.3g} {units}\nRMSE {rmse:.3g} {units}\nn = {t.size}",
+        transform=ax.transAxes,
+        va="top",
+        ha="left",
+    )
     return _save(fig, path)

@@ -47,7 +47,11 @@ def latent_labels(encoder: Encoder) -> list[dict[str, Any]]:
 def latent_key(feature_key: str, encoder_key: str) -> str:
     """Content key (sha256 hex) of the latent features of input features ``feature_key`` under
     the encoder ``encoder_key``."""
-    payload = {"stage": "latent", "format": FORMAT_VERSION, "features": feature_key,
-               "encoder": encoder_key}
+    payload = {
+        "stage": "latent",
+        "format": FORMAT_VERSION,
+        "features": feature_key,
+        "encoder": encoder_key,
+    }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

@@ -15,10 +15,11 @@ from the data, and the decoder's output layer maps back to it.
   ``variant="multivariate"``: Gaussian decoder p(x|z) = N(mu_x, diag sigma_x^2), reconstruction
   term = Gaussian negative log-likelihood; ``variant="bernoulli"``: Bernoulli decoder (binary
   cross-entropy on logits) for features scaled to [0, 1].
-  Loss per atom = reconstruction + beta(epoch) * KL, KL = -1/2 sum_k (1 + log s_k^2 - mu_k^2 - s_k^2)
-  (Kingma & Welling 2014, appendix B). Cyclical annealing (Fu et al. 2019, NAACL, "Cyclical
-  Annealing Schedule", eq. 5): tau = mod(t, ceil(T/M)) / (T/M), beta_t = beta * tau / R for
-  tau <= R, else beta (T epochs, M cycles, ratio R, 0-based epoch t).
+  Loss per atom = reconstruction + beta(epoch) * KL,
+  KL = -1/2 sum_k (1 + log s_k^2 - mu_k^2 - s_k^2) (Kingma & Welling 2014, appendix B).
+  Cyclical annealing (Fu et al. 2019, NAACL, "Cyclical Annealing Schedule", eq. 5):
+  tau = mod(t, ceil(T/M)) / (T/M), beta_t = beta * tau / R for tau <= R, else beta
+  (T epochs, M cycles, ratio R, 0-based epoch t).
 
 Training runs through :func:`atomistic.models.training.train`; one sample is one atom, so
 ``TrainingConfig.batch_size`` counts atoms here. Weights are saved with safetensors beside a JSON
@@ -112,9 +113,11 @@ class _Net(nn.Module):
 
 
 class _Model(nn.Module):
-    """Networks keyed by element symbol (or one keyed ``"all"``); inputs are rows sorted by element
-    with ``counts[k]`` rows of ``keys[k]``. ``beta`` is the KL weight of the current epoch (a buffer, so
-    that it is checkpointed and a resumed run continues the schedule)."""
+    """Networks keyed by element symbol (or one keyed ``"all"``); inputs are rows sorted by
+    element with ``counts[k]`` rows of ``keys[k]``. ``beta`` is the KL weight of the current epoch
+    (a buffer, so that it is checkpointed and a resumed run continues the schedule)."""
+
+    beta: torch.Tensor
 
     def __init__(self, keys: list[str], nets: list[_Net], per_element: bool):
         super().__init__()
@@ -247,8 +250,12 @@ class AutoEncoder:
         lookup = {atomic_numbers[s]: k for k, s in enumerate(self.elements_)}
         unknown = sorted(set(np.unique(numbers).tolist()) - set(lookup))
         if unknown and self.per_element:
-            names = [chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown]
-            raise ValueError(f"this model was not fitted on element(s) {names}; it knows {self.elements_}")
+            names = [
+                chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown
+            ]
+            raise ValueError(
+                f"this model was not fitted on element(s) {names}; it knows {self.elements_}"
+            )
         return torch.as_tensor([lookup.get(int(z), 0) for z in numbers], dtype=torch.long)
 
     def _batch(self, x: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> Batch:
@@ -330,9 +337,15 @@ class AutoEncoder:
             Xv, nv = self._check_X(X_val, numbers_val, "fit (validation)")
             self._check_range(Xv, "fit (validation)")
             xv_t, iv_t = torch.as_tensor(Xv), self._index(nv)
-            val = [self._batch(xv_t, iv_t, r) for r in minibatches(len(Xv), config.batch_size, shuffle=False)]
+            val = [
+                self._batch(xv_t, iv_t, r)
+                for r in minibatches(len(Xv), config.batch_size, shuffle=False)
+            ]
         elif self._monitor_on_train():
-            val = [self._batch(x_t, index_t, r) for r in minibatches(len(X), config.batch_size, shuffle=False)]
+            val = [
+                self._batch(x_t, index_t, r)
+                for r in minibatches(len(X), config.batch_size, shuffle=False)
+            ]
 
         def make_batches(generator: torch.Generator) -> list[Batch]:
             rows = minibatches(len(X), config.batch_size, generator, config.shuffle)
@@ -355,7 +368,7 @@ class AutoEncoder:
     def _check_range(self, X: np.ndarray, where: str) -> None:
         pass
 
-    def _loss(self, module: _Model, batch: Batch) -> dict[str, torch.Tensor]:
+    def _loss(self, module: Any, batch: Batch) -> dict[str, torch.Tensor]:
         x, counts = batch
         recon = module.decode(module.encode(x, counts)["mean"], counts)["mean"]
         mse = ((recon - x) ** 2).mean()
@@ -553,7 +566,7 @@ class VAE(AutoEncoder):
                 f"[{X.min():.4g}, {X.max():.4g}]; scale with feature_range=(0, 1)"
             )
 
-    def _loss(self, module: _Model, batch: Batch) -> dict[str, torch.Tensor]:
+    def _loss(self, module: Any, batch: Batch) -> dict[str, torch.Tensor]:
         x, counts = batch
         q = module.encode(x, counts)
         mu, logvar = q["mean"], q["logvar"]
@@ -567,8 +580,9 @@ class VAE(AutoEncoder):
             rec = F.binary_cross_entropy_with_logits(p["logits"], x, reduction="none").sum(1)
             x_hat = torch.sigmoid(p["logits"])
         else:  # Gaussian NLL per atom: 1/2 sum_f [log 2 pi + log s^2 + (x - m)^2 / s^2]
-            rec = 0.5 * (math.log(2 * math.pi) + p["logvar"]
-                         + (x - p["mean"]) ** 2 * torch.exp(-p["logvar"])).sum(1)
+            rec = 0.5 * (
+                math.log(2 * math.pi) + p["logvar"] + (x - p["mean"]) ** 2 * torch.exp(-p["logvar"])
+            ).sum(1)
             x_hat = p["mean"]
         kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)
         rec, kl = rec.mean(), kl.mean()
@@ -595,7 +609,9 @@ class VAE(AutoEncoder):
                 raise ValueError(f"sample needs an element, one of {self.elements_}")
             element = self.elements_[0]
         if element not in self.elements_:
-            raise ValueError(f"this model was not fitted on element {element!r}; it knows {self.elements_}")
+            raise ValueError(
+                f"this model was not fitted on element {element!r}; it knows {self.elements_}"
+            )
         g = torch.Generator().manual_seed(seed)
         z = torch.randn((n, self.latent_dim_), generator=g, dtype=torch.float64)
         return self.decode(z.numpy(), np.full(n, atomic_numbers[element]))
