@@ -1,0 +1,43 @@
+"""An ASE calculator over any trained atompipe model (the ASE contract: ase/calculators/emt.py).
+
+    calc = AtompipeCalculator("workspace/models/<key>")
+    atoms.calc = calc
+    atoms.get_potential_energy(); atoms.get_forces(); calc.results.get("energy_std")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from atomistic.models.base import AtomisticModel, load_model
+
+__all__ = ["AtompipeCalculator"]
+
+
+class AtompipeCalculator(Calculator):
+    """Energy (eV), free energy (= energy), forces (eV/Å) and, for models with uncertainty
+    (GaussianProcess), ``energy_std`` (eV) from a saved model directory or a fitted model."""
+
+    def __init__(self, model: str | Path | AtomisticModel, **kwargs: Any) -> None:
+        self.model = model if isinstance(model, AtomisticModel) else load_model(model)
+        self.model._check_fitted()
+        self.implemented_properties = ["energy", "free_energy", "forces"]
+        if self.model.has_uncertainty:
+            self.implemented_properties.append("energy_std")
+        super().__init__(**kwargs)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        out = self.model.predict_atoms([self.atoms], forces=True)
+        energy = float(out["energy"][0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": np.asarray(out["forces"][0], dtype=np.float64),
+        }
+        if "energy_std" in out:
+            self.results["energy_std"] = float(out["energy_std"][0])

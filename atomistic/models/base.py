@@ -1,0 +1,349 @@
+"""What every supervised atomistic model shares: its inputs, reference energies, the on-the-fly
+feature path with cached neighbour lists, and the fit/predict/save/load contract.
+
+Inputs are :class:`AtomicData`: a :class:`~atomistic.data.Dataset` plus either precomputed scaled
+atomic features aligned with its atoms (the fast path; the pipeline reads them from the Zarr cache)
+or a featurizer and scaler that compute them (needed for forces, and for predicting from
+``ase.Atoms``). Models keep the featurizer and scaler they were fitted with.
+
+Contract (scikit-learn's, STYLE.md 5): hyperparameters are stored by ``__init__`` only; ``fit``
+returns ``self``; learned state ends in ``_``; ``predict`` on an unfitted model raises
+:class:`NotFittedError`; ``save(directory)`` and ``load_model(directory)`` never pickle.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.data import atomic_numbers, chemical_symbols
+
+from atomistic.data import Dataset
+from atomistic.features.scaling import Scaler
+from atomistic.models.io import read_card, read_tensors, write_model_dir
+from atomistic.neighbors import NeighborList
+
+__all__ = [
+    "AtomicData",
+    "AtomisticModel",
+    "NotFittedError",
+    "NeighborCache",
+    "fit_reference_energies",
+    "reference_energy",
+    "load_model",
+]
+
+
+class NotFittedError(RuntimeError):
+    """A model was used before ``fit`` (or ``load``)."""
+
+
+# -- inputs ----------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class AtomicData:
+    """A dataset with the means to get its scaled atomic features.
+
+    dataset: the structures (and labels, for fitting).
+    features: scaled features (n_atoms, n_features) float64 aligned with ``dataset``'s atoms, or
+        None to compute them with ``featurizer`` and ``scaler``.
+    featurizer: an atompipe featurizer (``featurize_arrays``, ``neighbors``, differentiable
+        ``forward``); required for forces and on-the-fly features.
+    scaler: a fitted :class:`~atomistic.features.scaling.Scaler`, or None for unscaled features.
+    """
+
+    dataset: Dataset
+    features: np.ndarray | None = None
+    featurizer: Any = None
+    scaler: Scaler | None = None
+
+    def __post_init__(self) -> None:
+        if self.features is not None:
+            f = np.asarray(self.features)
+            if f.ndim != 2 or f.shape[0] != self.dataset.n_atoms:
+                raise ValueError(
+                    f"features of shape {f.shape} do not align with the dataset's "
+                    f"{self.dataset.n_atoms} atoms"
+                )
+        elif self.featurizer is None:
+            raise ValueError("AtomicData needs precomputed features or a featurizer")
+
+    @classmethod
+    def from_atoms(cls, images: Sequence[Atoms], featurizer: Any, scaler: Scaler | None = None):
+        return cls(Dataset.from_atoms(list(images)), None, featurizer, scaler)
+
+    def scaled_features(self) -> np.ndarray:
+        """(n_atoms, n_features) float64: the given features, or featurized and scaled now."""
+        if self.features is not None:
+            return np.asarray(self.features, dtype=np.float64)
+        d = self.dataset
+        X = self.featurizer.featurize_arrays(d.numbers, d.positions, d.cell, d.pbc, d.offsets)
+        X = np.asarray(X, dtype=np.float64)
+        return X if self.scaler is None else self.scaler.transform(X, d.numbers)
+
+
+# -- reference energies ------------------------------------------------------------------------
+def _counts(numbers: np.ndarray, offsets: np.ndarray, elements: Sequence[str]) -> np.ndarray:
+    """(n_structures, n_elements) number of atoms of each element in each structure."""
+    S = len(offsets) - 1
+    batch = np.repeat(np.arange(S), np.diff(offsets))
+    out = np.zeros((S, len(elements)))
+    for k, sym in enumerate(elements):
+        np.add.at(out[:, k], batch[numbers == atomic_numbers[sym]], 1.0)
+    return out
+
+
+def fit_reference_energies(dataset: Dataset, elements: Sequence[str]) -> dict[str, float]:
+    """Per-element reference energies e_Z (eV) minimising sum_s (E_s - sum_Z n_sZ e_Z)^2.
+
+    Least squares (minimum-norm solution when compositions are collinear, e.g. one molecule:
+    then sum_Z n_Z e_Z equals the mean energy). Better than a mean energy per atom when
+    compositions vary.
+    """
+    C = _counts(dataset.numbers, dataset.offsets, elements)
+    ref, *_ = np.linalg.lstsq(C, dataset.energy, rcond=None)
+    return {sym: float(e) for sym, e in zip(elements, ref, strict=True)}
+
+
+def reference_energy(dataset: Dataset, refs: dict[str, float]) -> np.ndarray:
+    """(n_structures,) sum of reference energies, eV."""
+    elements = list(refs)
+    return _counts(dataset.numbers, dataset.offsets, elements) @ np.array(
+        [refs[s] for s in elements]
+    )
+
+
+# -- on-the-fly features with neighbour lists built once --------------------------------------
+def _slice_nl(nl: NeighborList, pair_offsets: np.ndarray, atom_offsets: np.ndarray, idx):
+    counts = pair_offsets[idx + 1] - pair_offsets[idx]
+    starts = pair_offsets[idx]
+    rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    n_atoms = atom_offsets[idx + 1] - atom_offsets[idx]
+    new_start = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
+    delta = np.repeat(new_start - atom_offsets[idx], counts)
+    i = np.asarray(nl.i)[rows] + delta
+    j = np.asarray(nl.j)[rows] + delta
+    return NeighborList(i, j, np.asarray(nl.shifts)[rows], nl.cutoff).to_torch()
+
+
+class NeighborCache:
+    """Neighbour lists of a dataset, built once with ``featurizer.neighbors`` and sliced per batch
+    of structures. Lists of the atompipe :class:`~atomistic.neighbors.NeighborList` type (alone, or
+    in a tuple/list/dict) are sliced; any other type is rebuilt per distinct batch and cached."""
+
+    def __init__(self, featurizer: Any, dataset: Dataset) -> None:
+        self.featurizer, self.dataset = featurizer, dataset
+        d = dataset
+        self._nl = featurizer.neighbors(d.numbers, d.positions, d.cell, d.pbc, d.offsets)
+        self._pair_offsets = self._map(
+            lambda nl: np.searchsorted(np.asarray(nl.i), d.offsets), self._nl
+        )
+        self._other: dict[tuple[int, ...], Any] = {}
+
+    @staticmethod
+    def _map(fn, nl):
+        if isinstance(nl, NeighborList):
+            return fn(nl)
+        if isinstance(nl, (tuple, list)) and all(isinstance(x, NeighborList) for x in nl):
+            return type(nl)(fn(x) for x in nl)
+        if isinstance(nl, dict) and all(isinstance(x, NeighborList) for x in nl.values()):
+            return {k: fn(x) for k, x in nl.items()}
+        return None
+
+    def batch(self, idx: np.ndarray) -> dict[str, Any]:
+        """Tensors of structures ``idx`` for ``featurizer.forward``; positions require grad."""
+        idx = np.asarray(idx, dtype=np.int64)
+        d = self.dataset
+        counts = d.offsets[idx + 1] - d.offsets[idx]
+        rows = np.repeat(d.offsets[idx] - np.cumsum(counts) + counts, counts) + np.arange(
+            counts.sum()
+        )
+        if self._pair_offsets is None:
+            key = tuple(idx.tolist())
+            if key not in self._other:
+                sub = d.subset(idx)
+                self._other[key] = self.featurizer.neighbors(
+                    sub.numbers, sub.positions, sub.cell, sub.pbc, sub.offsets
+                )
+            nl = self._other[key]
+        else:
+            po = self._pair_offsets
+            if isinstance(self._nl, NeighborList):
+                nl = _slice_nl(self._nl, po, d.offsets, idx)
+            elif isinstance(self._nl, dict):
+                nl = {k: _slice_nl(v, po[k], d.offsets, idx) for k, v in self._nl.items()}
+            else:
+                nl = type(self._nl)(
+                    _slice_nl(v, p, d.offsets, idx) for v, p in zip(self._nl, po, strict=True)
+                )
+        return {
+            "rows": torch.as_tensor(rows),
+            "numbers": torch.as_tensor(d.numbers[rows]),
+            "positions": torch.tensor(d.positions[rows], dtype=torch.float64, requires_grad=True),
+            "cells": torch.as_tensor(d.cell[idx], dtype=torch.float64),
+            "batch": torch.repeat_interleave(torch.arange(len(idx)), torch.as_tensor(counts)),
+            "n_atoms": torch.as_tensor(counts, dtype=torch.float64),
+            "nl": nl,
+        }
+
+
+def scaled_features_torch(featurizer: Any, scaler: Scaler | None, b: dict[str, Any]):
+    """Differentiable scaled features (n_atoms, n_features) of a :meth:`NeighborCache.batch`."""
+    X = featurizer(b["numbers"], b["positions"], b["cells"], b["batch"], b["nl"])
+    return X if scaler is None else scaler.transform_torch(X, b["numbers"])
+
+
+# -- the model contract ------------------------------------------------------------------------
+class AtomisticModel:
+    """Base of the supervised models: parameters, unfitted checks, prediction from ase.Atoms,
+    saving and loading. Subclasses implement ``fit``, ``predict``, ``_state`` and
+    ``_restore``."""
+
+    _registry: ClassVar[dict[str, type[AtomisticModel]]] = {}
+    has_uncertainty: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        AtomisticModel._registry[cls.__name__] = cls
+
+    # parameters ---------------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """The ``__init__`` arguments (scikit-learn convention)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in names}
+
+    def _json_params(self) -> dict[str, Any]:
+        out = {}
+        for k, v in self.get_params().items():
+            if hasattr(v, "to_dict"):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[k] = v
+        return out
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "elements_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit() or load_model() first"
+            )
+
+    def _remember_inputs(self, train: AtomicData) -> None:
+        if train.dataset.energy is None:
+            raise ValueError("fitting needs a dataset with energies")
+        self.elements_ = tuple(train.dataset.elements)
+        self.featurizer_ = train.featurizer
+        self.scaler_ = train.scaler
+        self.dataset_key_ = train.dataset.key
+        self.metrics_: dict[str, float] = {}
+
+    def _check_elements(self, dataset: Dataset) -> None:
+        unknown = sorted(set(dataset.elements) - set(self.elements_))
+        if unknown:
+            raise ValueError(
+                f"element(s) {unknown} were not in the training data {list(self.elements_)}"
+            )
+
+    # prediction -----------------------------------------------------------------------------
+    def predict(self, data: AtomicData, forces: bool = False) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def predict_atoms(self, images: Atoms | Sequence[Atoms], forces: bool = True) -> dict:
+        """Predict from structures with the stored featurizer and scaler.
+
+        Returns energy (S,) eV, forces: list of (n_i, 3) eV/Å (if ``forces``) and, for models
+        with uncertainty, energy_std (S,) eV.
+        """
+        self._check_fitted()
+        if self.featurizer_ is None:
+            raise ValueError(
+                "this model was fitted on precomputed features without a featurizer; "
+                "it can only predict from features (predict(AtomicData(..., features=X)))"
+            )
+        images = [images] if isinstance(images, Atoms) else list(images)
+        data = AtomicData(Dataset.from_atoms(images), None, self.featurizer_, self.scaler_)
+        out = self.predict(data, forces=forces)
+        if forces:
+            o = data.dataset.offsets
+            out["forces"] = [out["forces"][o[s] : o[s + 1]] for s in range(len(images))]
+        return out
+
+    # persistence ----------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+        """(JSON-safe learned state, {file stem: {name: tensor}})."""
+        raise NotImplementedError
+
+    def _restore(self, state: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]]):
+        raise NotImplementedError
+
+    def save(self, directory: str | Path, metrics: dict[str, float] | None = None) -> Path:
+        """Write ``card.json`` and safetensors weights into ``directory``; return it."""
+        self._check_fitted()
+        if metrics:
+            self.metrics_ = {**self.metrics_, **{k: float(v) for k, v in metrics.items()}}
+        state, tensors = self._state()
+        f = self.featurizer_
+        card = {
+            "model": type(self).__name__,
+            "hyperparameters": self._json_params(),
+            "featurizer": None if f is None else {"name": f.name, "params": f.get_params()},
+            "scaler": None if self.scaler_ is None else self.scaler_.to_dict(),
+            "elements": list(self.elements_),
+            "training_dataset_key": self.dataset_key_,
+            "metrics": self.metrics_,
+            "state": state,
+        }
+        return write_model_dir(directory, card, tensors)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> AtomisticModel:
+        """Load a saved model (verifying every file's sha256; nothing is unpickled)."""
+        card = read_card(directory)
+        klass = AtomisticModel._registry.get(card["model"])
+        if klass is None:
+            raise ValueError(f"{directory}: unknown model class {card['model']!r}")
+        if cls is not AtomisticModel and not issubclass(klass, cls):
+            raise ValueError(f"{directory} holds a {card['model']}, not a {cls.__name__}")
+        model = klass(**klass._params_from_json(card["hyperparameters"]))
+        tensors = {
+            name.removesuffix(".safetensors"): read_tensors(
+                directory, card, name.removesuffix(".safetensors")
+            )
+            for name in card["files"]
+        }
+        f = card["featurizer"]
+        if f is not None:
+            from atomistic.features import featurizer_from_params
+
+            model.featurizer_ = featurizer_from_params(f["name"], f["params"])
+        else:
+            model.featurizer_ = None
+        model.scaler_ = None if card["scaler"] is None else Scaler.from_dict(card["scaler"])
+        for sym in card["elements"]:
+            if sym not in chemical_symbols:
+                raise ValueError(f"{directory}: unknown element {sym!r} in the model card")
+        model.elements_ = tuple(card["elements"])
+        model.dataset_key_ = card["training_dataset_key"]
+        model.metrics_ = dict(card["metrics"])
+        model._restore(card["state"], tensors)
+        return model
+
+    @classmethod
+    def _params_from_json(cls, params: dict[str, Any]) -> dict[str, Any]:
+        return params
+
+
+def load_model(directory: str | Path) -> AtomisticModel:
+    """Load any saved atompipe model; the class is read from its card."""
+    import atomistic.models  # noqa: F401  (registers every model class)
+
+    return AtomisticModel.load(directory)
