@@ -25,8 +25,8 @@ __all__ = ["Featurizer", "featurizer_from_params"]
 
 _REGISTRY: dict[str, type[Featurizer]] = {}
 
-# elements of a dense triplet block (centres x triplets x columns) per chunk
-_TRIPLET_BUDGET = 1 << 20
+# elements of a dense (centres x m x m x columns) triplet block per chunk
+_TRIPLET_BUDGET = 1 << 18
 # atoms per forward call in featurize_arrays (bounds memory; structures are never split)
 _ATOMS_PER_CALL = 8192
 
@@ -297,22 +297,25 @@ class Featurizer(torch.nn.Module):
         return term.combine(sums)
 
     def _angular_triplets(self, i, vectors, distances, factors, nbins_j, n_atoms) -> Tensor:
-        """Angular sums over explicit triplets {j, k} of each centre, padded per block of centres
-        to m neighbour slots; only neighbours within the angular cutoff take part."""
+        """Angular sums over explicit neighbour pairs (j, k) of each centre: neighbours (only those
+        within the angular cutoff) are padded per block of centres to m slots, the term is evaluated
+        on (n, m, m) blocks, and sums are resolved by element pair with one-hot matmuls."""
         term = self.angular
         counts = torch.bincount(i, minlength=n_atoms)
         starts = torch.cumsum(counts, 0) - counts
         slot = torch.arange(i.numel(), device=i.device) - starts[i]
         counts_np = counts.cpu().numpy()
-        npairs, a = self.n_pairs, factors.shape[1]
+        starts_np = starts.cpu().numpy()
+        nb, npairs, a = self.n_bins, self.n_pairs, factors.shape[1]
         m_max = int(counts_np.max()) if n_atoms else 0
-        width = max(a * npairs, 8) + 8
-        per_chunk = max(1, _TRIPLET_BUDGET // max(1, m_max * (m_max - 1) // 2 * width))
+        per_chunk = max(1, _TRIPLET_BUDGET // max(1, m_max * m_max * a * nb))
+        left, right = torch.triu_indices(nb, nb, device=i.device)
+        half = torch.where(left == right, 0.5, 1.0).to(factors.dtype).view(1, -1, 1, 1)
         blocks = []
         for c0 in range(0, n_atoms, per_chunk):
             c1 = min(n_atoms, c0 + per_chunk)
             n, m = c1 - c0, int(counts_np[c0:c1].max())
-            p0 = int(starts[c0])
+            p0 = int(starts_np[c0])
             p1 = p0 + int(counts_np[c0:c1].sum())
             if m < 2:
                 blocks.append(factors.new_zeros((n, npairs * term.n_features)))
@@ -322,15 +325,26 @@ class Featurizer(torch.nn.Module):
             dense_r = distances.new_ones(n * m).index_put((flat,), distances[p0:p1])
             dense_g = factors.new_zeros((n * m, a)).index_put((flat,), factors[p0:p1])
             tri = Triplets(dense_v.view(n, m, 3), dense_r.view(n, m), dense_g.view(n, m, a))
-            radial, angular = term(tri)  # shapes (n, T, a), (n, T, b)
-            if npairs > 1:
-                dense_b = nbins_j.new_zeros(n * m).index_put((flat,), nbins_j[p0:p1]).view(n, m)
-                pair = self.pair_bin[dense_b[:, tri.tj], dense_b[:, tri.tk]]  # shape (n, T)
-                onehot = torch.nn.functional.one_hot(pair, npairs).to(radial.dtype)
-                radial = (onehot.unsqueeze(-1) * radial.unsqueeze(-2)).flatten(-2)
-            sums = torch.bmm(radial.transpose(1, 2), angular)  # shape (n, n_pairs * a, b)
-            sums = sums.view(n, npairs, a, -1)
-            blocks.append(term.combine(sums).reshape(n, -1))
+            radial, angular = term(tri)  # shapes (n, m, m, a), (n, m, m, b) or b x (n, m, m)
+            if isinstance(angular, Tensor):
+                angular = list(angular.unbind(-1))
+            if nb == 1:
+                lhs = radial.reshape(n, m * m, a)
+                cols = [lhs.sum(1) if A is None else
+                        torch.bmm(A.reshape(n, 1, m * m), lhs).view(n, a) for A in angular]
+                sums = torch.stack(cols, dim=-1).view(n, 1, a, -1)
+            else:
+                dense_b = nbins_j.new_zeros(n * m).index_put((flat,), nbins_j[p0:p1])
+                onehot = torch.nn.functional.one_hot(dense_b, nb).to(radial.dtype).view(n, m, nb)
+                # fold k's element into the radial factor, sum over k, then over j by j's element
+                rk = (onehot.view(n, 1, m, nb, 1) * radial.unsqueeze(3)).reshape(n * m, m, nb * a)
+                cols = [rk.sum(1) if A is None else
+                        torch.bmm(A.reshape(n * m, 1, m), rk).view(n * m, nb * a)
+                        for A in angular]
+                per_j = torch.stack(cols, dim=-1)  # shape (n * m, nb * a, b)
+                sums = torch.bmm(onehot.transpose(1, 2), per_j.reshape(n, m, -1))
+                sums = sums.view(n, nb, nb, a, -1)[:, left, right]  # shape (n, n_pairs, a, b)
+            blocks.append(term.combine(sums * half).reshape(n, -1))
         if not blocks:
             return factors.new_zeros((0, npairs * term.n_features))
         return torch.cat(blocks, dim=0)

@@ -14,7 +14,8 @@ __all__ = ["Cutoff", "CosineCutoff"]
 
 
 class Cutoff(torch.nn.Module):
-    """Base class: ``forward(r) = compute(r)`` for r < R_c, 0 beyond (value and gradient)."""
+    """Base class: ``forward(r) = compute(min(r, R_c))``; ``compute`` must vanish at R_c, so
+    value and gradient are zero beyond the cutoff (a clamp is cheaper than a masked select)."""
 
     def __init__(self, cutoff: float) -> None:
         super().__init__()
@@ -22,7 +23,7 @@ class Cutoff(torch.nn.Module):
 
     def forward(self, r: Tensor) -> Tensor:
         """r: distances, any shape, Å -> f_c(r), same shape."""
-        return torch.where(r < self.cutoff, self.compute(r), torch.zeros_like(r))
+        return self.compute(r.clamp(max=self.cutoff))
 
     def compute(self, r: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -47,59 +47,54 @@ def _ipow(x: Tensor, n: int) -> Tensor:
 
 
 class Triplets:
-    """Geometry of the unordered neighbour pairs {j, k} (j < k) of a block of centre atoms.
+    """Geometry of the neighbour pairs (j, k) of a block of centre atoms, as dense (n, m, m) blocks.
 
-    Neighbours are padded to ``m`` slots per centre (padding has ``g = 0`` so it contributes
-    nothing); ``T = m (m - 1) / 2``. Attributes are computed on first use.
+    Neighbours are padded to ``m`` slots per centre (padding has factor ``g = 0``). Every ordered
+    pair j != k appears, so each unordered pair twice; the diagonal j = k is masked in
+    :attr:`gg`. Attributes are computed on first use; shapes broadcast to (n, m, m[, a]).
 
     Args:
         vectors: (n, m, 3) r_ij, Å (zero in padding).
         distances: (n, m) R_ij, Å (one in padding).
-        factors: (n, m, a) the angular term's per-neighbour factor (zero in padding).
+        factors: (n, m, a) the angular term's per-neighbour factor g(R_ij) (zero in padding).
     """
 
     def __init__(self, vectors: Tensor, distances: Tensor, factors: Tensor) -> None:
-        n, m, _ = vectors.shape
-        tj, tk = torch.triu_indices(m, m, 1, device=vectors.device)
         self.vectors, self.distances, self.factors = vectors, distances, factors
-        self.tj, self.tk, self.flat = tj, tk, tj * m + tk
 
-    def _pairwise(self, a: Tensor, b: Tensor) -> Tensor:
-        n, m, _ = a.shape
-        return torch.bmm(a, b.transpose(1, 2)).reshape(n, m * m)[:, self.flat]
+    @cached_property
+    def dots(self) -> Tensor:
+        """r_ij . r_ik, shape (n, m, m), Å^2."""
+        return torch.bmm(self.vectors, self.vectors.transpose(1, 2))
 
     @cached_property
     def cos(self) -> Tensor:
-        """cos theta_ijk, shape (n, T)."""
-        unit = self.vectors / self.distances.unsqueeze(-1)
-        return self._pairwise(unit, unit)
+        """cos theta_ijk, shape (n, m, m)."""
+        inv = 1.0 / self.distances
+        return self.dots * (inv.unsqueeze(2) * inv.unsqueeze(1))
 
-    @cached_property
+    @property
     def r_j(self) -> Tensor:
-        """R_ij, shape (n, T)."""
-        return self.distances[:, self.tj]
+        """R_ij, shape (n, m, 1)."""
+        return self.distances.unsqueeze(2)
 
-    @cached_property
+    @property
     def r_k(self) -> Tensor:
-        """R_ik, shape (n, T)."""
-        return self.distances[:, self.tk]
+        """R_ik, shape (n, 1, m)."""
+        return self.distances.unsqueeze(1)
 
     @cached_property
-    def g_j(self) -> Tensor:
-        """Per-neighbour factor of j, shape (n, T, a)."""
-        return self.factors[:, self.tj]
-
-    @cached_property
-    def g_k(self) -> Tensor:
-        """Per-neighbour factor of k, shape (n, T, a)."""
-        return self.factors[:, self.tk]
+    def gg(self) -> Tensor:
+        """g_j g_k with the diagonal j = k zeroed, shape (n, m, m, a)."""
+        m = self.distances.shape[1]
+        off = 1.0 - torch.eye(m, dtype=self.factors.dtype, device=self.factors.device)
+        return self.factors.unsqueeze(2) * self.factors.unsqueeze(1) * off.unsqueeze(-1)
 
     @cached_property
     def r_jk2(self) -> Tensor:
-        """R_jk^2 = R_ij^2 + R_ik^2 - 2 r_ij . r_ik, shape (n, T), Å^2."""
+        """R_jk^2 = R_ij^2 + R_ik^2 - 2 r_ij . r_ik, shape (n, m, m), Å^2 (clamped >= 1e-12)."""
         squared = self.distances * self.distances
-        dots = self._pairwise(self.vectors, self.vectors)
-        return (squared[:, self.tj] + squared[:, self.tk] - 2.0 * dots).clamp_min(1e-12)
+        return (squared.unsqueeze(2) + squared.unsqueeze(1) - 2.0 * self.dots).clamp_min(1e-12)
 
 
 class RadialTerm(torch.nn.Module):
@@ -187,8 +182,9 @@ class AngularTerm(torch.nn.Module):
         """Per-neighbour factor g(R_ij), shape (pairs, a); default f_c(R_ij)."""
         return self.cutoff_fn(r).unsqueeze(-1)
 
-    def forward(self, tri: Triplets) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
-        """-> R (n, T, a), A (n, T, b)."""
+    def forward(self, tri: Triplets) -> tuple[Tensor, Tensor | list]:  # pragma: no cover
+        """-> R (n, m, m, a), zero on the diagonal, and A (n, m, m, b), or A as a list of b
+        tensors (n, m, m) (None for a constant 1: saves stacking); both symmetric in (j, k)."""
         raise NotImplementedError
 
     def combine(self, sums: Tensor) -> Tensor:
@@ -250,22 +246,25 @@ class BehlerAngular(AngularTerm):
         r2 = (r * r).unsqueeze(-1)
         return torch.exp(-self.exponent.to(r.dtype) * r2) * self.cutoff_fn(r).unsqueeze(-1)
 
-    def forward(self, tri: Triplets) -> tuple[Tensor, Tensor]:
-        radial = tri.g_j * tri.g_k  # shape (n, T, n_eta)
+    def forward(self, tri: Triplets) -> tuple[Tensor, Tensor | list]:
+        radial = tri.gg  # shape (n, m, m, n_eta)
         if self.include_jk:
             r_jk2 = tri.r_jk2
-            f_jk = self.cutoff_fn(torch.sqrt(r_jk2)).unsqueeze(-1)
-            radial = radial * torch.exp(-self.exponent.to(r_jk2.dtype) * r_jk2.unsqueeze(-1)) * f_jk
+            f_jk = self.cutoff_fn(torch.sqrt(r_jk2))
+            if radial.shape[-1] == 1:
+                radial = radial * (torch.exp(-self.exponent.to(r_jk2.dtype) * r_jk2) * f_jk
+                                   ).unsqueeze(-1)
+            else:
+                decay = torch.exp(-self.exponent.to(r_jk2.dtype) * r_jk2.unsqueeze(-1))
+                radial = radial * decay * f_jk.unsqueeze(-1)
         cos = tri.cos
         if self.integer:
-            powers = [torch.ones_like(cos), cos]
+            powers: list[Tensor | None] = [None, cos]  # None: the constant 1
             for _ in range(self.max_power - 1):
                 powers.append(powers[-1] * cos)
-            angular = torch.stack(powers[: self.max_power + 1], dim=-1)  # shape (n, T, P)
-        else:
-            base = 1.0 + self.lam.to(cos.dtype) * cos.unsqueeze(-1)
-            angular = base.clamp_min(0.0) ** self.zeta.to(cos.dtype)  # shape (n, T, columns)
-        return radial, angular
+            return radial, powers[: self.max_power + 1]
+        base = 1.0 + self.lam.to(cos.dtype) * cos.unsqueeze(-1)
+        return radial, base.clamp_min(0.0) ** self.zeta.to(cos.dtype)  # shape (n, m, m, columns)
 
     def combine(self, sums: Tensor) -> Tensor:
         return (sums @ self.coef.to(sums.dtype)).flatten(-2)
@@ -288,13 +287,16 @@ class BehlerAngular(AngularTerm):
         self.register_buffer("mono_degree", deg)
 
     def pair_monomials(self, unit: Tensor) -> Tensor:
-        """unit vectors (pairs, 3) -> monomials x^a y^b z^c, a + b + c <= max zeta, (pairs, M)."""
-        powers = [torch.ones_like(unit), unit]
-        for _ in range(self.max_power - 1):
-            powers.append(powers[-1] * unit)
-        powers = torch.stack(powers[: self.max_power + 1], dim=1)  # shape (pairs, P, 3)
-        e = self.mono_exps
-        return powers[:, e[:, 0], 0] * powers[:, e[:, 1], 1] * powers[:, e[:, 2], 2]
+        """unit vectors (pairs, 3) -> monomials x^a y^b z^c, a + b + c <= max zeta, (pairs, M),
+        degree by degree, each degree in the order of ``mono_exps`` (a, then b, descending)."""
+        x, y, z = unit[:, 0:1], unit[:, 1:2], unit[:, 2:3]
+        level = torch.ones_like(x)  # degree 0
+        levels = [level]
+        for p in range(1, self.max_power + 1):
+            # x * (all of degree p-1), y * (those without x: last p), z * z^(p-1)
+            level = torch.cat([x * level, y * level[:, -p:], z * level[:, -1:]], dim=1)
+            levels.append(level)
+        return torch.cat(levels, dim=1)
 
     def moment_products(self, left: Tensor, right: Tensor) -> Tensor:
         """sum_alpha w_alpha L_alpha R_alpha per degree p: (..., M), (..., M) -> (..., P)."""
@@ -321,15 +323,15 @@ class ANIAngular(AngularTerm):
         self.register_buffer("sin_s", _buffer([math.sin(s) for s in self.sections]))
 
     def forward(self, tri: Triplets) -> tuple[Tensor, Tensor]:
-        mean = 0.5 * (tri.r_j + tri.r_k)
+        mean = 0.5 * (tri.r_j + tri.r_k)  # shape (n, m, m)
         d = mean.unsqueeze(-1) - self.shift.to(mean.dtype)
-        radial = tri.g_j * tri.g_k * torch.exp(-self.eta * d * d)  # shape (n, T, n_shifts)
+        radial = tri.gg * torch.exp(-self.eta * d * d)  # shape (n, m, m, n_shifts)
         c = 0.95 * tri.cos
         s = torch.sqrt(1.0 - c * c)
         half = 0.5 + 0.5 * (c.unsqueeze(-1) * self.cos_s.to(c.dtype)
                             + s.unsqueeze(-1) * self.sin_s.to(c.dtype))
         if self.zeta.is_integer():
-            angular = 2.0 * _ipow(half, int(self.zeta))  # shape (n, T, n_sections)
+            angular = 2.0 * _ipow(half, int(self.zeta))  # shape (n, m, m, n_sections)
         else:
             angular = 2.0 * half**self.zeta
         return radial, angular
