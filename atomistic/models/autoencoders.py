@@ -600,6 +600,15 @@ class VAE(AutoEncoder):
         self._check_fitted()
         return list(self.history_.metrics.get("train_kl", []))
 
+    def kl_divergence(self, X: np.ndarray, numbers: np.ndarray) -> float:
+        """Mean KL(q(z|x) || N(0, I)) per atom (nats) of scaled features ``X`` (n_atoms,
+        n_features)."""
+        X, numbers = self._checked(X, numbers, "kl_divergence")
+        self._check_range(X, "kl_divergence")
+        q = self._apply("encode", X, numbers)
+        mu, logvar = q["mean"], q["logvar"]
+        return float(np.mean(-0.5 * (1 + logvar - mu**2 - np.exp(logvar)).sum(1)))
+
     def sample(self, n: int, element: str | None = None, seed: int = 0) -> np.ndarray:
         """Draw ``n`` codes from the prior N(0, I) (seeded) and decode them with ``element``'s
         network: (n, n_features) decoded features (decoder mean, or Bernoulli probabilities)."""

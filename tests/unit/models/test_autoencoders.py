@@ -225,6 +225,7 @@ def test_vae_loss_terms_match_torch_distributions(vae, data):
     torch.testing.assert_close(out["kl"], kl_ref.detach())
     torch.testing.assert_close(out["reconstruction"], nll_ref.detach())
     torch.testing.assert_close(out["loss"], (nll_ref + vae.beta * kl_ref).detach())
+    assert vae.kl_divergence(Xt[zt == 6], zt[zt == 6]) == pytest.approx(float(kl_ref))
 
 
 def test_vae_kl_is_finite_and_positive(vae, data):
