@@ -62,6 +62,45 @@ def ingest(
             typer.echo(f"  {name:<26} {value}")
 
 
+def _load(campaign: Path, overrides: list[str] | None = None):
+    import yaml
+
+    from flows.config import ConfigError, load_campaign
+
+    parsed = {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--set {item!r}: expected KEY=VALUE")
+        parsed[key] = yaml.safe_load(value)
+    try:
+        return load_campaign(campaign, parsed)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def run(
+    campaign: Annotated[Path, typer.Argument(help="campaign YAML file")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key: models.nn.activation=tanh")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Run a campaign: ingest, featurize, train, evaluate, record in MLflow."""
+    cfg = _load(campaign, set_)
+    from flows.campaign import run_campaign
+
+    try:
+        summary = run_campaign(cfg, show_progress=not quiet)
+    except Exception as exc:  # the flow failed: one clear line, non-zero exit
+        _fail(f"campaign {cfg.name} failed: {exc}")
+    champ = summary["tracking"].get("champion")
+    if champ:
+        typer.echo(f"champion: {champ['model']} (registered {champ['name']} v{champ['version']})")
+    typer.echo(f"MLflow: {summary['tracking']['tracking_uri']}  (atompipe ui)")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     configure_environment()
     app()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,7 +49,7 @@ def dask_client(
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
-        silence_logs="error",
+        silence_logs=logging.ERROR,
     ) as cluster, Client(cluster) as client:
         client.run(_worker_setup)
         yield client

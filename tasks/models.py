@@ -1,0 +1,267 @@
+"""Prefect tasks for the learning stages: autoencoders and latent features, supervised models,
+evaluation. Each reads its inputs from the store by reference and writes a model directory
+``<workspace>/models/<key>/`` (complete only once its card is written) or a latent group."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+
+from atomistic.data import read_dataset, read_split
+from atomistic.features.scaling import Scaler
+from atomistic.features.store import read_features, write_feature_array
+from atomistic.storage import Store, content_hash
+from tasks.caching import content_cache_key
+
+__all__ = ["train_encoder", "train_model", "evaluate_model", "model_key"]
+
+_MODEL_TYPES = {
+    "neuralnetwork": "NeuralNetwork",
+    "kernelridge": "KernelRidge",
+    "gaussianprocess": "GaussianProcess",
+}
+
+
+def model_key(features: dict[str, Any], scaler: dict[str, Any], config: dict[str, Any],
+              split: dict[str, Any]) -> str:
+    return content_hash("atompipe-model", 1, features["key"], scaler["key"], config, split)
+
+
+def _publish_dir(build: Path, target: Path) -> None:
+    """Move a finished directory into place in one rename; a concurrent twin wins quietly."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(build, target)
+    except OSError:
+        if not (target / "card.json").exists():
+            raise
+        shutil.rmtree(build, ignore_errors=True)
+
+
+def _staging(workspace: str, key: str) -> Path:
+    path = Path(workspace) / "models" / ".staging" / f"{key[:16]}-{uuid.uuid4().hex}"
+    path.mkdir(parents=True)
+    return path
+
+
+def _split_arrays(ref: dict[str, Any], split: dict[str, Any]) -> dict[str, np.ndarray]:
+    return read_split(ref["store"], ref["dataset"], tuple(split["fractions"]), split["seed"])
+
+
+def _atomic_data(ref, scaler_ref, indices, featurizer):
+    """AtomicData for structures ``indices``: scaled cached features (the fast path)."""
+    from atomistic.models.base import AtomicData
+
+    store = Store(ref["store"])
+    dataset = read_dataset(store, ref["dataset"]).subset(indices)
+    X, _ = read_features(store, ref["key"], indices, kind=ref["kind"])
+    scaler = Scaler.from_dict(scaler_ref["scaler"])
+    return AtomicData(dataset, scaler.transform(X, dataset.numbers), featurizer, scaler)
+
+
+def _featurizer(ref: dict[str, Any]):
+    if ref["kind"] != "features":
+        return None  # latent features: no differentiable path from positions
+    from atomistic.features import featurizer_from_params
+
+    return featurizer_from_params(ref["featurizer"], ref["params"])
+
+
+# -- autoencoders and latent features ----------------------------------------------------------
+def encoder_key(features, scaler, settings, split) -> str:
+    return content_hash("atompipe-encoder", 1, features["key"], scaler["key"], settings, split)
+
+
+def _encoder_exists(p: dict[str, Any]) -> bool:
+    key = encoder_key(p["features"], p["scaler"], p["settings"], p["split"])
+    return (Path(p["workspace"]) / "models" / key / "card.json").exists()
+
+
+@task(name="train-encoder", cache_key_fn=content_cache_key("train-encoder", _encoder_exists),
+      persist_result=True, result_serializer="json")
+def train_encoder(
+    features: dict[str, Any],
+    scaler: dict[str, Any],
+    settings: dict[str, Any],
+    split: dict[str, Any],
+    workspace: str,
+    on_epoch: Any = None,
+) -> dict[str, Any]:
+    """Train an AE/VAE on scaled training features; extract latent features for every atom."""
+    from atomistic.features.latent import latent_features, latent_key, latent_labels
+    from atomistic.models.autoencoders import VAE, AutoEncoder
+    from atomistic.models.training import TrainingConfig
+
+    key = encoder_key(features, scaler, settings, split)
+    target = Path(workspace) / "models" / key
+    parts = _split_arrays(features, split)
+    store = Store(features["store"])
+    dataset = read_dataset(store, features["dataset"])
+    sc = Scaler.from_dict(scaler["scaler"])
+    X_all, offsets = read_features(store, features["key"], kind=features["kind"])
+    X_all = sc.transform(X_all, dataset.numbers)
+
+    def rows(idx):
+        return np.concatenate([np.arange(offsets[s], offsets[s + 1]) for s in idx])
+
+    tr, va = rows(parts["train"]), rows(parts["validation"]) if len(parts["validation"]) else None
+    s = dict(settings)
+    kind = s.pop("kind")
+    training = TrainingConfig(**s.pop("training"))
+    if (target / "card.json").exists():
+        encoder = (VAE if kind == "vae" else AutoEncoder).load(target)
+    else:
+        if kind == "vae":
+            encoder = VAE(hiddenlayers=s["hiddenlayers"], activation=s["activation"],
+                          variant=s["variant"], beta=s["beta"], per_element=s["per_element"])
+        else:
+            encoder = AutoEncoder(hiddenlayers=s["hiddenlayers"], activation=s["activation"],
+                                  per_element=s["per_element"])
+        encoder.fit(
+            X_all[tr], dataset.numbers[tr],
+            None if va is None else X_all[va], None if va is None else dataset.numbers[va],
+            config=training, callback=on_epoch, feature_key=features["key"],
+        )
+        build = _staging(workspace, key)
+        encoder.save(build)
+        history = getattr(encoder, "history_", None)
+        if history is not None:
+            (build / "history.json").write_text(json.dumps(history.to_dict()))
+        _publish_dir(build, target)
+    Z = latent_features(encoder, X_all, dataset.numbers)
+    lkey = latent_key(features["key"], encoder.encoder_key)
+    write_feature_array(
+        store, lkey, Z, offsets,
+        {"featurizer": "latent", "dataset": features["dataset"], "source": features["key"],
+         "encoder": encoder.encoder_key, "labels": latent_labels(encoder), "complete": True},
+    )
+    test_rows = rows(parts["test"])
+    return {
+        "store": features["store"], "kind": "latent", "key": lkey,
+        "dataset": features["dataset"], "featurizer": "latent",
+        "params": {"encoder": encoder.encoder_key, "source": features["key"]},
+        "encoder_dir": str(target),
+        "reconstruction_mse_test": float(
+            encoder.reconstruction_error(X_all[test_rows], dataset.numbers[test_rows])
+        ),
+        "scaled_variance_test": float(X_all[test_rows].var(axis=0).mean()),
+    }
+
+
+# -- supervised models -------------------------------------------------------------------------
+def _model_exists(parameters: dict[str, Any]) -> bool:
+    key = model_key(parameters["features"], parameters["scaler"], parameters["config"],
+                    parameters["split"])
+    return (Path(parameters["workspace"]) / "models" / key / "card.json").exists()
+
+
+@task(name="train-model", cache_key_fn=content_cache_key("train-model", _model_exists),
+      persist_result=True, result_serializer="json")
+def train_model(
+    name: str,
+    features: dict[str, Any],
+    scaler: dict[str, Any],
+    config: dict[str, Any],
+    split: dict[str, Any],
+    workspace: str,
+    on_epoch: Any = None,
+) -> dict[str, Any]:
+    """Fit one model on the training split (validation split for early stopping); save it."""
+    import time
+
+    import atomistic.models as models
+
+    key = model_key(features, scaler, config, split)
+    target = Path(workspace) / "models" / key
+    ref = {"name": name, "key": key, "dir": str(target), "type": config["type"],
+           "features": features["key"], "dataset": features["dataset"]}
+    if (target / "card.json").exists():
+        return {**ref, "trained": False}
+    parts = _split_arrays(features, split)
+    featurizer = _featurizer(features)
+    train = _atomic_data(features, scaler, parts["train"], featurizer)
+    val = (_atomic_data(features, scaler, parts["validation"], featurizer)
+           if len(parts["validation"]) else None)
+    params = {k: v for k, v in config.items() if k not in ("type", "features")}
+    klass = getattr(models, _MODEL_TYPES[config["type"]])
+    if config["type"] == "neuralnetwork":
+        params["training"] = {
+            **params["training"],
+            "checkpoint_dir": str(Path(workspace) / "checkpoints" / key),
+        }
+    model = klass(**params)
+    t0 = time.perf_counter()
+    if config["type"] == "neuralnetwork":
+        model.fit(train, val, callback=on_epoch)
+    else:
+        model.fit(train)
+    fit_time = time.perf_counter() - t0
+    build = _staging(workspace, key)
+    model.save(build, metrics={"fit_time_s": fit_time})
+    history = getattr(model, "history_", None)
+    if history is not None:
+        (build / "history.json").write_text(json.dumps(history.to_dict()))
+    _publish_dir(build, target)
+    shutil.rmtree(Path(workspace) / "checkpoints" / key, ignore_errors=True)
+    return {**ref, "trained": True, "fit_time_s": fit_time}
+
+
+@task(name="evaluate", cache_key_fn=content_cache_key("evaluate", lambda p: Path(
+    p["model"]["dir"], "evaluation.json").exists()), persist_result=True,
+      result_serializer="json")
+def evaluate_model(
+    model: dict[str, Any],
+    features: dict[str, Any],
+    scaler: dict[str, Any],
+    split: dict[str, Any],
+    which: str = "test",
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Errors on the held-out split: energies from cached features, forces through the
+    featurizer where the dataset has them; parity plots beside the model."""
+    from atomistic import metrics as M
+    from atomistic.models.base import AtomisticModel
+
+    directory = Path(model["dir"])
+    m = AtomisticModel.load(directory)
+    parts = _split_arrays(features, split)
+    idx = parts[which]
+    featurizer = _featurizer(features)
+    data = _atomic_data(features, scaler, idx, featurizer)
+    ds = data.dataset
+    want_forces = ds.forces is not None and featurizer is not None
+    pred = m.predict(data, forces=want_forces)
+    n = ds.atoms_per_structure
+    out: dict[str, Any] = {"split": which, "n_structures": int(ds.n_structures)}
+    out.update(M.energy_errors(ds.energy, pred["energy"], n))
+    if want_forces:
+        out.update(M.force_errors(ds.forces, pred["forces"]))
+    if "energy_std" in pred:
+        z = (ds.energy - pred["energy"]) / pred["energy_std"]
+        out.update({f"z_within_{k}sigma": float(np.mean(np.abs(z) <= k)) for k in (1, 2, 3)})
+    artifacts = []
+    if plots:
+        from atomistic.plots import learning_curve, parity_plot
+
+        artifacts.append(str(parity_plot(ds.energy / n, pred["energy"] / n,
+                                         directory / "parity_energy.png",
+                                         f"{model['name']}: energy ({which})", "eV/atom")))
+        if want_forces:
+            artifacts.append(str(parity_plot(ds.forces.ravel(), pred["forces"].ravel(),
+                                             directory / "parity_forces.png",
+                                             f"{model['name']}: forces ({which})", "eV/Å")))
+        hist = directory / "history.json"
+        if hist.exists():
+            artifacts.append(str(learning_curve(json.loads(hist.read_text()),
+                                                directory / "learning_curve.png",
+                                                model["name"])))
+    out = {k: (float(v) if isinstance(v, np.floating | float | int) else v) for k, v in out.items()}
+    (directory / "evaluation.json").write_text(json.dumps(out, indent=1))
+    return {**model, "metrics": out, "artifacts": artifacts}

@@ -1,0 +1,143 @@
+"""MLflow tracking of a campaign: one experiment per campaign, a parent run per campaign run,
+a child run per model with its parameters, per-epoch metrics (batched), test metrics,
+artifacts (model, scaler, configuration, plots) and tags; the best model is registered with the
+alias "champion"."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.context import get_run_context
+
+from flows.config import flatten
+from tasks.caching import content_cache_key
+
+__all__ = ["record_campaign"]
+
+_MODEL_CODE = str(Path(__file__).resolve().parents[1] / "flows" / "mlflow_model.py")
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _flow_run_id() -> str:
+    try:
+        ctx = get_run_context()
+        run = getattr(ctx, "flow_run", None) or getattr(getattr(ctx, "task_run", None), "flow_run_id", None)
+        return str(getattr(run, "id", run))
+    except Exception:  # outside a run
+        return "none"
+
+
+def _history_metrics(path: Path) -> list[Any]:
+    from mlflow.entities import Metric
+
+    if not path.exists():
+        return []
+    hist = json.loads(path.read_text())
+    now = int(time.time() * 1000)
+    return [
+        Metric(key=name.replace("/", "_"), value=float(v), timestamp=now, step=step)
+        for name, values in hist.get("metrics", {}).items()
+        for step, v in enumerate(values)
+    ]
+
+
+@task(name="record", cache_key_fn=content_cache_key("record"), persist_result=True,
+      result_serializer="json")
+def record_campaign(
+    config: dict[str, Any],
+    datasets: dict[str, Any],
+    features: dict[str, Any],
+    results: dict[str, Any],
+) -> dict[str, Any]:
+    """Log the campaign to MLflow; returns the run ids and the champion model version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    ws = Path(config["workspace"])
+    uri = (config.get("tracking") or {}).get("uri") or f"sqlite:///{(ws / 'mlflow.db').resolve()}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    name = (config.get("tracking") or {}).get("experiment") or config["name"]
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        name, artifact_location=(ws / "mlartifacts").resolve().as_uri() if "://" not in uri or uri.startswith("sqlite") else None
+    )
+    tags = {"atompipe.git_commit": _git_commit(), "atompipe.prefect_flow_run": _flow_run_id()}
+    tags.update({f"atompipe.dataset.{n}": r["key"] for n, r in datasets.items()})
+    parent = client.create_run(exp_id, run_name=f"{config['name']}", tags=tags)
+    pid = parent.info.run_id
+    params = flatten(config)
+    from mlflow.entities import Param
+
+    items = [Param(k[:250], v[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(pid, params=items[i : i + 100])
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path = Path(tmp) / "campaign.json"
+        cfg_path.write_text(json.dumps(config, indent=1))
+        client.log_artifact(pid, str(cfg_path))
+
+    metric = config.get("evaluation", {}).get("metric", "energy_mae_per_atom")
+    children: dict[str, Any] = {}
+    for mname, res in results.items():
+        directory = Path(res["dir"])
+        ctags = {
+            "mlflow.parentRunId": pid,
+            "atompipe.model_key": res["key"],
+            "atompipe.feature_key": res["features"],
+            "atompipe.dataset_key": res["dataset"],
+            **{k: v for k, v in tags.items() if not k.startswith("atompipe.dataset.")},
+        }
+        run = client.create_run(exp_id, run_name=mname, tags=ctags)
+        rid = run.info.run_id
+        mcfg = config["models"][mname]
+        cparams = [Param(k[:250], v[:6000]) for k, v in flatten(mcfg).items()]
+        client.log_batch(rid, params=cparams)
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        hist = _history_metrics(directory / "history.json")
+        final = [Metric(f"test_{k}", float(v), now, 0)
+                 for k, v in res["metrics"].items() if isinstance(v, int | float)]
+        batch = hist + final
+        for i in range(0, len(batch), 900):
+            client.log_batch(rid, metrics=batch[i : i + 900])
+        for art in res.get("artifacts", []):
+            client.log_artifact(rid, art, artifact_path="plots")
+        client.log_artifact(rid, str(directory / "card.json"), artifact_path="atompipe_model")
+        with mlflow.start_run(run_id=rid):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=_MODEL_CODE,
+                artifacts={"model": str(directory)},
+                pip_requirements=["atompipe"],
+            )
+        client.set_terminated(rid)
+        children[mname] = {"run_id": rid, "model_uri": info.model_uri,
+                           "score": res["metrics"].get(metric)}
+    client.set_terminated(pid)
+
+    champion = None
+    scored = {k: v for k, v in children.items() if v["score"] is not None}
+    if scored and config.get("evaluation", {}).get("register_best", True):
+        best = min(scored, key=lambda k: scored[k]["score"])
+        reg_name = f"{config['name']}-champion"
+        mv = mlflow.register_model(children[best]["model_uri"], reg_name)
+        client.set_registered_model_alias(reg_name, "champion", mv.version)
+        champion = {"name": reg_name, "version": str(mv.version), "model": best}
+    return {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": pid,
+            "children": children, "champion": champion}
