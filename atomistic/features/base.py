@@ -306,9 +306,9 @@ class Featurizer(torch.nn.Module):
         slot = torch.arange(i.numel(), device=i.device) - starts[i]
         counts_np = counts.cpu().numpy()
         starts_np = starts.cpu().numpy()
-        nb, npairs, a = self.n_bins, self.n_pairs, factors.shape[1]
+        nb, npairs = self.n_bins, self.n_pairs
         m_max = int(counts_np.max()) if n_atoms else 0
-        per_chunk = max(1, _TRIPLET_BUDGET // max(1, m_max * m_max * a * nb))
+        per_chunk = max(1, _TRIPLET_BUDGET // max(1, m_max * m_max * factors.shape[1] * nb))
         left, right = torch.triu_indices(nb, nb, device=i.device)
         half = torch.where(left == right, 0.5, 1.0).to(factors.dtype).view(1, -1, 1, 1)
         blocks = []
@@ -323,9 +323,10 @@ class Featurizer(torch.nn.Module):
             flat = (i[p0:p1] - c0) * m + slot[p0:p1]
             dense_v = vectors.new_zeros((n * m, 3)).index_put((flat,), vectors[p0:p1])
             dense_r = distances.new_ones(n * m).index_put((flat,), distances[p0:p1])
-            dense_g = factors.new_zeros((n * m, a)).index_put((flat,), factors[p0:p1])
-            tri = Triplets(dense_v.view(n, m, 3), dense_r.view(n, m), dense_g.view(n, m, a))
+            dense_g = factors.new_zeros((n * m, factors.shape[1])).index_put((flat,), factors[p0:p1])
+            tri = Triplets(dense_v.view(n, m, 3), dense_r.view(n, m), dense_g.view(n, m, -1))
             radial, angular = term(tri)  # shapes (n, m, m, a), (n, m, m, b) or b x (n, m, m)
+            a = radial.shape[-1]
             if isinstance(angular, Tensor):
                 angular = list(angular.unbind(-1))
             if nb == 1:
