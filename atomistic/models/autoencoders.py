@@ -432,7 +432,7 @@ class AutoEncoder:
             "config": self.config_.to_dict(),
             "weights_sha256": self.weights_sha256,
             "encoder_key": self.encoder_key,
-            "history": {"best_epoch": self.history_.best_epoch, "metrics": self.history_.metrics},
+            "history": self.history_.to_dict(),
         }
         return write_model_dir(directory, card, {_WEIGHTS: self._state_dict()})
 
@@ -450,8 +450,7 @@ class AutoEncoder:
         obj.elements_, obj.n_features_ = list(card["elements"]), int(card["n_features"])
         obj.latent_dim_, obj.feature_key_ = int(card["latent_dim"]), card["feature_key"]
         obj.config_ = TrainingConfig(**card["config"])
-        h = card["history"]
-        obj.history_ = History(metrics=h["metrics"], best_epoch=h["best_epoch"])
+        obj.history_ = History(**card["history"])
         obj.module_ = obj._build(obj.n_features_)
         obj.module_.load_state_dict(state)
         obj.module_.eval()
@@ -482,7 +481,9 @@ class VAE(AutoEncoder):
     dimensions; it is averaged over atoms. Training samples z by reparameterisation; evaluation
     (validation) decodes the mean and weighs the KL by the full ``beta``, so that the monitored
     loss is the same objective at every epoch. With annealing and no validation data the training
-    atoms are monitored in that way (reported as ``val_*``).
+    atoms are monitored in that way (reported as ``val_*``). The schedule depends on the total
+    number of epochs T (Fu et al.'s formula), so an interrupted run resumes on the same schedule
+    only with the same ``epochs``.
 
     Extra fitted state: ``kl_history_`` (mean KL per atom after each epoch, training batches).
     """
@@ -518,7 +519,12 @@ class VAE(AutoEncoder):
             raise ValueError(f"variant must be 'multivariate' or 'bernoulli', got {self.variant!r}")
         if not (self.beta >= 0 and math.isfinite(self.beta)):
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
-        self._annealing()
+        sched = self._annealing()
+        if sched is not None and 0 < config.epochs <= sched[0]:
+            raise ValueError(
+                f"cyclical annealing with {sched[0]} cycles needs more than {sched[0]} epochs "
+                f"(got {config.epochs}): with one epoch per cycle beta would stay 0"
+            )
 
     def _annealing(self) -> tuple[int, float] | None:
         """(cycles, ratio) of the schedule, or None for a constant beta."""
