@@ -49,10 +49,10 @@ def atomic_kernel(
         k = torch.exp(-d2 / (2.0 * sigma**2))
         return k, (k * d2 / sigma**2 if with_dlogsigma else None)
     if kernel == "exponential":
-        d2 = _sqdist(A, B)
-        positive = d2 > 0
-        # sqrt with a zero gradient at d = 0 (the kernel has a cusp there)
-        d = torch.where(positive, torch.sqrt(torch.where(positive, d2, torch.ones_like(d2))), 0.0)
+        # direct differences, not the |a|^2 + |b|^2 - 2 a.b expansion: its rounding error
+        # (~1e-16) becomes ~1e-8 under the square root for nearly equal vectors
+        d = torch.cdist(A.unsqueeze(0), B.unsqueeze(0), p=2.0,
+                        compute_mode="donot_use_mm_for_euclid_dist").squeeze(0)
     elif kernel == "laplacian":
         d = torch.cdist(A.unsqueeze(0), B.unsqueeze(0), p=1).squeeze(0)
     else:

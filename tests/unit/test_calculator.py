@@ -1,0 +1,68 @@
+"""The ASE calculator: same numbers as the model, uncertainty where the model has one, and
+energy conservation in NVE molecular dynamics with a small trained Cu potential."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import units
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.verlet import VelocityVerlet
+
+sys.path.insert(0, str(Path(__file__).parent / "models"))
+from conftest import cu_images, make_data  # noqa: E402
+
+from atomistic.calculator import AtompipeCalculator  # noqa: E402
+from atomistic.models import GaussianProcess, NeuralNetwork, TrainingConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cu_potential(tmp_path_factory):
+    data = make_data(cu_images(40, size=(2, 2, 2), rattle=0.1), cutoff=4.5, angular_type="G4")
+    model = NeuralNetwork((10, 10), "silu", force_weight=0.1,
+                          training=TrainingConfig(epochs=20, lr=1e-2, batch_size=10, seed=0))
+    path = model.fit(data).save(tmp_path_factory.mktemp("cu") / "nn")
+    return data, model, path
+
+
+def test_calculator_matches_model(cu_potential):
+    data, model, path = cu_potential
+    atoms = cu_images(1, seed=3, size=(2, 2, 2))[0]
+    calc = AtompipeCalculator(path)
+    assert set(calc.implemented_properties) == {"energy", "free_energy", "forces"}
+    atoms.calc = calc
+    ref = model.predict_atoms([atoms])
+    assert atoms.get_potential_energy() == pytest.approx(ref["energy"][0], abs=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), ref["forces"][0], atol=1e-10)
+
+
+def test_gp_calculator_reports_std():
+    data = make_data(cu_images(10))
+    gp = GaussianProcess(sigma=2.0, noise=1e-3, optimize=False).fit(data)
+    atoms = cu_images(1, seed=4)[0]
+    atoms.calc = AtompipeCalculator(gp)
+    atoms.get_potential_energy()
+    assert "energy_std" in atoms.calc.implemented_properties
+    assert atoms.calc.results["energy_std"] > 0
+
+
+def test_nve_conserves_energy(cu_potential):
+    _, _, path = cu_potential
+    atoms = cu_images(1, seed=8, size=(2, 2, 2), rattle=0.0)[0]
+    atoms.calc = AtompipeCalculator(path)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dt, steps = 2.0 * units.fs, 150
+    dyn = VelocityVerlet(atoms, timestep=dt)
+    energies = []
+    dyn.attach(lambda: energies.append(atoms.get_total_energy()), interval=1)
+    dyn.run(steps)
+    e = np.array(energies) / len(atoms)
+    t_ps = np.arange(len(e)) * 2.0e-3
+    drift = np.polyfit(t_ps, e, 1)[0]
+    print(f"\nNVE drift {drift * 1e3:.4f} meV/atom/ps, fluctuation {np.ptp(e) * 1e3:.4f} meV/atom "
+          f"over {t_ps[-1]:.2f} ps (dt = 2 fs, 32 Cu atoms, 300 K)")
+    assert abs(drift) < 1e-3  # eV/atom/ps
+    assert np.ptp(e) < 2e-3  # eV/atom
+    ekin = atoms.get_kinetic_energy()
+    assert ekin > 0
