@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 
@@ -51,3 +52,21 @@ def slab() -> Atoms:
 @pytest.fixture(scope="session")
 def structures(ethanol, cu_bulk, triclinic, slab) -> dict[str, Atoms]:
     return {"ethanol": ethanol, "cu_bulk": cu_bulk, "triclinic": triclinic, "slab": slab}
+
+
+def run_forward(f, atoms, dtype=torch.float64, positions=None, cell=None):
+    """Features of one structure via ``f.forward``; positions/cell tensors may require grad."""
+    if positions is None:
+        positions = torch.tensor(atoms.positions, dtype=dtype)
+    if cell is None:
+        cell = torch.tensor(atoms.cell.array, dtype=dtype)
+    offsets = np.array([0, len(atoms)])
+    nl = f.neighbors(atoms.numbers, atoms.positions, atoms.cell.array[None], atoms.pbc[None],
+                     offsets)
+    return f(torch.tensor(atoms.numbers), positions, cell[None],
+             torch.zeros(len(atoms), dtype=torch.long), nl)
+
+
+@pytest.fixture(scope="session")
+def forward():
+    return run_forward
