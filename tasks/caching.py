@@ -3,7 +3,8 @@
 A stage's cache key is a hash of its inputs' content keys (small references), its parameters and
 the stage's format version — never of file paths or timestamps (DESIGN.md). When the output a key
 points at has gone from the store, the key changes, so the stage runs again instead of handing
-back a reference to nothing.
+back a reference to nothing: the flow asks each stage whether its output exists and, if not,
+submits it with ``refresh_cache=True`` (:func:`submit_cached`).
 """
 
 from __future__ import annotations
@@ -13,27 +14,28 @@ from typing import Any
 
 from atomistic.storage import content_hash
 
-__all__ = ["content_cache_key", "STAGE_VERSION"]
+__all__ = ["content_cache_key", "submit_cached", "STAGE_VERSION"]
 
 STAGE_VERSION = 1
 
 
 def content_cache_key(
-    stage: str,
-    exists: Callable[[dict[str, Any]], bool] | None = None,
-    ignore: tuple[str, ...] = ("client", "on_chunk", "on_epoch"),
+    stage: str, ignore: tuple[str, ...] = ("on_chunk", "on_epoch", "scheduler", "n_workers",
+                                           "rows_per_chunk")
 ) -> Callable[[Any, dict[str, Any]], str]:
-    """A Prefect ``cache_key_fn`` for ``stage``: a hash of the JSON-able parameters.
-
-    ``exists(parameters)`` says whether the stage's output is still in the store; when it is
-    not, the key gets a suffix that no earlier run wrote, and the stage runs.
-    """
+    """A Prefect ``cache_key_fn`` for ``stage``: a hash of its JSON-able parameters (callbacks
+    and execution settings, which do not change the output, left out)."""
 
     def key_fn(context: Any, parameters: dict[str, Any]) -> str:
         params = {k: v for k, v in parameters.items() if k not in ignore}
-        key = f"atompipe-{stage}-" + content_hash(stage, STAGE_VERSION, params)
-        if exists is not None and not exists(parameters):
-            key += "-missing"
-        return key
+        return f"atompipe-{stage}-" + content_hash(stage, STAGE_VERSION, params)
 
     return key_fn
+
+
+def submit_cached(task: Any, exists: Callable[..., bool], *args: Any, **kwargs: Any) -> Any:
+    """Submit ``task``; when ``exists(*args, **kwargs)`` says its output is gone from the store,
+    refresh its cache entry instead of trusting it."""
+    if not exists(*args, **kwargs):
+        task = task.with_options(refresh_cache=True)
+    return task.submit(*args, **kwargs)

@@ -79,12 +79,20 @@ def encoder_key(features, scaler, settings, split) -> str:
     return content_hash("atompipe-encoder", 1, features["key"], scaler["key"], settings, split)
 
 
-def _encoder_exists(p: dict[str, Any]) -> bool:
-    key = encoder_key(p["features"], p["scaler"], p["settings"], p["split"])
-    return (Path(p["workspace"]) / "models" / key / "card.json").exists()
+def encoder_exists(features, scaler, settings, split, workspace, **_: Any) -> bool:
+    """The encoder is saved and its latent features are in the store."""
+    key = encoder_key(features, scaler, settings, split)
+    card = Path(workspace) / "models" / key / "card.json"
+    if not card.exists():
+        return False
+    from atomistic.features.latent import latent_key
+    from atomistic.models.autoencoders import load_autoencoder
+
+    enc = load_autoencoder(card.parent)
+    return Store(features["store"]).has("latent", latent_key(features["key"], enc.encoder_key))
 
 
-@task(name="train-encoder", cache_key_fn=content_cache_key("train-encoder", _encoder_exists),
+@task(name="train-encoder", cache_key_fn=content_cache_key("train-encoder"),
       persist_result=True, result_serializer="json")
 def train_encoder(
     features: dict[str, Any],
@@ -156,13 +164,17 @@ def train_encoder(
 
 
 # -- supervised models -------------------------------------------------------------------------
-def _model_exists(parameters: dict[str, Any]) -> bool:
-    key = model_key(parameters["features"], parameters["scaler"], parameters["config"],
-                    parameters["split"])
-    return (Path(parameters["workspace"]) / "models" / key / "card.json").exists()
+def model_exists(name, features, scaler, config, split, workspace, **_: Any) -> bool:
+    key = model_key(features, scaler, config, split)
+    return (Path(workspace) / "models" / key / "card.json").exists()
 
 
-@task(name="train-model", cache_key_fn=content_cache_key("train-model", _model_exists),
+def evaluation_exists(model: Any, *_: Any, **__: Any) -> bool:
+    """Always True for a model still being trained (a future): it is evaluated afresh then."""
+    return not isinstance(model, dict) or (Path(model["dir"]) / "evaluation.json").exists()
+
+
+@task(name="train-model", cache_key_fn=content_cache_key("train-model"),
       persist_result=True, result_serializer="json")
 def train_model(
     name: str,
@@ -213,8 +225,7 @@ def train_model(
     return {**ref, "trained": True, "fit_time_s": fit_time}
 
 
-@task(name="evaluate", cache_key_fn=content_cache_key("evaluate", lambda p: Path(
-    p["model"]["dir"], "evaluation.json").exists()), persist_result=True,
+@task(name="evaluate", cache_key_fn=content_cache_key("evaluate"), persist_result=True,
       result_serializer="json")
 def evaluate_model(
     model: dict[str, Any],

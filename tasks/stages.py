@@ -21,14 +21,18 @@ from atomistic.storage import Store, content_hash
 from tasks.caching import content_cache_key
 from tasks.featurize import build_featurizer, featurize_dataset
 
-__all__ = ["ingest", "featurize", "fit_scaler"]
+__all__ = ["ingest", "ingest_exists", "featurize", "featurize_exists", "fit_scaler"]
 
 
 def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
     """Ingest is keyed by the files' bytes (sha256), not their names or times."""
-    key = _ingest_content_key(parameters)
-    dataset_key = Store(parameters["store_url"]).lookup(key)
-    return key if dataset_key else key + "-missing"
+    return _ingest_content_key(parameters)
+
+
+def ingest_exists(paths, store_url, fractions=(0.8, 0.1, 0.1), seed=0, format=None) -> bool:
+    params = {"paths": paths, "store_url": store_url, "fractions": fractions, "seed": seed,
+              "format": format}
+    return Store(store_url).lookup(_ingest_content_key(params)) is not None
 
 
 def _ingest_content_key(parameters: dict[str, Any]) -> str:
@@ -61,17 +65,16 @@ def ingest(
     return {"store": store_url, "key": key, "summary": ds.summary(), "written": written}
 
 
-def _features_exist(parameters: dict[str, Any]) -> bool:
-    ds = parameters["dataset"]
-    store = Store(ds["store"])
-    elements = tuple(ds["summary"]["elements"])
-    f = build_featurizer(parameters["name"], parameters["params"], elements)
-    return store.has("features", feature_key(ds["key"], f.name, f.get_params()))
+def featurize_exists(dataset: dict[str, Any], name: str, params: dict[str, Any],
+                     **_: Any) -> bool:
+    f = build_featurizer(name, params, tuple(dataset["summary"]["elements"]))
+    return Store(dataset["store"]).has("features", feature_key(dataset["key"], f.name,
+                                                               f.get_params()))
 
 
 @task(
     name="featurize",
-    cache_key_fn=content_cache_key("featurize", _features_exist),
+    cache_key_fn=content_cache_key("featurize"),
     persist_result=True,
     result_serializer="json",
 )

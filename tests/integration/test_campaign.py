@@ -1,0 +1,112 @@
+"""The campaign end to end with real Prefect, a real Dask LocalCluster, a real Zarr store and a
+real MLflow sqlite store: first run, cached rerun, one changed model, one changed feature set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import yaml
+
+from flows.config import load_campaign
+
+pytestmark = pytest.mark.slow
+
+CAMPAIGN = {
+    "name": "itest",
+    "datasets": {"cu": {"paths": ["cu.extxyz"]}},
+    "features": {"g": {"type": "gaussian", "dataset": "cu", "cutoff": 5.0}},
+    "dask": {"n_workers": 2, "rows_per_chunk": 640},
+    "models": {
+        "nn": {"type": "neuralnetwork", "features": "g", "hiddenlayers": [8],
+               "activation": "tanh", "training": {"epochs": 5, "batch_size": 16}},
+        "krr": {"type": "kernelridge", "features": "g", "sigma": 1.0, "lamda": 1e-6},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, shipped):
+    d = tmp_path_factory.mktemp("campaign")
+    ase.io.write(d / "cu.extxyz", ase.io.read(shipped["cu"], ":120"))
+    return d
+
+
+def _run(workdir: Path, monkeypatch, **changes):
+    from flows.campaign import run_campaign
+
+    raw = yaml.safe_load(yaml.safe_dump(CAMPAIGN))
+    for dotted, value in changes.items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    raw["workspace"] = str(workdir / "ws")
+    path = workdir / "campaign.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(workdir)
+    return run_campaign(load_campaign(path), show_progress=False)
+
+
+def test_campaign_caches_and_tracks(prefect_harness, workdir, monkeypatch):
+    first = _run(workdir, monkeypatch)
+    assert set(first["states"].values()) == {"Completed"}, first["states"]
+    for m in first["models"].values():
+        assert np.isfinite(m["energy_mae_per_atom"]) and m["energy_mae_per_atom"] < 0.05
+    model_dirs = {n: Path(m["dir"]) for n, m in first["models"].items()}
+    mtimes = {n: (d / "card.json").stat().st_mtime_ns for n, d in model_dirs.items()}
+
+    # nothing changed: a cache hit at every stage, no model trained
+    again = _run(workdir, monkeypatch)
+    assert set(again["states"].values()) == {"Cached"}, again["states"]
+    assert {n: (d / "card.json").stat().st_mtime_ns for n, d in model_dirs.items()} == mtimes
+
+    # one model parameter: that model alone is retrained
+    changed = _run(workdir, monkeypatch, **{"models.nn.hiddenlayers": [6]})
+    st = changed["states"]
+    assert st["train-model/nn"] == "Completed" and st["evaluate/nn"] == "Completed"
+    assert st["train-model/krr"] == "Cached" and st["evaluate/krr"] == "Cached"
+    assert st["ingest/cu"] == st["featurize/g"] == st["fit-scaler/g"] == "Cached"
+    assert changed["models"]["nn"]["key"] != first["models"]["nn"]["key"]
+
+    # one feature parameter: features and everything downstream, not ingestion
+    feat = _run(workdir, monkeypatch, **{"features.g.cutoff": 4.5})
+    st = feat["states"]
+    assert st["ingest/cu"] == "Cached"
+    for label in ("featurize/g", "fit-scaler/g", "train-model/nn", "train-model/krr",
+                  "evaluate/nn", "evaluate/krr", "record"):
+        assert st[label] == "Completed", (label, st)
+    assert feat["features"]["g"] != first["features"]["g"]
+
+    # the MLflow store, read back through MLflow's client
+    from mlflow import MlflowClient
+
+    client = MlflowClient(first["tracking"]["tracking_uri"])
+    exp = client.get_experiment_by_name("itest")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 3 and len(children) == 6  # the cached rerun recorded nothing new
+    nn_run = next(r for r in children if r.info.run_name == "nn")
+    assert "test_energy_mae_per_atom" in nn_run.data.metrics
+    assert nn_run.data.params["hiddenlayers"] in ("[8]", "[6]")
+    assert nn_run.data.tags["atompipe.feature_key"] in (first["features"]["g"],
+                                                        feat["features"]["g"])
+    history = client.get_metric_history(nn_run.info.run_id, "train_loss")
+    assert len(history) == 5  # one value per epoch
+    arts = {a.path for a in client.list_artifacts(nn_run.info.run_id)}
+    assert {"plots", "atompipe_model"} <= arts
+    mv = client.get_model_version_by_alias("itest-champion", "champion")
+    assert mv.run_id in {r.info.run_id for r in children}
+
+    # the registered model predicts energies from ase.Atoms through pyfunc
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/itest-champion@champion")
+    images = ase.io.read(workdir / "cu.extxyz", ":3")
+    pred = model.predict(images)
+    ref = np.array([a.get_potential_energy() for a in images])
+    assert np.abs(pred - ref).max() / 32 < 0.05
