@@ -74,7 +74,9 @@ def test_continuous_at_cutoff(featurizer, kind):
             atoms = Atoms("CC", positions=[[0, 0, 0], [d, 0, 0]])
             values.append(_features(f, atoms)[0])
         else:  # pair 0-2 crosses the angular cutoff, 0-1 stays inside
-            atoms = Atoms("CCC", positions=[[0, 0, 0], [1.3, 0, 0], [0, d, 0]])
+            t = np.radians(20.0)  # keeps R_jk inside the cutoff (G3's f_c(R_jk))
+            atoms = Atoms("CCC", positions=[[0, 0, 0], [1.3, 0, 0],
+                                            [d * np.cos(t), d * np.sin(t), 0]])
             values.append(_features(f, atoms)[0][f.radial.n_features:])
     near, nearer, beyond = (np.abs(v).max() for v in values)
     assert beyond == 0.0 if kind == "radial" else beyond < 1e-15
