@@ -8,7 +8,8 @@ and amplitude a. With g = noise / a^2 and A = K0 + g I = L L^T:
     mean(u) = K0_u^T A^-1 y                                   (= KernelRidge with lamda = g)
     var(u)  = a^2 (K0_uu - K0_u^T A^-1 K0_u) + noise          (variance of a new label, eV^2)
 
-Hyperparameters (``optimize=True``): sigma and g maximise the log marginal likelihood with a^2
+Hyperparameters (``optimize=True``): starting from the best of sigma * 2^k (k = -2..3), sigma and g
+maximise the log marginal likelihood with a^2
 profiled out, a^2 = y^T A^-1 y / n, i.e.
     log p(y) = -n/2 log(2 pi a^2) - 1/2 log|A| - n/2,
 by L-BFGS-B over (log sigma, log g) with the analytic gradient
@@ -143,8 +144,13 @@ class GaussianProcess(_KernelModel):
             step[0] += 1
             return -lml, -grad
 
-        x0 = np.clip([math.log(sigma), math.log(g)], [s_bounds[0], g_bounds[0]],
-                     [s_bounds[1], g_bounds[1]])
+        lo, hi = [s_bounds[0], g_bounds[0]], [s_bounds[1], g_bounds[1]]
+        # The likelihood is often multimodal in sigma: start from the best of a coarse grid.
+        starts = [np.clip([math.log(s), math.log(g)], lo, hi)
+                  for s in (sigma, *(sigma * 2.0**k for k in (-2, -1, 1, 2, 3)))]
+        if self.kernel == "linear":
+            starts = starts[:1]
+        x0 = min(starts, key=lambda x: neg_lml(x)[0])
         res = scipy.optimize.minimize(neg_lml, x0, jac=True, method="L-BFGS-B",
                                       bounds=[s_bounds, g_bounds], options={"maxiter": 100})
         self.X_train_, self.numbers_train_, self.batch_train_, self.n_train_ = full
