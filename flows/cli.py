@@ -101,6 +101,148 @@ def run(
     typer.echo(f"MLflow: {summary['tracking']['tracking_uri']}  (atompipe ui)")
 
 
+@app.command()
+def featurize(
+    dataset: Annotated[str, typer.Argument(help="dataset key (from `atompipe ingest`)")],
+    features: Annotated[str, typer.Option(help="gaussian | aev")] = "gaussian",
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="featurizer parameter KEY=VALUE (YAML)")
+    ] = None,
+    store: Annotated[str, typer.Option(help="Zarr store path or fsspec URL")] = DEFAULT_STORE,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address")] = None,
+    workers: Annotated[int | None, typer.Option(help="LocalCluster workers")] = None,
+) -> None:
+    """Featurize a stored dataset on Dask into the store; print the feature key."""
+    import yaml
+
+    from atomistic.storage import StoreError
+    from tasks.cluster import ClusterError, dask_client
+    from tasks.featurize import featurize_dataset
+
+    params = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--param {item!r}: expected KEY=VALUE")
+        params[key] = yaml.safe_load(value)
+    if features not in ("gaussian", "aev"):
+        _fail(f"--features {features!r}: expected gaussian or aev")
+    try:
+        with dask_client(scheduler, workers) as client:
+            ref = featurize_dataset(store, dataset, features, params, client=client)
+    except (KeyError, ValueError, TypeError, StoreError, ClusterError) as exc:
+        _fail(str(exc))
+    typer.echo(f"features {ref['key']}")
+    typer.echo(f"  chunks computed {ref['computed_chunks']} of {ref['n_chunks']}")
+
+
+@app.command()
+def compare(
+    campaign: Annotated[Path, typer.Argument(help="campaign YAML file")],
+) -> None:
+    """Print the campaign's MLflow runs as a table (best first)."""
+    cfg = _load(campaign)
+    from mlflow import MlflowClient
+    from rich.console import Console
+    from rich.table import Table
+
+    client = MlflowClient(cfg.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment or cfg.name)
+    if exp is None:
+        _fail(f"no MLflow experiment {cfg.tracking.experiment or cfg.name!r} at {cfg.tracking_uri}")
+    metric = f"test_{cfg.evaluation.metric}"
+    runs = [r for r in client.search_runs([exp.experiment_id], order_by=[f"metrics.{metric} ASC"])
+            if "mlflow.parentRunId" in r.data.tags]
+    cols = ["test_energy_mae_per_atom", "test_energy_rmse_per_atom", "test_force_mae"]
+    table = Table(title=f"{cfg.name}: {len(runs)} model runs")
+    for c in ["model", "run", "started", *cols]:
+        table.add_column(c)
+    import datetime as dt
+
+    for r in runs:
+        started = dt.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+        table.add_row(r.info.run_name, r.info.run_id[:8], started,
+                      *(f"{r.data.metrics[c]:.4g}" if c in r.data.metrics else "-" for c in cols))
+    Console().print(table)
+
+
+@app.command()
+def ui(
+    campaign: Annotated[Path, typer.Argument(help="campaign YAML file")],
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 5000,
+) -> None:
+    """Start the MLflow UI for the campaign's tracking store (127.0.0.1 by default)."""
+    import subprocess
+
+    cfg = _load(campaign)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", cfg.tracking_uri,
+           "--host", host, "--port", str(port)]
+    typer.echo(f"MLflow UI on http://{host}:{port}")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="a saved model directory")],
+    files: Annotated[list[Path], typer.Argument(help="structure files")],
+    output: Annotated[Path, typer.Option("--output", "-o", help=".extxyz or .csv")] = Path(
+        "predictions.extxyz"
+    ),
+) -> None:
+    """Predict energies, forces and (where the model has one) uncertainties."""
+    import ase.io
+    import numpy as np
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from atomistic.data import DataError, load_files
+    from atomistic.models.base import AtomisticModel
+    from atomistic.models.io import ModelFileError
+
+    try:
+        m = AtomisticModel.load(model)
+        ds = load_files(files, require_energy=False)
+        images = ds.to_atoms()
+        out = m.predict_atoms(images, forces=m.featurizer_ is not None)
+    except (DataError, ModelFileError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    if output.suffix == ".csv":
+        import csv
+
+        with output.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["structure", "n_atoms", "energy_eV", "energy_std_eV"])
+            for s, a in enumerate(images):
+                std = out.get("energy_std")
+                w.writerow([s, len(a), out["energy"][s], "" if std is None else std[s]])
+    else:
+        for s, a in enumerate(images):
+            a.calc = SinglePointCalculator(
+                a, energy=float(out["energy"][s]),
+                forces=np.asarray(out["forces"][s]) if "forces" in out else None,
+            )
+            if "energy_std" in out:
+                a.info["energy_std"] = float(out["energy_std"][s])
+        ase.io.write(output, images, format="extxyz")
+    typer.echo(f"{len(images)} structures -> {output}")
+
+
+@app.command()
+def serve(
+    campaign: Annotated[Path, typer.Argument(help="campaign YAML file")],
+    cron: Annotated[str | None, typer.Option(help="cron schedule, e.g. '0 3 * * *'")] = None,
+    watch: Annotated[
+        Path | None, typer.Option(help="start the campaign when new files arrive here")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="deployment name")] = None,
+) -> None:
+    """Serve the campaign as a Prefect deployment (schedule and/or file-arrival trigger)."""
+    cfg = _load(campaign)
+    from flows.deploy import serve_campaign
+
+    serve_campaign(cfg, cron=cron, watch=watch, name=name)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     configure_environment()
     app()
