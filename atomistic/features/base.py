@@ -251,7 +251,8 @@ class Featurizer(torch.nn.Module):
         if i.numel() > 1 and not bool((i[1:] >= i[:-1]).all()):
             order = torch.argsort(i, stable=True)
             i, j, shifts = i[order], j[order], shifts[order]
-        offset = torch.einsum("pa,pab->pb", shifts.to(positions.dtype), cells[batch[i]])
+        cell_of_pair = cells.reshape(-1, 9).index_select(0, batch[i]).view(-1, 3, 3)
+        offset = (shifts.to(positions.dtype).unsqueeze(-1) * cell_of_pair).sum(1)
         vectors = positions[j] - positions[i] + offset  # shape (pairs, 3)
         distances = vectors.norm(dim=-1)  # shape (pairs,)
         weights = numbers.to(positions.dtype) if self.weighted else None
@@ -327,8 +328,13 @@ class Featurizer(torch.nn.Module):
             tri = Triplets(dense_v.view(n, m, 3), dense_r.view(n, m), dense_g.view(n, m, -1))
             radial, angular = term(tri)  # shapes (n, m, m, a), (n, m, m, b) or b x (n, m, m)
             a = radial.shape[-1]
-            if isinstance(angular, Tensor):
-                angular = list(angular.unbind(-1))
+            if isinstance(angular, Tensor):  # one matmul over all columns
+                b = angular.shape[-1]
+                if nb == 1:
+                    sums = torch.bmm(radial.reshape(n, m * m, a).transpose(1, 2),
+                                     angular.reshape(n, m * m, b)).view(n, 1, a, b)
+                    blocks.append(term.combine(sums * half).reshape(n, -1))
+                    continue
             if nb == 1:
                 lhs = radial.reshape(n, m * m, a)
                 cols = [lhs.sum(1) if A is None else
@@ -339,10 +345,13 @@ class Featurizer(torch.nn.Module):
                 onehot = torch.nn.functional.one_hot(dense_b, nb).to(radial.dtype).view(n, m, nb)
                 # fold k's element into the radial factor, sum over k, then over j by j's element
                 rk = (onehot.view(n, 1, m, nb, 1) * radial.unsqueeze(3)).reshape(n * m, m, nb * a)
-                cols = [rk.sum(1) if A is None else
-                        torch.bmm(A.reshape(n * m, 1, m), rk).view(n * m, nb * a)
-                        for A in angular]
-                per_j = torch.stack(cols, dim=-1)  # shape (n * m, nb * a, b)
+                if isinstance(angular, Tensor):
+                    per_j = torch.bmm(rk.transpose(1, 2), angular.reshape(n * m, m, -1))
+                else:
+                    cols = [rk.sum(1) if A is None else
+                            torch.bmm(A.reshape(n * m, 1, m), rk).view(n * m, nb * a)
+                            for A in angular]
+                    per_j = torch.stack(cols, dim=-1)  # shape (n * m, nb * a, b)
                 sums = torch.bmm(onehot.transpose(1, 2), per_j.reshape(n, m, -1))
                 sums = sums.view(n, nb, nb, a, -1)[:, left, right]  # shape (n, n_pairs, a, b)
             blocks.append(term.combine(sums * half).reshape(n, -1))

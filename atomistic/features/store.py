@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from atomistic.data import Dataset, read_dataset
+from atomistic.data import Dataset
 from atomistic.storage import Store, content_hash
 
 __all__ = [
