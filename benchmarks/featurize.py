@@ -66,7 +66,8 @@ def best_of(fn, repeat: int) -> float:
 
 def flat(frames):
     offsets = np.cumsum([0] + [len(a) for a in frames])
-    return (np.concatenate([a.numbers for a in frames]), np.concatenate([a.positions for a in frames]),
+    return (np.concatenate([a.numbers for a in frames]),
+            np.concatenate([a.positions for a in frames]),
             np.stack([a.cell.array for a in frames]), np.stack([a.pbc for a in frames]), offsets)
 
 
@@ -151,10 +152,11 @@ def main(argv=None) -> None:
             t_ours = best_of(ours_features(f, frames), repeat)
             t_ours_g = best_of(ours_gradients(f, frames), repeat)
             acsf = dscribe_acsf(list(f.elements), periodic, angular_type)
-            t_ds = best_of(lambda: acsf.create(frames, n_jobs=1), repeat)
+            t_ds = best_of(lambda acsf=acsf, frames=frames: acsf.create(frames, n_jobs=1), repeat)
             sub = frames[:n_deriv]
             n_sub = sum(len(a) for a in sub)
-            t_ds_g = best_of(lambda: acsf.derivatives(sub, n_jobs=1, attach=True), 1)
+            t_ds_g = best_of(
+                lambda acsf=acsf, sub=sub: acsf.derivatives(sub, n_jobs=1, attach=True), 1)
             t_ds_g *= n_atoms / n_sub
             rows.append((label, f"G2+{angular_type} vs DScribe", n_atoms, t_ours, t_ds,
                          t_ours_g, t_ds_g))

@@ -8,7 +8,7 @@ from .aev import AEV
 from .base import Featurizer, featurizer_from_params
 from .cutoff import CosineCutoff, Cutoff
 from .gaussian import Gaussian
-from .terms import ANIAngular, ANIRadial, AngularTerm, BehlerAngular, BehlerRadial, RadialTerm
+from .terms import AngularTerm, ANIAngular, ANIRadial, BehlerAngular, BehlerRadial, RadialTerm
 
 __all__ = [
     "AEV",

@@ -324,7 +324,8 @@ class Featurizer(torch.nn.Module):
             flat = (i[p0:p1] - c0) * m + slot[p0:p1]
             dense_v = vectors.new_zeros((n * m, 3)).index_put((flat,), vectors[p0:p1])
             dense_r = distances.new_ones(n * m).index_put((flat,), distances[p0:p1])
-            dense_g = factors.new_zeros((n * m, factors.shape[1])).index_put((flat,), factors[p0:p1])
+            dense_g = factors.new_zeros((n * m, factors.shape[1]))
+            dense_g = dense_g.index_put((flat,), factors[p0:p1])
             tri = Triplets(dense_v.view(n, m, 3), dense_r.view(n, m), dense_g.view(n, m, -1))
             radial, angular = term(tri)  # shapes (n, m, m, a), (n, m, m, b) or b x (n, m, m)
             a = radial.shape[-1]

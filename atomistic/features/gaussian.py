@@ -129,7 +129,8 @@ class Gaussian(Featurizer):
 
     def get_params(self) -> dict:
         """JSON-serialisable constructor arguments; ``Gaussian(**f.get_params())`` rebuilds f."""
-        cutoff = dict(self._cutoff_param) if isinstance(self._cutoff_param, dict) else self._cutoff_param
+        cutoff = self._cutoff_param
+        cutoff = dict(cutoff) if isinstance(cutoff, dict) else cutoff
         return {
             "cutoff": cutoff,
             "normalized": self.normalized,

@@ -283,7 +283,8 @@ class BehlerAngular(AngularTerm):
         self.register_buffer("mono_exps", torch.tensor(exps, dtype=torch.long))
         # (monomials, P): multinomial weight of each monomial in (u . v)^p, by degree p
         deg = torch.zeros(len(exps), self.max_power + 1, dtype=torch.float64)
-        deg[torch.arange(len(exps)), torch.tensor(degree)] = torch.tensor(weight, dtype=torch.float64)
+        weights = torch.tensor(weight, dtype=torch.float64)
+        deg[torch.arange(len(exps)), torch.tensor(degree)] = weights
         self.register_buffer("mono_degree", deg)
 
     def pair_monomials(self, unit: Tensor) -> Tensor:

@@ -34,7 +34,8 @@ def test_ml4chem_defaults_closed_form():
         rjk = np.linalg.norm(pos[k] - pos[j])
         g2 = [sum(math.exp(-e * r * r / rc**2) * fc(r) for r in (rij, rik)) for e in etas]
         cos = np.dot(pos[j] - pos[i], pos[k] - pos[i]) / (rij * rik)
-        radial = math.exp(-0.005 * (rij**2 + rik**2 + rjk**2) / rc**2) * fc(rij) * fc(rik) * fc(rjk)
+        radial = math.exp(-0.005 * (rij**2 + rik**2 + rjk**2) / rc**2)
+        radial *= fc(rij) * fc(rik) * fc(rjk)
         g3 = [2 ** (1 - z) * (1 + lam * cos) ** z * radial for z in (1, 4) for lam in (1, -1)]
         assert np.abs(x[i] - np.array(g2 + g3)).max() < 1e-12
     assert [lab["term"] for lab in f.labels] == ["G2"] * 4 + ["G3"] * 4

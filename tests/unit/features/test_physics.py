@@ -103,8 +103,9 @@ def test_forces_match_finite_differences(featurizer, structures, name, forward):
             plus, minus = pos.detach().clone(), pos.detach().clone()
             plus[a, c] += h
             minus[a, c] -= h
-            fd = (_energy(forward, f, atoms, weights, plus, cell) - _energy(forward, f, atoms, weights, minus, cell))
-            fd = float(fd) / (2 * h)
+            up = _energy(forward, f, atoms, weights, plus, cell)
+            down = _energy(forward, f, atoms, weights, minus, cell)
+            fd = float(up - down) / (2 * h)
             assert abs(float(grad[a, c]) - fd) <= 1e-6 * max(1.0, abs(fd))
 
 
