@@ -64,7 +64,7 @@ def mol_data():
     return make_data(molecule_images(24))
 
 
-def finite_difference_forces(model, atoms, h=1e-4):
+def finite_difference_forces(model, atoms, h=2e-5):
     """-dE/dR by central differences of model.predict_atoms energies, (n, 3) eV/Å."""
     F = np.zeros((len(atoms), 3))
     for i in range(len(atoms)):
