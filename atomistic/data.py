@@ -171,13 +171,16 @@ class Dataset:
         if self.energy is not None:
             e = self.energy / n
             out["energy_per_atom_eV"] = {
-                "min": float(e.min()), "max": float(e.max()),
-                "mean": float(e.mean()), "std": float(e.std()),
+                "min": float(e.min()),
+                "max": float(e.max()),
+                "mean": float(e.mean()),
+                "std": float(e.std()),
             }
         if self.forces is not None:
             f = np.abs(self.forces)
             out["force_component_eV_per_A"] = {
-                "mean_abs": float(f.mean()), "max_abs": float(f.max()),
+                "mean_abs": float(f.mean()),
+                "max_abs": float(f.max()),
             }
         return out
 
@@ -224,7 +227,9 @@ def read_structures(path: str | Path, format: str | None = None) -> list[Atoms]:
             raise DataError(f"{path}: unknown chemical symbol {msg!r}") from exc
         raise DataError(f"{path}: cannot read as a structure file ({exc})") from exc
     except Exception as exc:  # ase raises many types for unknown formats
-        raise DataError(f"{path}: cannot read as a structure file ({type(exc).__name__}: {exc})") from exc
+        raise DataError(
+            f"{path}: cannot read as a structure file ({type(exc).__name__}: {exc})"
+        ) from exc
     if isinstance(images, Atoms):
         images = [images]
     if not images:
@@ -272,7 +277,9 @@ def _validate(where: str, atoms: Atoms, energy: Any, forces: Any) -> None:
         raise DataError(f"{where}: cell contains NaN or inf")
     for axis in range(3):
         if atoms.pbc[axis] and np.linalg.norm(cell[axis]) == 0.0:
-            raise DataError(f"{where}: pbc is True along axis {axis} but cell vector {axis} is zero")
+            raise DataError(
+                f"{where}: pbc is True along axis {axis} but cell vector {axis} is zero"
+            )
     if energy is not None and not math.isfinite(float(energy)):
         raise DataError(f"{where}: energy is NaN or inf")
     if forces is not None:
@@ -331,7 +338,9 @@ def make_split(
 ) -> dict[str, np.ndarray]:
     """A seeded random split by structure: {"train", "validation", "test"} -> sorted indices."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1):
-        raise ValueError(f"split fractions {tuple(fractions)} must be three non-negative numbers summing to 1")
+        raise ValueError(
+            f"split fractions {tuple(fractions)} must be three non-negative numbers summing to 1"
+        )
     perm = np.random.default_rng(seed).permutation(n_structures)
     n_train = int(round(fractions[0] * n_structures))
     n_val = int(round(fractions[1] * n_structures))

@@ -51,7 +51,12 @@ def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, An
         # 1. datasets
         datasets = {
             name: submit_cached(
-                ingest, ingest_exists, [str(p) for p in ds.paths], store_url, tuple(split["fractions"]), split["seed"],
+                ingest,
+                ingest_exists,
+                [str(p) for p in ds.paths],
+                store_url,
+                tuple(split["fractions"]),
+                split["seed"],
                 ds.format,
             )
             for name, ds in cfg.datasets.items()
@@ -59,8 +64,12 @@ def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, An
         stages.update({f"ingest/{n}": f for n, f in datasets.items()})
         datasets = {name: fut.result() for name, fut in datasets.items()}
         for name, ref in datasets.items():
-            logger.info("dataset %s: %s (%d structures)", name, ref["key"][:12],
-                        ref["summary"]["structures"])
+            logger.info(
+                "dataset %s: %s (%d structures)",
+                name,
+                ref["key"][:12],
+                ref["summary"]["structures"],
+            )
 
         # 2. direct feature sets (Dask), concurrently
         futures = {}
@@ -68,8 +77,13 @@ def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, An
             if isinstance(feat, LatentFeatures):
                 continue
             futures[name] = submit_cached(
-                featurize, featurize_exists, datasets[feat.dataset], feat.type, feat.featurizer_params(),
-                scheduler=cfg.dask.address, n_workers=cfg.dask.n_workers,
+                featurize,
+                featurize_exists,
+                datasets[feat.dataset],
+                feat.type,
+                feat.featurizer_params(),
+                scheduler=cfg.dask.address,
+                n_workers=cfg.dask.n_workers,
                 rows_per_chunk=cfg.dask.rows_per_chunk,
                 on_chunk=progress.chunk_callback(f"features {name}"),
             )
@@ -79,8 +93,14 @@ def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, An
         # 3. scalers (training split only)
         sc = cfg.scaler
         scalers = {
-            name: fit_scaler.submit(ref, sc.kind, tuple(sc.feature_range), sc.per_element,
-                                    tuple(split["fractions"]), split["seed"])
+            name: fit_scaler.submit(
+                ref,
+                sc.kind,
+                tuple(sc.feature_range),
+                sc.per_element,
+                tuple(split["fractions"]),
+                split["seed"],
+            )
             for name, ref in features.items()
         }
         stages.update({f"fit-scaler/{n}": f for n, f in scalers.items()})
@@ -92,16 +112,24 @@ def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, An
                 continue
             settings = feat.encoder.model_dump(mode="json")
             fut = submit_cached(
-                train_encoder, encoder_exists, features[feat.source], scalers[feat.source],
-                settings, split, cfg.workspace,
-                on_epoch=progress.epoch_callback(f"encoder {name}",
-                                                 feat.encoder.training.epochs),
+                train_encoder,
+                encoder_exists,
+                features[feat.source],
+                scalers[feat.source],
+                settings,
+                split,
+                cfg.workspace,
+                on_epoch=progress.epoch_callback(f"encoder {name}", feat.encoder.training.epochs),
             )
             stages[f"train-encoder/{name}"] = fut
             features[name] = ref = fut.result()
             fut = fit_scaler.submit(
-                ref, sc.kind, tuple(sc.feature_range), sc.per_element,
-                tuple(split["fractions"]), split["seed"],
+                ref,
+                sc.kind,
+                tuple(sc.feature_range),
+                sc.per_element,
+                tuple(split["fractions"]),
+                split["seed"],
             )
             stages[f"fit-scaler/{name}"] = fut
             scalers[name] = fut.result()
@@ -112,13 +140,26 @@ def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, An
             mcfg = model.model_dump(mode="json")
             epochs = getattr(getattr(model, "training", None), "epochs", None)
             trained[name] = submit_cached(
-                train_model, model_exists, name, features[model.features], scalers[model.features], mcfg, split,
-                cfg.workspace, on_epoch=progress.epoch_callback(f"model {name}", epochs),
+                train_model,
+                model_exists,
+                name,
+                features[model.features],
+                scalers[model.features],
+                mcfg,
+                split,
+                cfg.workspace,
+                on_epoch=progress.epoch_callback(f"model {name}", epochs),
             )
         evaluated = {
             name: submit_cached(
-                evaluate_model, evaluation_exists, fut, features[cfg.models[name].features], scalers[cfg.models[name].features],
-                split, cfg.evaluation.split, cfg.evaluation.plots,
+                evaluate_model,
+                evaluation_exists,
+                fut,
+                features[cfg.models[name].features],
+                scalers[cfg.models[name].features],
+                split,
+                cfg.evaluation.split,
+                cfg.evaluation.plots,
             )
             for name, fut in trained.items()
         }
@@ -127,16 +168,16 @@ def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, An
         results = {name: fut.result() for name, fut in evaluated.items()}
 
     # 7. tracking
-    record_future = record_campaign.submit(cfg.model_dump(mode="json"), datasets, features,
-                                           results)
+    record_future = record_campaign.submit(cfg.model_dump(mode="json"), datasets, features, results)
     record = record_future.result()
     stages["record"] = record_future
     summary = {
         "campaign": cfg.name,
         "datasets": {n: r["key"] for n, r in datasets.items()},
         "features": {n: r["key"] for n, r in features.items()},
-        "models": {n: {"key": r["key"], "dir": r["dir"], **r["metrics"]}
-                   for n, r in results.items()},
+        "models": {
+            n: {"key": r["key"], "dir": r["dir"], **r["metrics"]} for n, r in results.items()
+        },
         "tracking": record,
         "states": {label: fut.state.name for label, fut in stages.items()},
         "wall_time_s": time.perf_counter() - t0,

@@ -151,8 +151,11 @@ def compare(
     if exp is None:
         _fail(f"no MLflow experiment {cfg.tracking.experiment or cfg.name!r} at {cfg.tracking_uri}")
     metric = f"test_{cfg.evaluation.metric}"
-    runs = [r for r in client.search_runs([exp.experiment_id], order_by=[f"metrics.{metric} ASC"])
-            if "mlflow.parentRunId" in r.data.tags]
+    runs = [
+        r
+        for r in client.search_runs([exp.experiment_id], order_by=[f"metrics.{metric} ASC"])
+        if "mlflow.parentRunId" in r.data.tags
+    ]
     cols = ["test_energy_mae_per_atom", "test_energy_rmse_per_atom", "test_force_mae"]
     table = Table(title=f"{cfg.name}: {len(runs)} model runs")
     for c in ["model", "run", "started", *cols]:
@@ -161,8 +164,12 @@ def compare(
 
     for r in runs:
         started = dt.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
-        table.add_row(r.info.run_name, r.info.run_id[:8], started,
-                      *(f"{r.data.metrics[c]:.4g}" if c in r.data.metrics else "-" for c in cols))
+        table.add_row(
+            r.info.run_name,
+            r.info.run_id[:8],
+            started,
+            *(f"{r.data.metrics[c]:.4g}" if c in r.data.metrics else "-" for c in cols),
+        )
     Console().print(table)
 
 
@@ -176,8 +183,18 @@ def ui(
     import subprocess
 
     cfg = _load(campaign)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", cfg.tracking_uri,
-           "--host", host, "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        cfg.tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     typer.echo(f"MLflow UI on http://{host}:{port}")
     raise typer.Exit(subprocess.call(cmd))
 
@@ -218,7 +235,8 @@ def predict(
     else:
         for s, a in enumerate(images):
             a.calc = SinglePointCalculator(
-                a, energy=float(out["energy"][s]),
+                a,
+                energy=float(out["energy"][s]),
                 forces=np.asarray(out["forces"][s]) if "forces" in out else None,
             )
             if "energy_std" in out:

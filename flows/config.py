@@ -91,7 +91,9 @@ class AEVFeatures(_Strict):
     type: Literal["aev"] = "aev"
     dataset: str
     preset: Literal["ani1x"] | None = "ani1x"
-    params: dict[str, Any] = Field(default_factory=dict, description="AEV constants; override the preset")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="AEV constants; override the preset"
+    )
     elements: list[str] | None = None
 
     def featurizer_params(self) -> dict[str, Any]:
@@ -117,7 +119,9 @@ class LatentFeatures(_Strict):
     encoder: AutoEncoderSettings = AutoEncoderSettings()
 
 
-FeatureConfig = Annotated[GaussianFeatures | AEVFeatures | LatentFeatures, Field(discriminator="type")]
+FeatureConfig = Annotated[
+    GaussianFeatures | AEVFeatures | LatentFeatures, Field(discriminator="type")
+]
 
 
 class NeuralNetworkConfig(_Strict):
@@ -167,7 +171,9 @@ class DaskConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite in the workspace")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default sqlite in the workspace"
+    )
     experiment: str | None = None
 
 

@@ -39,7 +39,9 @@ def watch_folder(folder: Path, interval: float = 5.0, stop: threading.Event | No
 
 
 def build_deployment(
-    cfg: CampaignConfig, cron: str | None = None, watch: Path | None = None,
+    cfg: CampaignConfig,
+    cron: str | None = None,
+    watch: Path | None = None,
     name: str | None = None,
 ) -> Any:
     from prefect.events import DeploymentEventTrigger
@@ -65,7 +67,9 @@ def build_deployment(
 
 
 def serve_campaign(
-    cfg: CampaignConfig, cron: str | None = None, watch: Path | None = None,
+    cfg: CampaignConfig,
+    cron: str | None = None,
+    watch: Path | None = None,
     name: str | None = None,
 ) -> None:
     """Serve until interrupted (Prefect's ``serve``; needs a Prefect API, e.g. a server)."""

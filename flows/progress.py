@@ -21,8 +21,13 @@ class CampaignProgress:
         self.enabled = enabled
         self.console = Console(file=sys.stderr)
         self._progress = Progress(
-            TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=self.console, disable=not enabled, transient=False,
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not enabled,
+            transient=False,
         )
         self._bars: dict[str, Any] = {}
         self._lock = threading.Lock()

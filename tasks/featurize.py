@@ -30,8 +30,9 @@ def _cached_featurizer(name: str, params_json: str) -> Any:
     return featurizer_from_params(name, json.loads(params_json))
 
 
-def _run_chunk(store_url: str, dataset_key: str, key: str, chunk: int, name: str,
-               params_json: str) -> int:
+def _run_chunk(
+    store_url: str, dataset_key: str, key: str, chunk: int, name: str, params_json: str
+) -> int:
     return compute_chunk(store_url, dataset_key, key, chunk, _cached_featurizer(name, params_json))
 
 
@@ -68,9 +69,14 @@ def featurize_dataset(
                     on_chunk(finished, total)
         else:
             futures = client.map(
-                _run_chunk, [store_url] * len(plan.todo), [dataset_key] * len(plan.todo),
-                [plan.key] * len(plan.todo), list(plan.todo), [name] * len(plan.todo),
-                [params_json] * len(plan.todo), pure=False,
+                _run_chunk,
+                [store_url] * len(plan.todo),
+                [dataset_key] * len(plan.todo),
+                [plan.key] * len(plan.todo),
+                list(plan.todo),
+                [name] * len(plan.todo),
+                [params_json] * len(plan.todo),
+                pure=False,
             )
             for future in as_completed(futures):
                 future.result()  # re-raise a chunk's error here, naming nothing half-done

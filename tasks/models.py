@@ -29,8 +29,9 @@ _MODEL_TYPES = {
 }
 
 
-def model_key(features: dict[str, Any], scaler: dict[str, Any], config: dict[str, Any],
-              split: dict[str, Any]) -> str:
+def model_key(
+    features: dict[str, Any], scaler: dict[str, Any], config: dict[str, Any], split: dict[str, Any]
+) -> str:
     return content_hash("atompipe-model", 1, features["key"], scaler["key"], config, split)
 
 
@@ -92,8 +93,12 @@ def encoder_exists(features, scaler, settings, split, workspace, **_: Any) -> bo
     return Store(features["store"]).has("latent", latent_key(features["key"], enc.encoder_key))
 
 
-@task(name="train-encoder", cache_key_fn=content_cache_key("train-encoder"),
-      persist_result=True, result_serializer="json")
+@task(
+    name="train-encoder",
+    cache_key_fn=content_cache_key("train-encoder"),
+    persist_result=True,
+    result_serializer="json",
+)
 def train_encoder(
     features: dict[str, Any],
     scaler: dict[str, Any],
@@ -127,15 +132,27 @@ def train_encoder(
         encoder = (VAE if kind == "vae" else AutoEncoder).load(target)
     else:
         if kind == "vae":
-            encoder = VAE(hiddenlayers=s["hiddenlayers"], activation=s["activation"],
-                          variant=s["variant"], beta=s["beta"], per_element=s["per_element"])
+            encoder = VAE(
+                hiddenlayers=s["hiddenlayers"],
+                activation=s["activation"],
+                variant=s["variant"],
+                beta=s["beta"],
+                per_element=s["per_element"],
+            )
         else:
-            encoder = AutoEncoder(hiddenlayers=s["hiddenlayers"], activation=s["activation"],
-                                  per_element=s["per_element"])
+            encoder = AutoEncoder(
+                hiddenlayers=s["hiddenlayers"],
+                activation=s["activation"],
+                per_element=s["per_element"],
+            )
         encoder.fit(
-            X_all[tr], dataset.numbers[tr],
-            None if va is None else X_all[va], None if va is None else dataset.numbers[va],
-            config=training, callback=on_epoch, feature_key=features["key"],
+            X_all[tr],
+            dataset.numbers[tr],
+            None if va is None else X_all[va],
+            None if va is None else dataset.numbers[va],
+            config=training,
+            callback=on_epoch,
+            feature_key=features["key"],
         )
         build = _staging(workspace, key)
         encoder.save(build)
@@ -146,14 +163,26 @@ def train_encoder(
     Z = latent_features(encoder, X_all, dataset.numbers)
     lkey = latent_key(features["key"], encoder.encoder_key)
     write_feature_array(
-        store, lkey, Z, offsets,
-        {"featurizer": "latent", "dataset": features["dataset"], "source": features["key"],
-         "encoder": encoder.encoder_key, "labels": latent_labels(encoder), "complete": True},
+        store,
+        lkey,
+        Z,
+        offsets,
+        {
+            "featurizer": "latent",
+            "dataset": features["dataset"],
+            "source": features["key"],
+            "encoder": encoder.encoder_key,
+            "labels": latent_labels(encoder),
+            "complete": True,
+        },
     )
     test_rows = rows(parts["test"])
     return {
-        "store": features["store"], "kind": "latent", "key": lkey,
-        "dataset": features["dataset"], "featurizer": "latent",
+        "store": features["store"],
+        "kind": "latent",
+        "key": lkey,
+        "dataset": features["dataset"],
+        "featurizer": "latent",
         "params": {"encoder": encoder.encoder_key, "source": features["key"]},
         "encoder_dir": str(target),
         "reconstruction_mse_test": float(
@@ -174,8 +203,12 @@ def evaluation_exists(model: Any, *_: Any, **__: Any) -> bool:
     return not isinstance(model, dict) or (Path(model["dir"]) / "evaluation.json").exists()
 
 
-@task(name="train-model", cache_key_fn=content_cache_key("train-model"),
-      persist_result=True, result_serializer="json")
+@task(
+    name="train-model",
+    cache_key_fn=content_cache_key("train-model"),
+    persist_result=True,
+    result_serializer="json",
+)
 def train_model(
     name: str,
     features: dict[str, Any],
@@ -192,15 +225,24 @@ def train_model(
 
     key = model_key(features, scaler, config, split)
     target = Path(workspace) / "models" / key
-    ref = {"name": name, "key": key, "dir": str(target), "type": config["type"],
-           "features": features["key"], "dataset": features["dataset"]}
+    ref = {
+        "name": name,
+        "key": key,
+        "dir": str(target),
+        "type": config["type"],
+        "features": features["key"],
+        "dataset": features["dataset"],
+    }
     if (target / "card.json").exists():
         return {**ref, "trained": False}
     parts = _split_arrays(features, split)
     featurizer = _featurizer(features)
     train = _atomic_data(features, scaler, parts["train"], featurizer)
-    val = (_atomic_data(features, scaler, parts["validation"], featurizer)
-           if len(parts["validation"]) else None)
+    val = (
+        _atomic_data(features, scaler, parts["validation"], featurizer)
+        if len(parts["validation"])
+        else None
+    )
     params = {k: v for k, v in config.items() if k not in ("type", "features")}
     klass = getattr(models, _MODEL_TYPES[config["type"]])
     if config["type"] == "neuralnetwork":
@@ -225,8 +267,12 @@ def train_model(
     return {**ref, "trained": True, "fit_time_s": fit_time}
 
 
-@task(name="evaluate", cache_key_fn=content_cache_key("evaluate"), persist_result=True,
-      result_serializer="json")
+@task(
+    name="evaluate",
+    cache_key_fn=content_cache_key("evaluate"),
+    persist_result=True,
+    result_serializer="json",
+)
 def evaluate_model(
     model: dict[str, Any],
     features: dict[str, Any],
@@ -261,18 +307,40 @@ def evaluate_model(
     if plots:
         from atomistic.plots import learning_curve, parity_plot
 
-        artifacts.append(str(parity_plot(ds.energy / n, pred["energy"] / n,
-                                         directory / "parity_energy.png",
-                                         f"{model['name']}: energy ({which})", "eV/atom")))
+        artifacts.append(
+            str(
+                parity_plot(
+                    ds.energy / n,
+                    pred["energy"] / n,
+                    directory / "parity_energy.png",
+                    f"{model['name']}: energy ({which})",
+                    "eV/atom",
+                )
+            )
+        )
         if want_forces:
-            artifacts.append(str(parity_plot(ds.forces.ravel(), pred["forces"].ravel(),
-                                             directory / "parity_forces.png",
-                                             f"{model['name']}: forces ({which})", "eV/Å")))
+            artifacts.append(
+                str(
+                    parity_plot(
+                        ds.forces.ravel(),
+                        pred["forces"].ravel(),
+                        directory / "parity_forces.png",
+                        f"{model['name']}: forces ({which})",
+                        "eV/Å",
+                    )
+                )
+            )
         hist = directory / "history.json"
         if hist.exists():
-            artifacts.append(str(learning_curve(json.loads(hist.read_text()),
-                                                directory / "learning_curve.png",
-                                                model["name"])))
+            artifacts.append(
+                str(
+                    learning_curve(
+                        json.loads(hist.read_text()),
+                        directory / "learning_curve.png",
+                        model["name"],
+                    )
+                )
+            )
     out = {k: (float(v) if isinstance(v, np.floating | float | int) else v) for k, v in out.items()}
     (directory / "evaluation.json").write_text(json.dumps(out, indent=1))
     return {**model, "metrics": out, "artifacts": artifacts}

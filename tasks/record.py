@@ -25,8 +25,13 @@ _MODEL_CODE = str(Path(__file__).resolve().parents[1] / "flows" / "mlflow_model.
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -35,7 +40,9 @@ def _git_commit() -> str:
 def _flow_run_id() -> str:
     try:
         ctx = get_run_context()
-        run = getattr(ctx, "flow_run", None) or getattr(getattr(ctx, "task_run", None), "flow_run_id", None)
+        run = getattr(ctx, "flow_run", None) or getattr(
+            getattr(ctx, "task_run", None), "flow_run_id", None
+        )
         return str(getattr(run, "id", run))
     except Exception:  # outside a run
         return "none"
@@ -55,8 +62,12 @@ def _history_metrics(path: Path) -> list[Any]:
     ]
 
 
-@task(name="record", cache_key_fn=content_cache_key("record"), persist_result=True,
-      result_serializer="json")
+@task(
+    name="record",
+    cache_key_fn=content_cache_key("record"),
+    persist_result=True,
+    result_serializer="json",
+)
 def record_campaign(
     config: dict[str, Any],
     datasets: dict[str, Any],
@@ -73,8 +84,15 @@ def record_campaign(
     client = MlflowClient(uri)
     name = (config.get("tracking") or {}).get("experiment") or config["name"]
     exp = client.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        name, artifact_location=(ws / "mlartifacts").resolve().as_uri() if "://" not in uri or uri.startswith("sqlite") else None
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment(
+            name,
+            artifact_location=(ws / "mlartifacts").resolve().as_uri()
+            if "://" not in uri or uri.startswith("sqlite")
+            else None,
+        )
     )
     tags = {"atompipe.git_commit": _git_commit(), "atompipe.prefect_flow_run": _flow_run_id()}
     tags.update({f"atompipe.dataset.{n}": r["key"] for n, r in datasets.items()})
@@ -111,8 +129,11 @@ def record_campaign(
 
         now = int(time.time() * 1000)
         hist = _history_metrics(directory / "history.json")
-        final = [Metric(f"test_{k}", float(v), now, 0)
-                 for k, v in res["metrics"].items() if isinstance(v, int | float)]
+        final = [
+            Metric(f"test_{k}", float(v), now, 0)
+            for k, v in res["metrics"].items()
+            if isinstance(v, int | float)
+        ]
         batch = hist + final
         for i in range(0, len(batch), 900):
             client.log_batch(rid, metrics=batch[i : i + 900])
@@ -127,8 +148,11 @@ def record_campaign(
                 pip_requirements=["atompipe"],
             )
         client.set_terminated(rid)
-        children[mname] = {"run_id": rid, "model_uri": info.model_uri,
-                           "score": res["metrics"].get(metric)}
+        children[mname] = {
+            "run_id": rid,
+            "model_uri": info.model_uri,
+            "score": res["metrics"].get(metric),
+        }
     client.set_terminated(pid)
 
     champion = None
@@ -139,5 +163,10 @@ def record_campaign(
         mv = mlflow.register_model(children[best]["model_uri"], reg_name)
         client.set_registered_model_alias(reg_name, "champion", mv.version)
         champion = {"name": reg_name, "version": str(mv.version), "model": best}
-    return {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": pid,
-            "children": children, "champion": champion}
+    return {
+        "tracking_uri": uri,
+        "experiment_id": exp_id,
+        "parent_run_id": pid,
+        "children": children,
+        "champion": champion,
+    }

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from atomistic.data import expand_paths, load_files, read_dataset, read_split, write_dataset
 from atomistic.features.scaling import Scaler
@@ -30,14 +29,20 @@ def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
 
 
 def ingest_exists(paths, store_url, fractions=(0.8, 0.1, 0.1), seed=0, format=None) -> bool:
-    params = {"paths": paths, "store_url": store_url, "fractions": fractions, "seed": seed,
-              "format": format}
+    params = {
+        "paths": paths,
+        "store_url": store_url,
+        "fractions": fractions,
+        "seed": seed,
+        "format": format,
+    }
     return Store(store_url).lookup(_ingest_content_key(params)) is not None
 
 
 def _ingest_content_key(parameters: dict[str, Any]) -> str:
     digests = [
-        hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in expand_paths(parameters["paths"])
+        hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        for path in expand_paths(parameters["paths"])
     ]
     params = {k: v for k, v in parameters.items() if k != "paths"}
     return "atompipe-ingest-" + content_hash("ingest", 1, digests, params)
@@ -57,19 +62,24 @@ def ingest(
     store = Store(store_url)
     store.remember(
         _ingest_content_key(
-            {"paths": paths, "store_url": store_url, "fractions": fractions, "seed": seed,
-             "format": format}
+            {
+                "paths": paths,
+                "store_url": store_url,
+                "fractions": fractions,
+                "seed": seed,
+                "format": format,
+            }
         ),
         key,
     )
     return {"store": store_url, "key": key, "summary": ds.summary(), "written": written}
 
 
-def featurize_exists(dataset: dict[str, Any], name: str, params: dict[str, Any],
-                     **_: Any) -> bool:
+def featurize_exists(dataset: dict[str, Any], name: str, params: dict[str, Any], **_: Any) -> bool:
     f = build_featurizer(name, params, tuple(dataset["summary"]["elements"]))
-    return Store(dataset["store"]).has("features", feature_key(dataset["key"], f.name,
-                                                               f.get_params()))
+    return Store(dataset["store"]).has(
+        "features", feature_key(dataset["key"], f.name, f.get_params())
+    )
 
 
 @task(
@@ -92,8 +102,13 @@ def featurize(
 
     with dask_client(scheduler, n_workers) as client:
         ref = featurize_dataset(
-            dataset["store"], dataset["key"], name, params,
-            client=client, rows_per_chunk=rows_per_chunk, on_chunk=on_chunk,
+            dataset["store"],
+            dataset["key"],
+            name,
+            params,
+            client=client,
+            rows_per_chunk=rows_per_chunk,
+            on_chunk=on_chunk,
         )
     return ref
 

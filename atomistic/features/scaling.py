@@ -118,9 +118,7 @@ class Scaler:
         scale, offset = self._rows(numbers, X.shape[0])
         return (X - offset) / scale
 
-    def transform_torch(
-        self, X: torch.Tensor, numbers: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def transform_torch(self, X: torch.Tensor, numbers: torch.Tensor | None = None) -> torch.Tensor:
         """The same affine map on a tensor, differentiable with respect to ``X``."""
         self._check_fitted()
         self._check_width(X.shape[-1])

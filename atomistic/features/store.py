@@ -102,13 +102,18 @@ def plan_feature_group(
         rows = _rows_per_chunk(dataset.offsets, n_features, rows_per_chunk)
         n_chunks = max(1, -(-dataset.n_atoms // rows))
         group.create_array(
-            "values", shape=(dataset.n_atoms, n_features), dtype="float64",
-            chunks=(rows, n_features), overwrite=True,
+            "values",
+            shape=(dataset.n_atoms, n_features),
+            dtype="float64",
+            chunks=(rows, n_features),
+            overwrite=True,
         )
-        group.create_array("offsets", data=dataset.offsets, chunks=dataset.offsets.shape,
-                           overwrite=True)
-        group.create_array("done", shape=(n_chunks,), dtype="bool", chunks=(1,),
-                           fill_value=False, overwrite=True)
+        group.create_array(
+            "offsets", data=dataset.offsets, chunks=dataset.offsets.shape, overwrite=True
+        )
+        group.create_array(
+            "done", shape=(n_chunks,), dtype="bool", chunks=(1,), fill_value=False, overwrite=True
+        )
         group.attrs.update(
             {
                 "format_version": FORMAT_VERSION,
@@ -225,8 +230,9 @@ def write_feature_array(
         return False
     with store.writing(kind, key) as group:
         rows = _rows_per_chunk(offsets, values.shape[1], None)
-        group.create_array("values", data=np.asarray(values, dtype=np.float64),
-                           chunks=(rows, values.shape[1]))
+        group.create_array(
+            "values", data=np.asarray(values, dtype=np.float64), chunks=(rows, values.shape[1])
+        )
         group.create_array("offsets", data=offsets, chunks=offsets.shape)
         group.attrs.update({"format_version": FORMAT_VERSION, **attrs})
     return True

@@ -20,8 +20,13 @@ CAMPAIGN = {
     "features": {"g": {"type": "gaussian", "dataset": "cu", "cutoff": 5.0}},
     "dask": {"n_workers": 2, "rows_per_chunk": 640},
     "models": {
-        "nn": {"type": "neuralnetwork", "features": "g", "hiddenlayers": [8],
-               "activation": "tanh", "training": {"epochs": 5, "batch_size": 16}},
+        "nn": {
+            "type": "neuralnetwork",
+            "features": "g",
+            "hiddenlayers": [8],
+            "activation": "tanh",
+            "training": {"epochs": 5, "batch_size": 16},
+        },
         "krr": {"type": "kernelridge", "features": "g", "sigma": 1.0, "lamda": 1e-6},
     },
 }
@@ -76,8 +81,15 @@ def test_campaign_caches_and_tracks(prefect_harness, workdir, monkeypatch):
     feat = _run(workdir, monkeypatch, **{"features.g.cutoff": 4.5})
     st = feat["states"]
     assert st["ingest/cu"] == "Cached"
-    for label in ("featurize/g", "fit-scaler/g", "train-model/nn", "train-model/krr",
-                  "evaluate/nn", "evaluate/krr", "record"):
+    for label in (
+        "featurize/g",
+        "fit-scaler/g",
+        "train-model/nn",
+        "train-model/krr",
+        "evaluate/nn",
+        "evaluate/krr",
+        "record",
+    ):
         assert st[label] == "Completed", (label, st)
     assert feat["features"]["g"] != first["features"]["g"]
 
@@ -93,8 +105,10 @@ def test_campaign_caches_and_tracks(prefect_harness, workdir, monkeypatch):
     nn_run = next(r for r in children if r.info.run_name == "nn")
     assert "test_energy_mae_per_atom" in nn_run.data.metrics
     assert nn_run.data.params["hiddenlayers"] in ("[8]", "[6]")
-    assert nn_run.data.tags["atompipe.feature_key"] in (first["features"]["g"],
-                                                        feat["features"]["g"])
+    assert nn_run.data.tags["atompipe.feature_key"] in (
+        first["features"]["g"],
+        feat["features"]["g"],
+    )
     history = client.get_metric_history(nn_run.info.run_id, "train_loss")
     assert len(history) == 5  # one value per epoch
     arts = {a.path for a in client.list_artifacts(nn_run.info.run_id)}
@@ -105,7 +119,7 @@ def test_campaign_caches_and_tracks(prefect_harness, workdir, monkeypatch):
     # the registered model predicts energies from ase.Atoms through pyfunc
     import mlflow
 
-    model = mlflow.pyfunc.load_model(f"models:/itest-champion@champion")
+    model = mlflow.pyfunc.load_model("models:/itest-champion@champion")
     images = ase.io.read(workdir / "cu.extxyz", ":3")
     pred = model.predict(images)
     ref = np.array([a.get_potential_energy() for a in images])

@@ -14,7 +14,15 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from typer.testing import CliRunner
 
-from atomistic.data import DataError, Dataset, load_files, make_split, read_dataset, read_split, write_dataset
+from atomistic.data import (
+    DataError,
+    Dataset,
+    load_files,
+    make_split,
+    read_dataset,
+    read_split,
+    write_dataset,
+)
 from atomistic.storage import Store
 from flows.cli import app
 
