@@ -89,6 +89,12 @@ def run(
 ) -> None:
     """Run a campaign: ingest, featurize, train, evaluate, record in MLflow."""
     cfg = _load(campaign, set_)
+    import os
+
+    # Prefect's cached results live with the campaign's workspace, not in ~/.prefect
+    os.environ.setdefault(
+        "PREFECT_LOCAL_STORAGE_PATH", str((cfg.workspace_path / "prefect-results").resolve())
+    )
     from flows.campaign import run_campaign
 
     try:

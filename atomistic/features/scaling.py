@@ -65,7 +65,10 @@ class Scaler:
         return scale.astype(np.float64), (-sk.mean_ * scale).astype(np.float64)
 
     def fit(self, X: np.ndarray, numbers: np.ndarray | None = None) -> Scaler:
-        """Fit on atomic features ``X`` (n_atoms, n_features); ``numbers`` (n_atoms,) if per element."""
+        """Fit on atomic features ``X`` (n_atoms, n_features).
+
+        ``numbers`` (n_atoms,) are needed by a per-element scaler.
+        """
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[0] == 0:
             raise ValueError(f"scaler needs a non-empty (n_atoms, n_features) array, got {X.shape}")

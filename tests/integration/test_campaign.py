@@ -17,7 +17,17 @@ pytestmark = pytest.mark.slow
 CAMPAIGN = {
     "name": "itest",
     "datasets": {"cu": {"paths": ["cu.extxyz"]}},
-    "features": {"g": {"type": "gaussian", "dataset": "cu", "cutoff": 5.0}},
+    "features": {
+        "g": {"type": "gaussian", "dataset": "cu", "cutoff": 5.0},
+        "lat": {
+            "type": "latent",
+            "source": "g",
+            "encoder": {
+                "hiddenlayers": {"encoder": [6, 3], "decoder": [3, 6]},
+                "training": {"epochs": 5, "batch_size": 256},
+            },
+        },
+    },
     "dask": {"n_workers": 2, "rows_per_chunk": 640},
     "models": {
         "nn": {
@@ -28,6 +38,7 @@ CAMPAIGN = {
             "training": {"epochs": 5, "batch_size": 16},
         },
         "krr": {"type": "kernelridge", "features": "g", "sigma": 1.0, "lamda": 1e-6},
+        "krr_lat": {"type": "kernelridge", "features": "lat", "sigma": 1.0, "lamda": 1e-6},
     },
 }
 
@@ -61,6 +72,13 @@ def test_campaign_caches_and_tracks(prefect_harness, workdir, monkeypatch):
     assert set(first["states"].values()) == {"Completed"}, first["states"]
     for m in first["models"].values():
         assert np.isfinite(m["energy_mae_per_atom"]) and m["energy_mae_per_atom"] < 0.05
+    # latent features: in the store, one row per atom, the encoder's width
+    from atomistic.features.store import read_features
+
+    Z, offsets = read_features(
+        str(workdir / "ws" / "store.zarr"), first["features"]["lat"], kind="latent"
+    )
+    assert Z.shape == (120 * 32, 3) and offsets[-1] == 120 * 32 and np.isfinite(Z).all()
     model_dirs = {n: Path(m["dir"]) for n, m in first["models"].items()}
     mtimes = {n: (d / "card.json").stat().st_mtime_ns for n, d in model_dirs.items()}
 
@@ -74,6 +92,7 @@ def test_campaign_caches_and_tracks(prefect_harness, workdir, monkeypatch):
     st = changed["states"]
     assert st["train-model/nn"] == "Completed" and st["evaluate/nn"] == "Completed"
     assert st["train-model/krr"] == "Cached" and st["evaluate/krr"] == "Cached"
+    assert st["train-encoder/lat"] == st["train-model/krr_lat"] == "Cached"
     assert st["ingest/cu"] == st["featurize/g"] == st["fit-scaler/g"] == "Cached"
     assert changed["models"]["nn"]["key"] != first["models"]["nn"]["key"]
 
@@ -101,7 +120,7 @@ def test_campaign_caches_and_tracks(prefect_harness, workdir, monkeypatch):
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 3 and len(children) == 6  # the cached rerun recorded nothing new
+    assert len(parents) == 3 and len(children) == 9  # the cached rerun recorded nothing new
     nn_run = next(r for r in children if r.info.run_name == "nn")
     assert "test_energy_mae_per_atom" in nn_run.data.metrics
     assert nn_run.data.params["hiddenlayers"] in ("[8]", "[6]")
