@@ -42,6 +42,7 @@ def dask_client(
         finally:
             client.close()
         return
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # keep the terminal readable
     n = n_workers or max(1, min(os.cpu_count() or 1, 8))
     with (
         LocalCluster(
