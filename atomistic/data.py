@@ -10,7 +10,6 @@ forces) and a format version: it depends on content only, never on file names or
 from __future__ import annotations
 
 import glob
-import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 from ase.neighborlist import neighbor_list
 
-from atomistic.storage import Store, content_hash
+from atomistic.storage import Store, content_hash, file_sha256
 
 __all__ = [
     "DataError",
@@ -206,14 +205,6 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_structures(path: str | Path, format: str | None = None) -> list[Atoms]:
     """All structures of one ASE-readable file; errors name the file."""
     path = Path(path)
@@ -249,7 +240,7 @@ def load_files(
     for path in expand_paths(paths):
         images = read_structures(path, format=format)
         records.extend((str(path), i, a) for i, a in enumerate(images))
-        sources.append({"path": str(path), "sha256": _sha256(path), "structures": len(images)})
+        sources.append({"path": str(path), "sha256": file_sha256(path), "structures": len(images)})
     if not records:
         raise DataError("no structures given")
     ds = _pack(records, require_energy)

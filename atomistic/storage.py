@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-__all__ = ["Store", "content_hash", "StoreError"]
+__all__ = ["Store", "content_hash", "file_sha256", "StoreError"]
 
 KINDS = ("datasets", "features", "latent")
 
@@ -50,6 +50,15 @@ def content_hash(*parts: Any) -> str:
         else:
             h.update(b"json:" + json.dumps(part, sort_keys=True, default=str).encode())
         h.update(b"\x00")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
     return h.hexdigest()
 
 

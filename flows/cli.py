@@ -62,19 +62,24 @@ def ingest(
             typer.echo(f"  {name:<26} {value}")
 
 
-def _load(campaign: Path, overrides: list[str] | None = None):
+def _pairs(items: list[str] | None, option: str) -> dict:
+    """``KEY=VALUE`` options as a dict, each value read as YAML (safe_load)."""
     import yaml
 
-    from flows.config import ConfigError, load_campaign
-
     parsed = {}
-    for item in overrides or []:
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
-            _fail(f"--set {item!r}: expected KEY=VALUE")
+            _fail(f"{option} {item!r}: expected KEY=VALUE")
         parsed[key] = yaml.safe_load(value)
+    return parsed
+
+
+def _load(campaign: Path, overrides: list[str] | None = None):
+    from flows.config import ConfigError, load_campaign
+
     try:
-        return load_campaign(campaign, parsed)
+        return load_campaign(campaign, _pairs(overrides, "--set"))
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -119,18 +124,11 @@ def featurize(
     workers: Annotated[int | None, typer.Option(help="LocalCluster workers")] = None,
 ) -> None:
     """Featurize a stored dataset on Dask into the store; print the feature key."""
-    import yaml
-
     from atomistic.storage import StoreError
     from tasks.cluster import ClusterError, dask_client
     from tasks.featurize import featurize_dataset
 
-    params = {}
-    for item in param or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            _fail(f"--param {item!r}: expected KEY=VALUE")
-        params[key] = yaml.safe_load(value)
+    params = _pairs(param, "--param")
     if features not in ("gaussian", "aev"):
         _fail(f"--features {features!r}: expected gaussian or aev")
     try:

@@ -9,7 +9,6 @@ in place of a weight file is refused with an error naming the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +18,8 @@ import safetensors
 import safetensors.torch
 import torch
 
+from atomistic.storage import file_sha256
+
 __all__ = ["ModelFileError", "write_model_dir", "read_card", "read_tensors", "CARD"]
 
 CARD = "card.json"
@@ -27,14 +28,6 @@ FORMAT_VERSION = 1
 
 class ModelFileError(ValueError):
     """A model directory is missing, incomplete, tampered with or not in atompipe's format."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -60,7 +53,7 @@ def write_model_dir(
             {k: v.detach().cpu().contiguous() for k, v in group.items()}, str(tmp)
         )
         os.replace(tmp, path)
-        files[path.name] = _sha256(path)
+        files[path.name] = file_sha256(path)
     card = {**card, "format_version": FORMAT_VERSION, "files": files}
     _atomic_write_text(directory / CARD, json.dumps(card, indent=1, sort_keys=True))
     return directory
@@ -93,7 +86,7 @@ def read_tensors(directory: str | Path, card: dict[str, Any], stem: str) -> dict
         raise ModelFileError(f"{path}: not listed in the model card")
     if not path.is_file():
         raise ModelFileError(f"{path}: weight file is missing")
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise ModelFileError(
             f"{path}: sha256 {actual} does not match the model card ({expected}); "
