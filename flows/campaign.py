@@ -92,8 +92,9 @@ def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, An
 
         # 3. scalers (training split only)
         sc = cfg.scaler
-        scalers = {
-            name: fit_scaler.submit(
+
+        def submit_scaler(ref: dict[str, Any]) -> Any:
+            return fit_scaler.submit(
                 ref,
                 sc.kind,
                 tuple(sc.feature_range),
@@ -101,8 +102,8 @@ def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, An
                 tuple(split["fractions"]),
                 split["seed"],
             )
-            for name, ref in features.items()
-        }
+
+        scalers = {name: submit_scaler(ref) for name, ref in features.items()}
         stages.update({f"fit-scaler/{n}": f for n, f in scalers.items()})
         scalers = {name: fut.result() for name, fut in scalers.items()}
 
@@ -123,14 +124,7 @@ def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, An
             )
             stages[f"train-encoder/{name}"] = fut
             features[name] = ref = fut.result()
-            fut = fit_scaler.submit(
-                ref,
-                sc.kind,
-                tuple(sc.feature_range),
-                sc.per_element,
-                tuple(split["fractions"]),
-                split["seed"],
-            )
+            fut = submit_scaler(ref)
             stages[f"fit-scaler/{name}"] = fut
             scalers[name] = fut.result()
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from atomistic.storage import content_hash
 
-__all__ = ["content_cache_key", "submit_cached", "STAGE_VERSION"]
+__all__ = ["content_cache_key", "stage_task", "submit_cached", "STAGE_VERSION"]
 
 STAGE_VERSION = 1
 
@@ -39,3 +39,15 @@ def submit_cached(task: Any, exists: Callable[..., bool], *args: Any, **kwargs: 
     if not exists(*args, **kwargs):
         task = task.with_options(refresh_cache=True)
     return task.submit(*args, **kwargs)
+
+
+def stage_task(name: str, cache_key_fn: Callable[[Any, dict[str, Any]], str] | None = None) -> Any:
+    """The Prefect task decorator of a stage: content-keyed cache, results persisted as JSON."""
+    from prefect import task
+
+    return task(
+        name=name,
+        cache_key_fn=cache_key_fn or content_cache_key(name),
+        persist_result=True,
+        result_serializer="json",
+    )

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import task
 
 from atomistic.data import read_dataset, read_split
 from atomistic.features.scaling import Scaler
 from atomistic.features.store import read_features, write_feature_array
 from atomistic.storage import Store, content_hash
-from tasks.caching import content_cache_key
+from tasks.caching import stage_task
 
 __all__ = ["train_encoder", "train_model", "evaluate_model", "model_key"]
 
@@ -93,12 +92,7 @@ def encoder_exists(features, scaler, settings, split, workspace, **_: Any) -> bo
     return Store(features["store"]).has("latent", latent_key(features["key"], enc.encoder_key))
 
 
-@task(
-    name="train-encoder",
-    cache_key_fn=content_cache_key("train-encoder"),
-    persist_result=True,
-    result_serializer="json",
-)
+@stage_task("train-encoder")
 def train_encoder(
     features: dict[str, Any],
     scaler: dict[str, Any],
@@ -203,12 +197,7 @@ def evaluation_exists(model: Any, *_: Any, **__: Any) -> bool:
     return not isinstance(model, dict) or (Path(model["dir"]) / "evaluation.json").exists()
 
 
-@task(
-    name="train-model",
-    cache_key_fn=content_cache_key("train-model"),
-    persist_result=True,
-    result_serializer="json",
-)
+@stage_task("train-model")
 def train_model(
     name: str,
     features: dict[str, Any],
@@ -267,12 +256,7 @@ def train_model(
     return {**ref, "trained": True, "fit_time_s": fit_time}
 
 
-@task(
-    name="evaluate",
-    cache_key_fn=content_cache_key("evaluate"),
-    persist_result=True,
-    result_serializer="json",
-)
+@stage_task("evaluate")
 def evaluate_model(
     model: dict[str, Any],
     features: dict[str, Any],

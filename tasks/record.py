@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import task
 from prefect.context import get_run_context
 
 from flows.config import flatten
-from tasks.caching import content_cache_key
+from tasks.caching import stage_task
 
 __all__ = ["record_campaign"]
 
@@ -62,12 +61,7 @@ def _history_metrics(path: Path) -> list[Any]:
     ]
 
 
-@task(
-    name="record",
-    cache_key_fn=content_cache_key("record"),
-    persist_result=True,
-    result_serializer="json",
-)
+@stage_task("record")
 def record_campaign(
     config: dict[str, Any],
     datasets: dict[str, Any],

@@ -11,13 +11,11 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-
 from atomistic.data import expand_paths, load_files, read_dataset, read_split, write_dataset
 from atomistic.features.scaling import Scaler
 from atomistic.features.store import feature_key, read_features
 from atomistic.storage import Store, content_hash
-from tasks.caching import content_cache_key
+from tasks.caching import stage_task
 from tasks.featurize import build_featurizer, featurize_dataset
 
 __all__ = ["ingest", "ingest_exists", "featurize", "featurize_exists", "fit_scaler"]
@@ -48,7 +46,7 @@ def _ingest_content_key(parameters: dict[str, Any]) -> str:
     return "atompipe-ingest-" + content_hash("ingest", 1, digests, params)
 
 
-@task(name="ingest", cache_key_fn=_ingest_key, persist_result=True, result_serializer="json")
+@stage_task("ingest", _ingest_key)
 def ingest(
     paths: list[str],
     store_url: str,
@@ -82,12 +80,7 @@ def featurize_exists(dataset: dict[str, Any], name: str, params: dict[str, Any],
     )
 
 
-@task(
-    name="featurize",
-    cache_key_fn=content_cache_key("featurize"),
-    persist_result=True,
-    result_serializer="json",
-)
+@stage_task("featurize")
 def featurize(
     dataset: dict[str, Any],
     name: str,
@@ -113,12 +106,7 @@ def featurize(
     return ref
 
 
-@task(
-    name="fit-scaler",
-    cache_key_fn=content_cache_key("fit-scaler"),
-    persist_result=True,
-    result_serializer="json",
-)
+@stage_task("fit-scaler")
 def fit_scaler(
     features: dict[str, Any],
     kind: str = "minmax",
