@@ -27,7 +27,9 @@ def _root() -> None:
     configure_environment()
 
 
-def _fail(message: str) -> None:
+def _fail(message: object) -> None:
+    if isinstance(message, KeyError) and message.args:  # str(KeyError) adds quotes
+        message = message.args[0]
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=1)
 
@@ -138,6 +140,95 @@ def featurize(
         _fail(str(exc))
     typer.echo(f"features {ref['key']}")
     typer.echo(f"  chunks computed {ref['computed_chunks']} of {ref['n_chunks']}")
+
+
+def _layers(text: str, option: str) -> tuple[int, ...]:
+    try:
+        layers = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        layers = ()
+    if not layers or min(layers) < 1:
+        _fail(f"{option} {text!r}: expected comma-separated positive widths, e.g. 20,10,4")
+    return layers
+
+
+@app.command()
+def latent(
+    features_key: Annotated[str, typer.Argument(help="feature key (from `atompipe featurize`)")],
+    store: Annotated[str, typer.Option(help="Zarr store path or fsspec URL")] = DEFAULT_STORE,
+    workspace: Annotated[Path, typer.Option(help="where the encoder is saved")] = Path("workspace"),
+    kind: Annotated[str, typer.Option(help="autoencoder | vae")] = "autoencoder",
+    encoder: Annotated[str, typer.Option(help="encoder widths; the last is the code")] = "20,10,4",
+    decoder: Annotated[str | None, typer.Option(help="decoder widths (default: mirrored)")] = None,
+    activation: Annotated[str, typer.Option()] = "tanh",
+    variant: Annotated[str, typer.Option(help="VAE: multivariate | bernoulli")] = "multivariate",
+    beta: Annotated[float, typer.Option(help="VAE: KL weight")] = 1.0,
+    shared: Annotated[bool, typer.Option("--shared", help="one network for all elements")] = False,
+    epochs: Annotated[int, typer.Option()] = 100,
+    batch_size: Annotated[int, typer.Option()] = 256,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    seed: Annotated[int, typer.Option(help="split and training seed")] = 0,
+    scaler: Annotated[str, typer.Option(help="minmax | standard")] = "minmax",
+    map_png: Annotated[Path | None, typer.Option("--map", help="save the latent map here")] = None,
+    samples: Annotated[int, typer.Option(help="VAE: decode this many prior samples")] = 0,
+    samples_out: Annotated[Path, typer.Option(help="where the samples go (.npz)")] = Path(
+        "latent_samples.npz"
+    ),
+) -> None:
+    """Train an autoencoder or VAE on stored features; write latent/<key>; print its key."""
+    from pydantic import ValidationError
+
+    from atomistic.storage import StoreError
+    from flows.config import AutoEncoderSettings, ScalerConfig, SplitConfig
+
+    enc = _layers(encoder, "--encoder")
+    dec = _layers(decoder, "--decoder") if decoder else tuple(reversed(enc))
+    try:
+        settings = AutoEncoderSettings(
+            kind=kind,
+            hiddenlayers={"encoder": enc, "decoder": dec},
+            activation=activation,
+            variant=variant,
+            beta=beta,
+            per_element=not shared,
+            training={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed},
+        )
+        scaling = ScalerConfig(
+            kind=scaler, feature_range=(0.0, 1.0) if variant == "bernoulli" else (-1.0, 1.0)
+        )
+    except ValidationError as exc:
+        _fail("; ".join(f"--{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    if samples and kind != "vae":
+        _fail("--samples needs --kind vae (an autoencoder has no prior to sample)")
+    from flows.latent import run_latent
+
+    split = SplitConfig(seed=seed)
+    try:
+        ref = run_latent(
+            store,
+            features_key,
+            str(workspace),
+            settings.model_dump(mode="json"),
+            scaling.model_dump(mode="json"),
+            {"fractions": list(split.fractions), "seed": split.seed},
+            map_path=map_png,
+            samples=samples,
+        )
+    except (KeyError, ValueError, StoreError, OSError) as exc:
+        _fail(exc)
+    typer.echo(f"latent {ref['key']}")
+    typer.echo(f"  encoder                    {ref['encoder_dir']}")
+    typer.echo(f"  reconstruction MSE (test)  {ref['reconstruction_mse_test']:.4g}")
+    typer.echo(f"  scaled feature variance    {ref['scaled_variance_test']:.4g}")
+    if "kl_test" in ref:
+        typer.echo(f"  KL per atom (test, nats)   {ref['kl_test']:.4g}")
+    if "map" in ref:
+        typer.echo(f"  latent map                 {ref['map']}")
+    if "samples" in ref:
+        import numpy as np
+
+        np.savez(samples_out, **ref["samples"])
+        typer.echo(f"  {samples} decoded samples per element -> {samples_out}")
 
 
 @app.command()
