@@ -249,7 +249,7 @@ def compare(
     runs = [
         r
         for r in client.search_runs([exp.experiment_id], order_by=[f"metrics.{metric} ASC"])
-        if "mlflow.parentRunId" in r.data.tags
+        if "mlflow.parentRunId" in r.data.tags and r.data.tags.get("atompipe.role") != "encoder"
     ]
     cols = ["test_energy_mae_per_atom", "test_energy_rmse_per_atom", "test_force_mae"]
     table = Table(title=f"{cfg.name}: {len(runs)} model runs")

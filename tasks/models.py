@@ -171,6 +171,17 @@ def train_encoder(
         },
     )
     test_rows = rows(parts["test"])
+    X_test, z_test = X_all[test_rows], dataset.numbers[test_rows]
+    artifacts = []
+    latent_png = target / "latent_map.png"
+    if not latent_png.exists():
+        from atomistic.plots import latent_map
+
+        latent_map(Z[test_rows], z_test, path=latent_png, title=f"latent space ({kind}, test)")
+    artifacts.append(str(latent_png))
+    extra = {}
+    if hasattr(encoder, "kl_divergence"):
+        extra["kl_test"] = float(encoder.kl_divergence(X_test, z_test))
     return {
         "store": features["store"],
         "kind": "latent",
@@ -179,10 +190,10 @@ def train_encoder(
         "featurizer": "latent",
         "params": {"encoder": encoder.encoder_key, "source": features["key"]},
         "encoder_dir": str(target),
-        "reconstruction_mse_test": float(
-            encoder.reconstruction_error(X_all[test_rows], dataset.numbers[test_rows])
-        ),
-        "scaled_variance_test": float(X_all[test_rows].var(axis=0).mean()),
+        "reconstruction_mse_test": float(encoder.reconstruction_error(X_test, z_test)),
+        "scaled_variance_test": float(X_test.var(axis=0).mean()),
+        **extra,
+        "artifacts": artifacts,
     }
 
 

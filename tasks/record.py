@@ -61,6 +61,41 @@ def _history_metrics(path: Path) -> list[Any]:
     ]
 
 
+def _record_encoder(client, exp_id, pid, name, ref, config, tags) -> None:
+    """A child run for the autoencoder behind a latent feature set: its settings, per-epoch
+    losses, held-out reconstruction error against the scaled features' variance, latent map."""
+    from mlflow.entities import Metric, Param
+
+    directory = Path(ref["encoder_dir"])
+    run = client.create_run(
+        exp_id,
+        run_name=f"encoder:{name}",
+        tags={
+            "mlflow.parentRunId": pid,
+            "atompipe.role": "encoder",
+            "atompipe.feature_key": ref["params"]["source"],
+            "atompipe.latent_key": ref["key"],
+            **{k: v for k, v in tags.items() if not k.startswith("atompipe.dataset.")},
+        },
+    )
+    rid = run.info.run_id
+    params = flatten(config["features"][name])
+    client.log_batch(rid, params=[Param(k[:250], v[:6000]) for k, v in params.items()])
+    now = int(time.time() * 1000)
+    final = [
+        Metric(k, float(ref[k]), now, 0)
+        for k in ("reconstruction_mse_test", "scaled_variance_test", "kl_test")
+        if k in ref
+    ]
+    batch = _history_metrics(directory / "history.json") + final
+    for i in range(0, len(batch), 900):
+        client.log_batch(rid, metrics=batch[i : i + 900])
+    for art in ref.get("artifacts", []):
+        client.log_artifact(rid, art, artifact_path="plots")
+    client.log_artifact(rid, str(directory / "card.json"), artifact_path="atompipe_encoder")
+    client.set_terminated(rid)
+
+
 @stage_task("record")
 def record_campaign(
     config: dict[str, Any],
@@ -147,6 +182,9 @@ def record_campaign(
             "model_uri": info.model_uri,
             "score": res["metrics"].get(metric),
         }
+    for fname, ref in features.items():
+        if ref.get("kind") == "latent" and "encoder_dir" in ref:
+            _record_encoder(client, exp_id, pid, fname, ref, config, tags)
     client.set_terminated(pid)
 
     champion = None

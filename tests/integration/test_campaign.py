@@ -120,7 +120,16 @@ def test_campaign_caches_and_tracks(prefect_harness, workdir, monkeypatch):
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    encoders = [r for r in children if r.data.tags.get("atompipe.role") == "encoder"]
+    children = [r for r in children if r not in encoders]
     assert len(parents) == 3 and len(children) == 9  # the cached rerun recorded nothing new
+    assert len(encoders) == 3 and {r.info.run_name for r in encoders} == {"encoder:lat"}
+    enc = encoders[0]
+    assert enc.data.metrics["reconstruction_mse_test"] < enc.data.metrics["scaled_variance_test"]
+    assert len(client.get_metric_history(enc.info.run_id, "train_loss")) == 5
+    assert "plots/latent_map.png" in {
+        a.path for a in client.list_artifacts(enc.info.run_id, "plots")
+    }
     nn_run = next(r for r in children if r.info.run_name == "nn")
     assert "test_energy_mae_per_atom" in nn_run.data.metrics
     assert nn_run.data.params["hiddenlayers"] in ("[8]", "[6]")
