@@ -1,12 +1,23 @@
 """The campaign file: one YAML document validated by typed models.
 
 Every parameter has a default; an unknown or ill-typed key is an error that names it
-(pydantic's ``extra="forbid"``). YAML is read with ``yaml.safe_load`` only.
+(pydantic's ``extra="forbid"``). YAML is read with a safe loader only (no Python tags) that also
+refuses duplicate keys.
+
+Paths. Relative paths (``datasets.*.paths``, ``workspace``) resolve against the campaign's
+``root``: the campaign file's folder, or ``root`` (relative to that folder) when the campaign
+sets it. Every path must stay inside the root; a path that leaves it (``..``, an absolute path
+elsewhere, a symbolic link pointing out) is an error naming the key, unless the campaign sets
+``allow_absolute_paths: true``. An absolute ``root`` needs ``allow_absolute_paths`` too.
+The validated configuration holds absolute paths, so a campaign runs the same from any folder
+(schedules, deployments, workers).
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -179,6 +190,9 @@ class TrackingConfig(_Strict):
 
 class CampaignConfig(_Strict):
     name: str = "campaign"
+    root: str = Field(
+        ".", description="folder that relative paths resolve against and must stay inside"
+    )
     workspace: str = "workspace"
     allow_absolute_paths: bool = False
     datasets: dict[str, DatasetConfig] = Field(min_length=1)
@@ -200,6 +214,8 @@ class CampaignConfig(_Strict):
                     raise ValueError(f"features.{name}.source: latent from latent is not supported")
             elif feat.dataset not in self.datasets:
                 raise ValueError(f"features.{name}.dataset: unknown dataset {feat.dataset!r}")
+            else:
+                _check_featurizer(name, feat)
         for name, model in self.models.items():
             if model.features not in self.features:
                 raise ValueError(f"models.{name}.features: unknown feature set {model.features!r}")
@@ -224,67 +240,133 @@ class CampaignConfig(_Strict):
         return self.tracking.uri or f"sqlite:///{(self.workspace_path / 'mlflow.db').resolve()}"
 
 
+def _check_featurizer(name: str, feat: GaussianFeatures | AEVFeatures) -> None:
+    """Build the featurizer once (elements as given, else a placeholder) so that bad parameters
+    and a featurizer with zero columns fail here, naming the feature set, before any work."""
+    from atomistic.features import featurizer_from_params
+
+    params = {**feat.featurizer_params(), "elements": feat.elements or ["H"]}
+    try:
+        n = featurizer_from_params(feat.type, params).n_features
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"features.{name}: {exc}") from exc
+    if n == 0:
+        raise ValueError(f"features.{name}: the {feat.type} featurizer has zero feature columns")
+
+
 def _format_error(source: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
         kind = err["type"]
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if kind == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{source}: {loc or '<top>'}: {msg}")
+        lines.append(f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}")
     return "\n".join(lines)
 
 
-def _resolve_paths(raw: dict[str, Any], base: Path, allow_absolute: bool, source: str) -> None:
-    """Make dataset paths relative to the campaign file; refuse escapes unless allowed."""
-    for name, ds in (raw.get("datasets") or {}).items():
-        if not isinstance(ds, dict) or not isinstance(ds.get("paths"), list):
-            continue
-        resolved = []
-        for p in ds["paths"]:
-            path = Path(str(p))
-            if path.is_absolute() or ".." in path.parts:
-                if not allow_absolute:
-                    raise ConfigError(
-                        f"{source}: datasets.{name}.paths: {p!r} leaves the campaign folder; "
-                        "set allow_absolute_paths: true to permit it"
-                    )
-            resolved.append(str(path if path.is_absolute() else base / path))
-        ds["paths"] = resolved
+def _yaml_error(source: str, exc: yaml.YAMLError) -> str:
+    """One line: the file, the position and what is wrong."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{source}: not valid YAML{where}: {problem}"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """``path`` (made absolute, ``..`` collapsed) and its real location lie under ``root``."""
+    lexical = Path(os.path.normpath(path))
+    if not lexical.is_relative_to(root):
+        return False
+    # symbolic links: the real path of the longest part that exists (globs cut at the pattern)
+    parts = lexical.parts
+    stop = next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))
+    existing = Path(*parts[:stop])
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing.resolve().is_relative_to(root)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path, source: str) -> None:
+    """Resolve ``root``, ``workspace`` and dataset paths in place (see the module docstring)."""
+    allow = raw.get("allow_absolute_paths", False) is True
+    hint = "set allow_absolute_paths: true to permit it"
+    root_raw = raw.get("root", ".")
+    if not isinstance(root_raw, str):
+        return  # pydantic names the ill-typed key
+    if Path(root_raw).is_absolute() and not allow:
+        raise ConfigError(f"{source}: root: {root_raw!r} is an absolute path; {hint}")
+    root = (base / root_raw).resolve()
+    raw["root"] = str(root)
+
+    def resolve(key: str, value: str) -> str:
+        path = root / value  # an absolute value replaces root
+        if not allow and not _inside(path, root):
+            raise ConfigError(
+                f"{source}: {key}: {value!r} leaves the campaign root {root}; {hint}"
+            )
+        return os.path.normpath(path)
+
+    if isinstance(raw.get("workspace", "workspace"), str):
+        raw["workspace"] = resolve("workspace", raw.get("workspace", "workspace"))
+    datasets = raw.get("datasets")
+    for name, ds in (datasets.items() if isinstance(datasets, dict) else ()):
+        if isinstance(ds, dict) and isinstance(ds.get("paths"), list):
+            ds["paths"] = [
+                resolve(f"datasets.{name}.paths", p) if isinstance(p, str) else p
+                for p in ds["paths"]
+            ]
 
 
 def load_campaign(path: str | Path, overrides: dict[str, Any] | None = None) -> CampaignConfig:
-    """Read, resolve and validate a campaign file (``yaml.safe_load`` only).
+    """Read, resolve and validate a campaign file (a safe YAML loader only).
 
-    Dataset paths are taken relative to the current directory; absolute paths and paths with
-    ``..`` are refused unless the campaign sets ``allow_absolute_paths: true``.
+    Relative paths resolve against the campaign's root (by default the file's folder) and must
+    stay inside it unless ``allow_absolute_paths: true`` (module docstring).
     ``overrides`` maps dotted keys ("models.nn.hiddenlayers") to values.
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the campaign file ({exc})") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise ConfigError(_yaml_error(str(path), exc)) from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the campaign file must be a mapping of keys")
     for key, value in (overrides or {}).items():
-        _set_dotted(raw, key, value)
-    allow = bool(raw.get("allow_absolute_paths", False))
-    _resolve_paths(raw, Path.cwd(), allow, str(path))
+        _set_dotted(raw, key, value, str(path))
+    _resolve_paths(raw, path.resolve().parent, str(path))
     try:
         return CampaignConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_error(str(path), exc)) from exc
 
 
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, source: str = "--set") -> None:
     node = raw
     parts = dotted.split(".")
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"{source}: --set {dotted}: {where} is not a mapping")
     node[parts[-1]] = value
 
 
