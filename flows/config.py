@@ -318,15 +318,13 @@ def _resolve_paths(raw: dict[str, Any], base: Path, source: str) -> None:
     def resolve(key: str, value: str) -> str:
         path = root / value  # an absolute value replaces root
         if not allow and not _inside(path, root):
-            raise ConfigError(
-                f"{source}: {key}: {value!r} leaves the campaign root {root}; {hint}"
-            )
+            raise ConfigError(f"{source}: {key}: {value!r} leaves the campaign root {root}; {hint}")
         return os.path.normpath(path)
 
     if isinstance(raw.get("workspace", "workspace"), str):
         raw["workspace"] = resolve("workspace", raw.get("workspace", "workspace"))
     datasets = raw.get("datasets")
-    for name, ds in (datasets.items() if isinstance(datasets, dict) else ()):
+    for name, ds in datasets.items() if isinstance(datasets, dict) else ():
         if isinstance(ds, dict) and isinstance(ds.get("paths"), list):
             ds["paths"] = [
                 resolve(f"datasets.{name}.paths", p) if isinstance(p, str) else p
