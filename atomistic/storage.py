@@ -133,20 +133,23 @@ class Store:
             group.attrs["complete"] = True
             return
         staging = f".staging/{kind}-{key[:16]}-{uuid.uuid4().hex}"
-        group = self.root.require_group(staging)
         try:
-            yield group
-            group.attrs["complete"] = True
-            target = self.path / kind / key
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._ensure_parent_group(kind)
+            group = self.root.require_group(staging)
             try:
-                os.rename(self.path / staging, target)
-            except OSError:
-                if not self.has(kind, key):
-                    raise
-        finally:
-            shutil.rmtree(self.path / staging, ignore_errors=True)
+                yield group
+                group.attrs["complete"] = True
+                target = self.path / kind / key
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._ensure_parent_group(kind)
+                try:
+                    os.rename(self.path / staging, target)
+                except OSError:
+                    if not self.has(kind, key):
+                        raise
+            finally:
+                shutil.rmtree(self.path / staging, ignore_errors=True)
+        except OSError as exc:  # disk full, permission denied, file too large: nothing published
+            raise StoreError(f"cannot write {kind}/{key} to the store {self.url}: {exc}") from exc
 
     def require(self, kind: str, key: str) -> zarr.Group:
         """An in-place group for resumable, chunk-by-chunk writing (features, latent).

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from distributed import Client, as_completed
@@ -36,6 +38,28 @@ def _run_chunk(
     return compute_chunk(store_url, dataset_key, key, chunk, _cached_featurizer(name, params_json))
 
 
+@contextmanager
+def _planning_lock(store: Store, name: str) -> Iterator[None]:
+    """An inter-process lock (``flock``) around creating or reopening a feature group.
+
+    Two campaigns featurizing the same dataset at once must not both create the group's arrays
+    (the second creation would wipe the first one's finished chunks); under the lock the second
+    one finds the group and resumes it, and the chunks both compute are byte-identical.
+    Object stores (no local path) are left without a lock.
+    """
+    if store.path is None:
+        yield
+        return
+    lock_dir = store.path / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"features-{name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def featurize_dataset(
     store_url: str,
     dataset_key: str,
@@ -56,7 +80,8 @@ def featurize_dataset(
     store = Store(store_url)
     dataset = read_dataset(store, dataset_key)
     featurizer = build_featurizer(name, params, dataset.elements)
-    plan = plan_feature_group(store, dataset, featurizer, rows_per_chunk=rows_per_chunk)
+    with _planning_lock(store, name):
+        plan = plan_feature_group(store, dataset, featurizer, rows_per_chunk=rows_per_chunk)
     full_params = featurizer.get_params()
     params_json = json.dumps(full_params, sort_keys=True)
     total, finished = plan.n_chunks, plan.n_chunks - len(plan.todo)

@@ -11,7 +11,15 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from atomistic.data import expand_paths, load_files, read_dataset, read_split, write_dataset
+from atomistic.data import (
+    DataError,
+    expand_paths,
+    load_files,
+    make_split,
+    read_dataset,
+    read_split,
+    write_dataset,
+)
 from atomistic.features.scaling import Scaler
 from atomistic.features.store import feature_key, read_features
 from atomistic.storage import Store, content_hash
@@ -54,8 +62,18 @@ def ingest(
     seed: int = 0,
     format: str | None = None,
 ) -> dict[str, Any]:
-    """Validate and store structures; returns {"store", "key", "summary", "written"}."""
+    """Validate and store structures; returns {"store", "key", "summary", "written"}.
+
+    A dataset too small for the split (an empty training or test set) is refused before
+    anything is written, naming the files."""
     ds = load_files(paths, format=format)
+    parts = make_split(ds.n_structures, fractions, seed)
+    empty = [name for name in ("train", "test") if len(parts[name]) == 0]
+    if empty:
+        raise DataError(
+            f"{', '.join(paths)}: {ds.n_structures} structure(s) split {tuple(fractions)} "
+            f"leave the {empty[0]} set empty; add structures or change split.fractions"
+        )
     key, written = write_dataset(ds, store_url, split=fractions, seed=seed)
     store = Store(store_url)
     store.remember(

@@ -27,6 +27,7 @@ import math
 import os
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +120,7 @@ class History:
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (call before building a module)."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeding the global generator is the point
     torch.manual_seed(seed)
 
 
@@ -244,10 +245,35 @@ def _state_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write to a temporary file unique to this process, then rename: a reader (or a second
+    trainer sharing the folder) sees the old checkpoint or the new one, never a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (``torch.load(weights_only=True)``), or None if there is none.
+
+    Anything that is not a checkpoint of this loop (a pickle with code in it, a truncated file)
+    is refused with an error naming the file; nothing in it is executed."""
+    try:
+        ckpt = torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"checkpoint {path} cannot be loaded safely ({first}); remove it to start afresh"
+        ) from exc
+    keys = ("config", "module", "optimizer", "generator", "history")
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in keys):
+        raise ValueError(f"checkpoint {path} is not a training checkpoint; remove it")
+    return ckpt
 
 
 def _comparable(config: TrainingConfig) -> dict[str, Any]:
@@ -280,8 +306,8 @@ def train(
     first_epoch = 0
 
     ckpt_path = Path(config.checkpoint_dir) / _CHECKPOINT if config.checkpoint_dir else None
-    if ckpt_path is not None and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt = _load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    if ckpt is not None:
         if ckpt["config"] != _comparable(config):
             raise ValueError(
                 f"checkpoint {ckpt_path} was written with a different training configuration; "
