@@ -28,55 +28,67 @@ from tasks.models import (
 from tasks.record import record_campaign
 from tasks.stages import featurize, featurize_exists, fit_scaler, ingest, ingest_exists
 
-__all__ = ["campaign", "run_campaign"]
+__all__ = ["campaign", "featurize_flow", "train_flow", "run_campaign"]
 
 
 def _split(cfg: CampaignConfig) -> dict[str, Any]:
     return {"fractions": list(cfg.split.fractions), "seed": cfg.split.seed}
 
 
-@flow(name="atompipe-campaign", log_prints=True)
-def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, Any]:
-    """Run a campaign given its validated configuration (``CampaignConfig.model_dump()``)."""
-    cfg = CampaignConfig.model_validate(config)
-    logger = get_run_logger()
-    t0 = time.perf_counter()
-    store_url = cfg.store_url
-    Path(cfg.workspace).mkdir(parents=True, exist_ok=True)
-    split = _split(cfg)
-    progress = CampaignProgress(enabled=show_progress)
-    stages: dict[str, Any] = {}  # label -> future, for the states in the summary
+class _Run:
+    """One run of (part of) a campaign: the futures of its stages, for the summary."""
 
-    with progress:
-        # 1. datasets
-        datasets = {
+    def __init__(self, cfg: CampaignConfig, show_progress: bool) -> None:
+        self.cfg = cfg
+        self.split = _split(cfg)
+        self.progress = CampaignProgress(enabled=show_progress)
+        self.stages: dict[str, Any] = {}  # label -> future
+        self.logger = get_run_logger()
+        self.t0 = time.perf_counter()
+        Path(cfg.workspace).mkdir(parents=True, exist_ok=True)
+
+    def states(self) -> dict[str, str]:
+        return {label: fut.state.name for label, fut in self.stages.items()}
+
+    # -- 1. datasets ------------------------------------------------------------------------
+    def ingest(self) -> dict[str, Any]:
+        cfg, split = self.cfg, self.split
+        futures = {
             name: submit_cached(
                 ingest,
                 ingest_exists,
                 [str(p) for p in ds.paths],
-                store_url,
+                cfg.store_url,
                 tuple(split["fractions"]),
                 split["seed"],
                 ds.format,
             )
             for name, ds in cfg.datasets.items()
         }
-        stages.update({f"ingest/{n}": f for n, f in datasets.items()})
-        datasets = {name: fut.result() for name, fut in datasets.items()}
+        self.stages.update({f"ingest/{n}": f for n, f in futures.items()})
+        datasets = {name: fut.result() for name, fut in futures.items()}
         for name, ref in datasets.items():
-            logger.info(
-                "dataset %s: %s (%d structures)",
-                name,
-                ref["key"][:12],
-                ref["summary"]["structures"],
-            )
+            n = ref["summary"]["structures"]
+            self.logger.info("dataset %s: %s (%d structures)", name, ref["key"][:12], n)
+        return datasets
 
-        # 2. direct feature sets (Dask), concurrently
-        futures = {}
-        for name, feat in cfg.features.items():
-            if isinstance(feat, LatentFeatures):
-                continue
-            futures[name] = submit_cached(
+    # -- 2.-4. features, scalers, latent features -------------------------------------------
+    def _scaler(self, ref: dict[str, Any]) -> Any:
+        sc, split = self.cfg.scaler, self.split
+        return fit_scaler.submit(
+            ref,
+            sc.kind,
+            tuple(sc.feature_range),
+            sc.per_element,
+            tuple(split["fractions"]),
+            split["seed"],
+        )
+
+    def features(self, datasets: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Direct feature sets on Dask (concurrently), their scalers, then latent sets."""
+        cfg, progress = self.cfg, self.progress
+        futures = {
+            name: submit_cached(
                 featurize,
                 featurize_exists,
                 datasets[feat.dataset],
@@ -87,51 +99,45 @@ def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, An
                 rows_per_chunk=cfg.dask.rows_per_chunk,
                 on_chunk=progress.chunk_callback(f"features {name}"),
             )
-        stages.update({f"featurize/{n}": f for n, f in futures.items()})
+            for name, feat in cfg.features.items()
+            if not isinstance(feat, LatentFeatures)
+        }
+        self.stages.update({f"featurize/{n}": f for n, f in futures.items()})
         features = {name: fut.result() for name, fut in futures.items()}
+        futures = {name: self._scaler(ref) for name, ref in features.items()}
+        self.stages.update({f"fit-scaler/{n}": f for n, f in futures.items()})
+        scalers = {name: fut.result() for name, fut in futures.items()}
 
-        # 3. scalers (training split only)
-        sc = cfg.scaler
-
-        def submit_scaler(ref: dict[str, Any]) -> Any:
-            return fit_scaler.submit(
-                ref,
-                sc.kind,
-                tuple(sc.feature_range),
-                sc.per_element,
-                tuple(split["fractions"]),
-                split["seed"],
-            )
-
-        scalers = {name: submit_scaler(ref) for name, ref in features.items()}
-        stages.update({f"fit-scaler/{n}": f for n, f in scalers.items()})
-        scalers = {name: fut.result() for name, fut in scalers.items()}
-
-        # 4. latent feature sets: an encoder per set, trained on the scaled source features
+        # an encoder per latent set, trained on the scaled source features
         for name, feat in cfg.features.items():
             if not isinstance(feat, LatentFeatures):
                 continue
-            settings = feat.encoder.model_dump(mode="json")
+            epochs = feat.encoder.training.epochs
             fut = submit_cached(
                 train_encoder,
                 encoder_exists,
                 features[feat.source],
                 scalers[feat.source],
-                settings,
-                split,
+                feat.encoder.model_dump(mode="json"),
+                self.split,
                 cfg.workspace,
-                on_epoch=progress.epoch_callback(f"encoder {name}", feat.encoder.training.epochs),
+                on_epoch=progress.epoch_callback(f"encoder {name}", epochs),
             )
-            stages[f"train-encoder/{name}"] = fut
-            features[name] = ref = fut.result()
-            fut = submit_scaler(ref)
-            stages[f"fit-scaler/{name}"] = fut
+            self.stages[f"train-encoder/{name}"] = fut
+            features[name] = fut.result()
+            fut = self._scaler(features[name])
+            self.stages[f"fit-scaler/{name}"] = fut
             scalers[name] = fut.result()
+        return features, scalers
 
-        # 5. models, concurrently; 6. evaluation of each as it finishes
-        trained = {}
-        for name, model in cfg.models.items():
-            mcfg = model.model_dump(mode="json")
+    # -- 5.-6. models, concurrently, each evaluated as it finishes ----------------------------
+    def models(
+        self, names: list[str], features: dict[str, Any], scalers: dict[str, Any]
+    ) -> dict[str, Any]:
+        cfg, progress = self.cfg, self.progress
+        trained, evaluated = {}, {}
+        for name in names:
+            model = cfg.models[name]
             epochs = getattr(getattr(model, "training", None), "epochs", None)
             trained[name] = submit_cached(
                 train_model,
@@ -139,47 +145,111 @@ def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, An
                 name,
                 features[model.features],
                 scalers[model.features],
-                mcfg,
-                split,
+                model.model_dump(mode="json"),
+                self.split,
                 cfg.workspace,
                 on_epoch=progress.epoch_callback(f"model {name}", epochs),
             )
-        evaluated = {
-            name: submit_cached(
+        for name, fut in trained.items():
+            fset = cfg.models[name].features
+            evaluated[name] = submit_cached(
                 evaluate_model,
                 evaluation_exists,
                 fut,
-                features[cfg.models[name].features],
-                scalers[cfg.models[name].features],
-                split,
+                features[fset],
+                scalers[fset],
+                self.split,
                 cfg.evaluation.split,
                 cfg.evaluation.plots,
             )
-            for name, fut in trained.items()
+        self.stages.update({f"train-model/{n}": f for n, f in trained.items()})
+        self.stages.update({f"evaluate/{n}": f for n, f in evaluated.items()})
+        return {name: fut.result() for name, fut in evaluated.items()}
+
+    # -- 7. tracking ------------------------------------------------------------------------
+    def record(self, datasets, features, results) -> dict[str, Any]:
+        cfg = self.cfg.model_dump(mode="json")
+        fut = record_campaign.submit(cfg, datasets, features, results)
+        self.stages["record"] = fut
+        return fut.result()
+
+    def summary(self, datasets, features, results=None, record=None) -> dict[str, Any]:
+        out = {
+            "campaign": self.cfg.name,
+            "datasets": {n: r["key"] for n, r in datasets.items()},
+            "features": {n: r["key"] for n, r in features.items()},
+            "models": {
+                n: {"key": r["key"], "dir": r["dir"], **r["metrics"]}
+                for n, r in (results or {}).items()
+            },
+            "tracking": record or {},
+            "states": self.states(),
+            "wall_time_s": time.perf_counter() - self.t0,
         }
-        stages.update({f"train-model/{n}": f for n, f in trained.items()})
-        stages.update({f"evaluate/{n}": f for n, f in evaluated.items()})
-        results = {name: fut.result() for name, fut in evaluated.items()}
-
-    # 7. tracking
-    record_future = record_campaign.submit(cfg.model_dump(mode="json"), datasets, features, results)
-    record = record_future.result()
-    stages["record"] = record_future
-    summary = {
-        "campaign": cfg.name,
-        "datasets": {n: r["key"] for n, r in datasets.items()},
-        "features": {n: r["key"] for n, r in features.items()},
-        "models": {
-            n: {"key": r["key"], "dir": r["dir"], **r["metrics"]} for n, r in results.items()
-        },
-        "tracking": record,
-        "states": {label: fut.state.name for label, fut in stages.items()},
-        "wall_time_s": time.perf_counter() - t0,
-    }
-    progress.summary_table(summary, cfg.evaluation.metric)
-    return summary
+        if results:
+            self.progress.summary_table(out, self.cfg.evaluation.metric)
+        return out
 
 
-def run_campaign(cfg: CampaignConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Run the campaign flow in this process (Prefect starts an ephemeral API if none is set)."""
-    return campaign(cfg.model_dump(mode="json"), show_progress=show_progress)
+def _model_names(cfg: CampaignConfig, models: list[str] | None) -> list[str]:
+    names = list(cfg.models) if models is None else list(models)
+    unknown = [n for n in names if n not in cfg.models]
+    if unknown:
+        raise ValueError(f"campaign {cfg.name}: no model {unknown[0]!r}; it has {list(cfg.models)}")
+    return names
+
+
+@flow(name="atompipe-campaign", log_prints=True)
+def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, Any]:
+    """The whole campaign, given its validated configuration (``CampaignConfig.model_dump()``):
+    datasets, features, latent features, every model, evaluation, MLflow."""
+    return train(config, None, show_progress)
+
+
+@flow(name="atompipe-featurize", log_prints=True)
+def featurize_flow(config: dict[str, Any], show_progress: bool = True) -> dict[str, Any]:
+    """Datasets, feature sets, scalers and latent feature sets of a campaign; no models."""
+    run = _Run(CampaignConfig.model_validate(config), show_progress)
+    with run.progress:
+        datasets = run.ingest()
+        features, _ = run.features(datasets)
+    return run.summary(datasets, features)
+
+
+@flow(name="atompipe-train", log_prints=True)
+def train_flow(
+    config: dict[str, Any], models: list[str] | None = None, show_progress: bool = True
+) -> dict[str, Any]:
+    """Train, evaluate and record the campaign's ``models`` (all when None); the feature stages
+    before them are cache hits when the features are already in the store."""
+    return train(config, models, show_progress)
+
+
+def train(config: dict[str, Any], models: list[str] | None, show_progress: bool) -> dict[str, Any]:
+    cfg = CampaignConfig.model_validate(config)
+    names = _model_names(cfg, models)
+    run = _Run(cfg, show_progress)
+    with run.progress:
+        datasets = run.ingest()
+        features, scalers = run.features(datasets)
+        results = run.models(names, features, scalers)
+    record = run.record(datasets, features, results)
+    return run.summary(datasets, features, results, record)
+
+
+def run_campaign(
+    cfg: CampaignConfig,
+    show_progress: bool = True,
+    *,
+    features_only: bool = False,
+    models: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run the campaign flow in this process (Prefect starts an ephemeral API if none is set):
+    the whole campaign, only its features (``features_only``), or only some ``models``."""
+    config = cfg.model_dump(mode="json")
+    if features_only:
+        return featurize_flow(config, show_progress=show_progress)
+    if models is not None:
+        _model_names(cfg, models)  # fail before any flow starts
+        return train_flow(config, models, show_progress=show_progress)
+    return campaign(config, show_progress=show_progress)

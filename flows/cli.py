@@ -92,10 +92,21 @@ def run(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override a key: models.nn.activation=tanh")
     ] = None,
+    features_only: Annotated[
+        bool, typer.Option("--features-only", help="the featurize flow: datasets and features")
+    ] = False,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="the train flow for this model (repeat)")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Run a campaign: ingest, featurize, train, evaluate, record in MLflow."""
     cfg = _load(campaign, set_)
+    if features_only and model:
+        _fail("--features-only and --model exclude each other")
+    unknown = [m for m in model or [] if m not in cfg.models]
+    if unknown:
+        _fail(f"{campaign}: --model {unknown[0]!r}: the campaign's models are {list(cfg.models)}")
     import os
 
     # Prefect's cached results live with the campaign's workspace, not in ~/.prefect
@@ -105,9 +116,15 @@ def run(
     from flows.campaign import run_campaign
 
     try:
-        summary = run_campaign(cfg, show_progress=not quiet)
+        summary = run_campaign(
+            cfg, show_progress=not quiet, features_only=features_only, models=model or None
+        )
     except Exception as exc:  # the flow failed: one clear line, non-zero exit
         _fail(f"campaign {cfg.name} failed: {exc}")
+    if features_only:
+        for name, key in summary["features"].items():
+            typer.echo(f"features {name}: {key}")
+        return
     champ = summary["tracking"].get("champion")
     if champ:
         typer.echo(f"champion: {champ['model']} (registered {champ['name']} v{champ['version']})")

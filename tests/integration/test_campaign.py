@@ -152,3 +152,34 @@ def test_campaign_caches_and_tracks(prefect_harness, workdir, monkeypatch):
     pred = model.predict(images)
     ref = np.array([a.get_potential_energy() for a in images])
     assert np.abs(pred - ref).max() / 32 < 0.05
+
+
+def test_featurize_and_train_flows_run_alone(prefect_harness, tmp_path, monkeypatch, shipped):
+    from flows.campaign import run_campaign
+
+    ase.io.write(tmp_path / "cu.extxyz", ase.io.read(shipped["cu"], ":40"))
+    raw = yaml.safe_load(yaml.safe_dump(CAMPAIGN))
+    raw["features"] = {"g": raw["features"]["g"]}
+    raw["models"] = {m: raw["models"][m] for m in ("nn", "krr")}
+    raw["name"] = "alone"
+    raw["workspace"] = str(tmp_path / "ws")
+    (tmp_path / "alone.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_campaign(tmp_path / "alone.yaml")
+
+    feats = run_campaign(cfg, show_progress=False, features_only=True)
+    assert feats["states"] == {
+        "ingest/cu": "Completed",
+        "featurize/g": "Completed",
+        "fit-scaler/g": "Completed",
+    }
+    assert feats["models"] == {} and not (tmp_path / "ws" / "models").exists()
+
+    trained = run_campaign(cfg, show_progress=False, models=["krr"])
+    st = trained["states"]
+    assert st["featurize/g"] == st["ingest/cu"] == "Cached"
+    assert st["train-model/krr"] == "Completed" and "train-model/nn" not in st
+    assert set(trained["models"]) == {"krr"}
+    assert len(list((tmp_path / "ws" / "models").glob("*/card.json"))) == 1
+    with pytest.raises(ValueError, match="no model 'gp'"):
+        run_campaign(cfg, show_progress=False, models=["gp"])
