@@ -121,7 +121,10 @@ def train_encoder(
     tr, va = rows(parts["train"]), rows(parts["validation"]) if len(parts["validation"]) else None
     s = dict(settings)
     kind = s.pop("kind")
-    training = TrainingConfig(**s.pop("training"))
+    # a killed campaign resumes the encoder's training from its last epoch
+    training = TrainingConfig(
+        **s.pop("training"), checkpoint_dir=str(Path(workspace) / "checkpoints" / key)
+    )
     if (target / "card.json").exists():
         encoder = (VAE if kind == "vae" else AutoEncoder).load(target)
     else:
@@ -154,6 +157,7 @@ def train_encoder(
         if history is not None:
             (build / "history.json").write_text(json.dumps(history.to_dict()))
         _publish_dir(build, target)
+        shutil.rmtree(Path(workspace) / "checkpoints" / key, ignore_errors=True)
     Z = latent_features(encoder, X_all, dataset.numbers)
     lkey = latent_key(features["key"], encoder.encoder_key)
     write_feature_array(
@@ -285,6 +289,11 @@ def evaluate_model(
     m = AtomisticModel.load(directory)
     parts = _split_arrays(features, split)
     idx = parts[which]
+    if len(idx) == 0:
+        raise ValueError(
+            f"evaluation.split: the {which} split of dataset {features['dataset'][:12]} is empty "
+            f"(fractions {tuple(split['fractions'])}); nothing to evaluate {model['name']} on"
+        )
     featurizer = _featurizer(features)
     data = _atomic_data(features, scaler, idx, featurizer)
     ds = data.dataset

@@ -5,10 +5,15 @@ alias "champion"."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,7 @@ from prefect.context import get_run_context
 from flows.config import flatten
 from tasks.caching import stage_task
 
-__all__ = ["record_campaign"]
+__all__ = ["record_campaign", "check_tracking", "TrackingError"]
 
 _MODEL_CODE = str(Path(__file__).resolve().parents[1] / "flows" / "mlflow_model.py")
 
@@ -96,6 +101,42 @@ def _record_encoder(client, exp_id, pid, name, ref, config, tags) -> None:
     client.set_terminated(rid)
 
 
+class TrackingError(RuntimeError):
+    """The MLflow tracking server cannot be reached; the message names its URI."""
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming ``uri``, when an http(s) tracking server does not answer (MLflow's own
+    client would retry for minutes). Any HTTP answer, even an error status, counts as up."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:  # URLError, refused, timed out, bad URL
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"cannot reach the MLflow tracking server at {uri}: {reason}") from exc
+
+
+@contextmanager
+def _tracking_lock(uri: str) -> Iterator[None]:
+    """Serialize writers of one sqlite tracking database across processes (``flock`` on
+    ``<db>.lock``): MLflow creates its tables, experiments and registered versions with
+    check-then-write steps that two campaigns finishing at once would race."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @stage_task("record")
 def record_campaign(
     config: dict[str, Any],
@@ -104,11 +145,18 @@ def record_campaign(
     results: dict[str, Any],
 ) -> dict[str, Any]:
     """Log the campaign to MLflow; returns the run ids and the champion model version."""
+    ws = Path(config["workspace"])
+    uri = (config.get("tracking") or {}).get("uri") or f"sqlite:///{(ws / 'mlflow.db').resolve()}"
+    check_tracking(uri)
+    with _tracking_lock(uri):
+        return _record(config, datasets, features, results, uri)
+
+
+def _record(config, datasets, features, results, uri) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 
     ws = Path(config["workspace"])
-    uri = (config.get("tracking") or {}).get("uri") or f"sqlite:///{(ws / 'mlflow.db').resolve()}"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     name = (config.get("tracking") or {}).get("experiment") or config["name"]

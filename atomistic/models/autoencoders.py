@@ -223,8 +223,9 @@ class AutoEncoder:
             "params": self.get_params(),
         }
         if self._fitted():
+            # where checkpoints were kept does not change the encoder
             payload.update(
-                config=self.config_.to_dict(),
+                config={**self.config_.to_dict(), "checkpoint_dir": None},
                 feature_key=self.feature_key_,
                 elements=self.elements_,
                 weights=self.weights_sha256,
