@@ -14,7 +14,7 @@ from distributed import Client, as_completed
 from atomistic.data import read_dataset
 from atomistic.features import featurizer_from_params
 from atomistic.features.store import compute_chunk, finish_feature_group, plan_feature_group
-from atomistic.storage import Store
+from atomistic.storage import Store, StoreError
 
 __all__ = ["build_featurizer", "featurize_dataset"]
 
@@ -35,7 +35,13 @@ def _cached_featurizer(name: str, params_json: str) -> Any:
 def _run_chunk(
     store_url: str, dataset_key: str, key: str, chunk: int, name: str, params_json: str
 ) -> int:
-    return compute_chunk(store_url, dataset_key, key, chunk, _cached_featurizer(name, params_json))
+    try:
+        featurizer = _cached_featurizer(name, params_json)
+        return compute_chunk(store_url, dataset_key, key, chunk, featurizer)
+    except OSError as exc:  # disk full, read-only store: name the store and the chunk
+        raise StoreError(
+            f"cannot write chunk {chunk} of features/{key} to the store {store_url}: {exc}"
+        ) from exc
 
 
 @contextmanager
@@ -80,8 +86,11 @@ def featurize_dataset(
     store = Store(store_url)
     dataset = read_dataset(store, dataset_key)
     featurizer = build_featurizer(name, params, dataset.elements)
-    with _planning_lock(store, name):
-        plan = plan_feature_group(store, dataset, featurizer, rows_per_chunk=rows_per_chunk)
+    try:
+        with _planning_lock(store, name):
+            plan = plan_feature_group(store, dataset, featurizer, rows_per_chunk=rows_per_chunk)
+    except OSError as exc:
+        raise StoreError(f"cannot write features to the store {store_url}: {exc}") from exc
     full_params = featurizer.get_params()
     params_json = json.dumps(full_params, sort_keys=True)
     total, finished = plan.n_chunks, plan.n_chunks - len(plan.todo)
@@ -108,7 +117,10 @@ def featurize_dataset(
                 finished += 1
                 if on_chunk:
                     on_chunk(finished, total)
-        finish_feature_group(store, plan.key)
+        try:
+            finish_feature_group(store, plan.key)
+        except OSError as exc:
+            raise StoreError(f"cannot publish features/{plan.key} in {store_url}: {exc}") from exc
     return {
         "store": store_url,
         "kind": "features",

@@ -22,7 +22,7 @@ from atomistic.data import (
 )
 from atomistic.features.scaling import Scaler
 from atomistic.features.store import feature_key, read_features
-from atomistic.storage import Store, content_hash
+from atomistic.storage import Store, StoreError, content_hash
 from tasks.caching import stage_task
 from tasks.featurize import build_featurizer, featurize_dataset
 
@@ -76,18 +76,20 @@ def ingest(
         )
     key, written = write_dataset(ds, store_url, split=fractions, seed=seed)
     store = Store(store_url)
-    store.remember(
-        _ingest_content_key(
-            {
-                "paths": paths,
-                "store_url": store_url,
-                "fractions": fractions,
-                "seed": seed,
-                "format": format,
-            }
-        ),
-        key,
+    source_key = _ingest_content_key(
+        {
+            "paths": paths,
+            "store_url": store_url,
+            "fractions": fractions,
+            "seed": seed,
+            "format": format,
+        }
     )
+    if store.lookup(source_key) != key:  # a store that has it all is never written to
+        try:
+            store.remember(source_key, key)
+        except OSError as exc:
+            raise StoreError(f"cannot write to the store {store_url}: {exc}") from exc
     return {"store": store_url, "key": key, "summary": ds.summary(), "written": written}
 
 
