@@ -364,13 +364,16 @@ def serve(
     watch: Annotated[
         Path | None, typer.Option(help="start the campaign when new files arrive here")
     ] = None,
+    watch_interval: Annotated[float, typer.Option(help="seconds between folder scans")] = 5.0,
     name: Annotated[str | None, typer.Option(help="deployment name")] = None,
 ) -> None:
     """Serve the campaign as a Prefect deployment (schedule and/or file-arrival trigger)."""
     cfg = _load(campaign)
+    if watch is not None and not watch.is_dir():
+        _fail(f"--watch {watch}: not a folder")
     from flows.deploy import serve_campaign
 
-    serve_campaign(cfg, cron=cron, watch=watch, name=name)
+    serve_campaign(cfg, cron=cron, watch=watch, name=name, watch_interval=watch_interval)
 
 
 def main() -> None:  # pragma: no cover - console entry point

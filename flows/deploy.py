@@ -71,11 +71,14 @@ def serve_campaign(
     cron: str | None = None,
     watch: Path | None = None,
     name: str | None = None,
+    watch_interval: float = 5.0,
 ) -> None:
     """Serve until interrupted (Prefect's ``serve``; needs a Prefect API, e.g. a server)."""
     from prefect import serve
 
     deployment = build_deployment(cfg, cron, watch, name)
     if watch is not None:
-        threading.Thread(target=watch_folder, args=(Path(watch),), daemon=True).start()
+        threading.Thread(
+            target=watch_folder, args=(Path(watch), watch_interval), daemon=True
+        ).start()
     serve(deployment)

@@ -20,7 +20,8 @@ class AtompipeEnergyModel(PythonModel):
 
         self.model = AtomisticModel.load(context.artifacts["model"])
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> np.ndarray:
+    # no type hint on model_input: MLflow would try to infer a schema from it
+    def predict(self, context, model_input, params=None):  # noqa: ANN001
         import ase.io
 
         if hasattr(model_input, "columns"):
