@@ -4,8 +4,9 @@ Layout (DESIGN.md): ``<store>/<kind>/<key>/`` with ``kind`` in ``datasets``, ``f
 ``latent``. A group is *complete* when its ``complete`` attribute is true; readers ignore
 anything else. On a local store a new group is written under ``<store>/.staging/`` and moved
 into place with one ``os.rename`` (atomic on POSIX), so a crash or a concurrent writer can
-never leave a torn group behind; on an object store (any fsspec URL) the group is written in
-place and the ``complete`` flag is set last.
+never leave a torn group behind. An object store (any fsspec URL: ``s3://``, ``gs://``,
+``memory://``) has no rename: the staged group is copied into place with its ``zarr.json``
+written last, which is when a Zarr v3 group starts to exist for readers.
 """
 
 from __future__ import annotations
@@ -123,16 +124,10 @@ class Store:
         writer's copy is dropped (same key means same content).
         """
         self._check_kind(kind)
-        if self.path is None:
-            group = self.root.require_group(f"{kind}/{key}")
-            try:
-                yield group
-            except BaseException:
-                del self.root[f"{kind}/{key}"]
-                raise
-            group.attrs["complete"] = True
-            return
         staging = f".staging/{kind}-{key[:16]}-{uuid.uuid4().hex}"
+        if self.path is None:
+            yield from self._writing_remote(kind, key, staging)
+            return
         try:
             group = self.root.require_group(staging)
             try:
@@ -149,6 +144,31 @@ class Store:
             finally:
                 shutil.rmtree(self.path / staging, ignore_errors=True)
         except OSError as exc:  # disk full, permission denied, file too large: nothing published
+            raise StoreError(f"cannot write {kind}/{key} to the store {self.url}: {exc}") from exc
+
+    def _writing_remote(self, kind: str, key: str, staging: str) -> Iterator[zarr.Group]:
+        """Object stores have no rename: the group is written under ``staging`` and copied to
+        ``<kind>/<key>`` with its own ``zarr.json`` last. A Zarr v3 group does not exist until
+        its ``zarr.json`` does, so readers never see a partial copy; a concurrent writer of the
+        same key copies the same bytes and deletes only its own staging group."""
+        import fsspec
+
+        fs, root = fsspec.url_to_fs(self.url)
+        src, dst = f"{root}/{staging}", f"{root}/{kind}/{key}"
+        try:
+            try:
+                group = self.root.require_group(staging)
+                yield group
+                group.attrs["complete"] = True
+                self._ensure_parent_group(kind)
+                meta = f"{src}/zarr.json"
+                fs.invalidate_cache(src)
+                for path in [p for p in fs.find(src) if p != meta] + [meta]:
+                    fs.copy(path, dst + path[len(src) :])
+            finally:
+                if fs.exists(src):
+                    fs.rm(src, recursive=True)
+        except OSError as exc:
             raise StoreError(f"cannot write {kind}/{key} to the store {self.url}: {exc}") from exc
 
     def require(self, kind: str, key: str) -> zarr.Group:
