@@ -114,12 +114,23 @@ class AEVFeatures(_Strict):
         return out
 
 
+class AnnealingSettings(_Strict):
+    kind: Literal["cyclical", "monotonic"] = Field(
+        "cyclical", description="cyclical (Fu et al. 2019) or one monotonic ramp"
+    )
+    cycles: int = Field(4, ge=1, description="cyclical: number of cycles over the epochs")
+    ratio: float = Field(0.5, gt=0, le=1, description="fraction of each cycle spent ramping")
+
+
 class AutoEncoderSettings(_Strict):
     kind: Literal["autoencoder", "vae"] = "autoencoder"
     hiddenlayers: dict[str, tuple[int, ...]] = {"encoder": (20, 10, 4), "decoder": (4, 10, 20)}
     activation: Literal["tanh", "relu", "celu", "silu", "softplus"] = "tanh"
     variant: Literal["multivariate", "bernoulli"] = "multivariate"
     beta: float = Field(1.0, ge=0)
+    annealing: AnnealingSettings | None = Field(
+        None, description="VAE: KL-weight schedule (None: constant beta)"
+    )
     per_element: bool = True
     training: TrainingSettings = TrainingSettings(epochs=100, lr=1e-3, batch_size=256)
 

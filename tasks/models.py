@@ -92,6 +92,12 @@ def encoder_exists(features, scaler, settings, split, workspace, **_: Any) -> bo
     return Store(features["store"]).has("latent", latent_key(features["key"], enc.encoder_key))
 
 
+def _annealing(settings: dict[str, Any] | None) -> dict[str, Any] | None:
+    if settings and settings["kind"] == "monotonic":
+        return {"kind": "monotonic", "ratio": settings["ratio"]}
+    return settings
+
+
 @stage_task("train-encoder")
 def train_encoder(
     features: dict[str, Any],
@@ -134,6 +140,7 @@ def train_encoder(
                 activation=s["activation"],
                 variant=s["variant"],
                 beta=s["beta"],
+                annealing=_annealing(s.get("annealing")),
                 per_element=s["per_element"],
             )
         else:
