@@ -27,6 +27,10 @@ import vesin
 
 __all__ = ["NeighborList", "primitive_neighbor_list", "neighbor_list", "batch_neighbor_list"]
 
+# non-periodic structures up to this many atoms are searched by testing all pairs, all structures
+# of a batch at once (cheaper than one cell-list call each: ethanol x 100, 8 ms -> 0.3 ms)
+_BRUTE_FORCE_MAX = 64
+
 
 @dataclass(frozen=True)
 class NeighborList:
@@ -114,14 +118,36 @@ def batch_neighbor_list(
     offsets = np.asarray(offsets, dtype=np.int64)
     if len(offsets) != len(cells) + 1 or len(pbcs) != len(cells):
         raise ValueError("need len(offsets) == len(cells) + 1 == len(pbcs) + 1")
-    ii, jj, ss = [], [], []
-    for s in range(len(cells)):
+    sizes = np.diff(offsets)
+    brute = ~pbcs.any(axis=1) & (sizes <= _BRUTE_FORCE_MAX)
+    parts = []
+    if brute.any():  # small molecules: all pairs of all of them at once
+        parts.append(_all_pairs_within(positions, offsets[:-1][brute], sizes[brute], cutoff))
+    for s in np.flatnonzero(~brute):
         a, b = offsets[s], offsets[s + 1]
         i, j, shifts = primitive_neighbor_list(positions[a:b], cells[s], pbcs[s], cutoff)
-        ii.append(i + a)
-        jj.append(j + a)
-        ss.append(shifts)
-    if not ii:
+        parts.append((i + a, j + a, shifts))
+    if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return NeighborList(empty, empty.copy(), np.zeros((0, 3), dtype=np.int64), float(cutoff))
-    return NeighborList(np.concatenate(ii), np.concatenate(jj), np.concatenate(ss), float(cutoff))
+    i, j, shifts = (np.concatenate(x) for x in zip(*parts, strict=True))
+    if brute.any() and not brute.all():  # restore the order by centre
+        order = np.argsort(i, kind="stable")
+        i, j, shifts = i[order], j[order], shifts[order]
+    return NeighborList(i, j, shifts, float(cutoff))
+
+
+def _all_pairs_within(
+    positions: np.ndarray, starts: np.ndarray, sizes: np.ndarray, cutoff: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i, j), i != j, |r_j - r_i| < cutoff, within each non-periodic structure (atoms
+    ``starts[s] : starts[s] + sizes[s]``), by testing all n^2 pairs; sorted by i (then j)."""
+    n_pairs = sizes * sizes
+    structure = np.repeat(np.arange(len(sizes)), n_pairs)
+    local = np.arange(int(n_pairs.sum())) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
+    n = sizes[structure]
+    i = starts[structure] + local // n
+    j = starts[structure] + local % n
+    d = positions[j] - positions[i]  # shape (pairs, 3)
+    keep = np.flatnonzero((np.einsum("pk,pk->p", d, d) < cutoff * cutoff) & (i != j))
+    return i[keep], j[keep], np.zeros((len(keep), 3), dtype=np.int64)
