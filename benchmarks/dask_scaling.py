@@ -1,0 +1,98 @@
+"""Dask strong scaling: one dataset featurized into a fresh Zarr store with 1 and 2 workers.
+
+The Cu set (data/cu_emt.extxyz, 500 x 32 atoms; 120 frames with --quick) with ML4Chem's default
+Gaussian features (G2+G3, the demo campaign's), 640 rows (20 structures) per chunk, through the
+pipeline's own code: ``tasks.featurize.featurize_dataset`` on ``tasks.cluster.dask_client``
+(a LocalCluster of single-threaded worker
+processes). Timed: the featurization call alone, into a fresh store each repeat (best of the
+repeats), after a warm-up featurization on every worker; the cluster start-up is reported apart.
+The serial path (no Dask, same chunks) is the baseline.
+
+    python -m benchmarks.dask_scaling [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from atomistic.data import Dataset, write_dataset
+from benchmarks.common import load_frames, module_main, table
+
+ROWS = 640
+PARAMS = {"cutoff": 6.5}
+
+
+def _fresh_store(root: Path, ds: Dataset, tag: str) -> tuple[str, str]:
+    url = str(root / f"{tag}-{time.perf_counter_ns()}.zarr")
+    key, _ = write_dataset(ds, url)
+    return url, key
+
+
+def _warm_worker() -> int:
+    """Import and run the featurizer once on a worker (torch, vesin, atompipe)."""
+    import torch
+
+    from atomistic.features import Gaussian
+    from benchmarks.common import cu_supercell, flat
+
+    torch.set_num_threads(1)
+    return len(Gaussian(elements=["Cu"]).featurize_arrays(*flat([cu_supercell(2)])))
+
+
+def _timed(root: Path, ds: Dataset, client, repeat: int, tag: str) -> float:
+    from tasks.featurize import featurize_dataset
+
+    best = float("inf")
+    for _ in range(repeat):
+        url, key = _fresh_store(root, ds, tag)
+        t = time.perf_counter()
+        ref = featurize_dataset(url, key, "gaussian", PARAMS, client=client, rows_per_chunk=ROWS)
+        best = min(best, time.perf_counter() - t)
+        assert ref["computed_chunks"] == ref["n_chunks"]
+    return best
+
+
+def run(quick: bool = False, device: str = "cpu") -> dict:
+    """Featurization wall time with no Dask, 1 worker and 2 workers; speed-up and efficiency."""
+    from tasks.cluster import dask_client
+
+    n_frames, repeat = (60, 1) if quick else (500, 3)
+    ds = Dataset.from_atoms(load_frames("cu", n_frames), require_energy=True)
+    out: dict = {"structures": ds.n_structures, "atoms": ds.n_atoms, "rows_per_chunk": ROWS,
+                 "chunks": -(-ds.n_atoms // ROWS), "repeat": repeat, "cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="atompipe-bench-dask-") as tmp:
+        root = Path(tmp)
+        _warm_worker()
+        out["serial_s"] = _timed(root, ds, None, repeat, "serial")
+        for n in (1, 2):
+            t0 = time.perf_counter()
+            with dask_client(n_workers=n) as client:
+                out[f"start_{n}_s"] = time.perf_counter() - t0
+                client.run(_warm_worker)
+                out[f"workers_{n}_s"] = _timed(root, ds, client, repeat, f"w{n}")
+    out["speedup_2_vs_1"] = out["workers_1_s"] / out["workers_2_s"]
+    out["efficiency_2"] = out["speedup_2_vs_1"] / 2
+    out["dask_overhead_1"] = out["workers_1_s"] / out["serial_s"]
+    rows = [("serial (no Dask)", out["serial_s"], ds.n_atoms / out["serial_s"], None, None),
+            ("1 worker", out["workers_1_s"], ds.n_atoms / out["workers_1_s"], 1.0,
+             out["start_1_s"]),
+            ("2 workers", out["workers_2_s"], ds.n_atoms / out["workers_2_s"],
+             out["speedup_2_vs_1"], out["start_2_s"])]
+    print(table(f"Dask strong scaling: {ds.n_structures} Cu structures ({ds.n_atoms} atoms), "
+                f"{out['chunks']} chunks, Gaussian G2+G3 into a fresh Zarr store",
+                ["run", "seconds", "atoms/s", "speed-up", "cluster start s"], rows,
+                f"speed-up = 1-worker time / n-worker time; parallel efficiency "
+                f"{out['efficiency_2']:.2f} on {os.cpu_count()} CPUs (shared machine)."),
+          flush=True)
+    return out
+
+
+def main(argv=None) -> None:
+    module_main(run, __doc__, argv)
+
+
+if __name__ == "__main__":
+    main()
