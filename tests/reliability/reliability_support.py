@@ -1,0 +1,90 @@
+"""Helpers of the reliability tests: a small labelled Cu set, campaign files, store snapshots
+and ``atompipe`` subprocesses."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import ase.io
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CU = ROOT / "data" / "cu_emt.extxyz"
+
+# The smallest campaign that runs every stage: 16 Cu structures x 32 atoms, 8 Gaussian columns,
+# one Dask worker, KRR only, no plots.
+CAMPAIGN: dict[str, Any] = {
+    "name": "rel",
+    "datasets": {"cu": {"paths": ["cu.extxyz"]}},
+    "split": {"fractions": [0.75, 0.125, 0.125], "seed": 0},
+    "features": {"g": {"type": "gaussian", "dataset": "cu", "cutoff": 4.0}},
+    "dask": {"n_workers": 1, "rows_per_chunk": 64},
+    "models": {"krr": {"type": "kernelridge", "features": "g", "sigma": 1.0, "lamda": 1e-6}},
+    "evaluation": {"plots": False},
+}
+
+
+def write_cu(path: Path, n: int = 16, start: int = 0) -> Path:
+    ase.io.write(path, ase.io.read(CU, f"{start}:{start + n}"))
+    return path
+
+
+def write_campaign(folder: Path, name: str = "campaign.yaml", **changes: Any) -> Path:
+    """``CAMPAIGN`` with dotted-key ``changes`` (a value of None deletes the key) as YAML."""
+    raw = yaml.safe_load(yaml.safe_dump(CAMPAIGN))
+    for dotted, value in changes.items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    path = folder / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file under ``roots`` with the sha256 of its bytes (lock files left out)."""
+    out = {}
+    for root in roots:
+        if not root.exists():
+            continue
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and not p.name.endswith(".lock"):
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def atompipe_env(api_url: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
+            "PREFECT_API_URL": api_url,
+            "OMP_NUM_THREADS": "1",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        }
+    )
+    env.pop("PREFECT_LOCAL_STORAGE_PATH", None)  # `atompipe run` keeps results in the workspace
+    env.update(extra)
+    return env
+
+
+def atompipe_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from flows.cli import main; main()", *args]
+
+
+def run_atompipe(args: list[str], cwd: Path, env: dict[str, str], **kw: Any):
+    return subprocess.run(
+        atompipe_cmd(*args), cwd=str(cwd), env=env, capture_output=True, text=True, **kw
+    )
