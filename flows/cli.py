@@ -262,13 +262,17 @@ def compare(
     exp = client.get_experiment_by_name(cfg.tracking.experiment or cfg.name)
     if exp is None:
         _fail(f"no MLflow experiment {cfg.tracking.experiment or cfg.name!r} at {cfg.tracking_uri}")
-    metric = f"test_{cfg.evaluation.metric}"
+    prefix = cfg.evaluation.split
+    metric = f"{prefix}_{cfg.evaluation.metric}"
     runs = [
         r
         for r in client.search_runs([exp.experiment_id], order_by=[f"metrics.{metric} ASC"])
         if "mlflow.parentRunId" in r.data.tags and r.data.tags.get("atompipe.role") != "encoder"
     ]
-    cols = ["test_energy_mae_per_atom", "test_energy_rmse_per_atom", "test_force_mae"]
+    cols = [
+        *(f"{prefix}_{m}" for m in ("energy_mae_per_atom", "energy_rmse_per_atom", "force_mae")),
+        "fit_time_s",
+    ]
     table = Table(title=f"{cfg.name}: {len(runs)} model runs")
     for c in ["model", "run", "started", *cols]:
         table.add_column(c)

@@ -308,6 +308,9 @@ def evaluate_model(
     pred = m.predict(data, forces=want_forces)
     n = ds.atoms_per_structure
     out: dict[str, Any] = {"split": which, "n_structures": int(ds.n_structures)}
+    card = json.loads((directory / "card.json").read_text())
+    if "fit_time_s" in card.get("metrics", {}):
+        out["fit_time_s"] = card["metrics"]["fit_time_s"]
     out.update(M.energy_errors(ds.energy, pred["energy"], n))
     if want_forces:
         out.update(M.force_errors(ds.forces, pred["forces"]))

@@ -207,7 +207,7 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
         now = int(time.time() * 1000)
         hist = _history_metrics(directory / "history.json")
         final = [
-            Metric(f"test_{k}", float(v), now, 0)
+            Metric(k if k == "fit_time_s" else f"{res['metrics']['split']}_{k}", float(v), now, 0)
             for k, v in res["metrics"].items()
             if isinstance(v, int | float)
         ]

@@ -132,6 +132,7 @@ def test_campaign_caches_and_tracks(prefect_harness, workdir, monkeypatch):
     }
     nn_run = next(r for r in children if r.info.run_name == "nn")
     assert "test_energy_mae_per_atom" in nn_run.data.metrics
+    assert nn_run.data.metrics["fit_time_s"] > 0
     assert nn_run.data.params["hiddenlayers"] in ("[8]", "[6]")
     assert nn_run.data.tags["atompipe.feature_key"] in (
         first["features"]["g"],
@@ -143,6 +144,16 @@ def test_campaign_caches_and_tracks(prefect_harness, workdir, monkeypatch):
     assert {"plots", "atompipe_model"} <= arts
     mv = client.get_model_version_by_alias("itest-champion", "champion")
     assert mv.run_id in {r.info.run_id for r in children}
+
+    # `atompipe compare` prints the model runs, best first
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    table = CliRunner().invoke(app, ["compare", str(workdir / "campaign.yaml")])
+    assert table.exit_code == 0, table.output
+    assert "9 model runs" in table.output and "encoder" not in table.output
+    assert all(name in table.output for name in ("nn", "krr", "krr_lat"))
 
     # the registered model predicts energies from ase.Atoms through pyfunc
     import mlflow
