@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 from benchmarks.common import RESULTS, _jsonable, header, machine, single_thread
@@ -59,9 +59,11 @@ def main(argv=None) -> int:
     if args.device != "cpu" and args.out is None:
         out = out / args.device.replace(":", "")
     out.mkdir(parents=True, exist_ok=True)
+    with single_thread():
+        return _run_suite(names, args, out, argv)
 
-    single_thread()
-    warnings.filterwarnings("ignore")
+
+def _run_suite(names: list[str], args: argparse.Namespace, out: Path, argv) -> int:
     info = machine()
     print(header(info), flush=True)
     report = {"machine": info, "quick": args.quick, "device": args.device,
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
         report["seconds"][name] = time.perf_counter() - t0
         print(f"({name}: {report['seconds'][name]:.0f} s)", flush=True)
     report["total_seconds"] = time.perf_counter() - t_all
-    report["loadavg_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
+    report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     path = out / "benchmarks.json"
     path.write_text(json.dumps(report, indent=1, default=_jsonable))
     print(f"\nresults: {path} ({report['total_seconds']:.0f} s in all; load average at the end "

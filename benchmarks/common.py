@@ -13,7 +13,8 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,18 +86,21 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def single_thread() -> None:
+@contextmanager
+def single_thread() -> Iterator[None]:
     """One thread for torch and for the BLAS behind numpy/scipy (the machine is shared, and
-    peers are run single-threaded too)."""
+    peers are run single-threaded too), warnings off; all restored on exit."""
     import torch
+    from threadpoolctl import threadpool_limits
 
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
-        pass
+        with threadpool_limits(1), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def machine() -> dict[str, Any]:
@@ -179,10 +183,9 @@ def module_main(run: Callable[..., dict[str, Any]], doc: str | None,
     parser.add_argument("--device", default="cpu", help="cpu or cuda (where it makes sense)")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args = parser.parse_args(argv)
-    single_thread()
-    warnings.filterwarnings("ignore")
-    print(header(machine()), flush=True)
-    result = run(quick=args.quick, device=args.device)
+    with single_thread():
+        print(header(machine()), flush=True)
+        result = run(quick=args.quick, device=args.device)
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1, default=_jsonable))
     return result

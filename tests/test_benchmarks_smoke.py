@@ -1,0 +1,56 @@
+"""Smoke test of the benchmark suite: a tiny quick subset runs end to end in one process and
+writes its JSON and plots; the helpers it reports with are checked against closed forms."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.common import loglog_slope, table
+
+
+def test_loglog_slope_recovers_power_law_exponents():
+    x = np.array([25.0, 50, 100, 200, 400])
+    for p in (1.0, 2.0, 3.0, 0.5):
+        assert loglog_slope(x, 7.3 * x**p) == pytest.approx(p, abs=1e-12)
+
+
+def test_table_aligns_columns_and_marks_missing_values():
+    text = table("t", ["name", "value"], [("a", 1.23456), ("long name", float("nan"))])
+    lines = text.splitlines()
+    assert lines[1] == "== t"
+    assert lines[3].startswith("a ") and lines[3].endswith("1.23")
+    assert lines[4].endswith("-") and len({len(s) for s in lines[2:5]}) == 1
+
+
+def test_quick_subset_writes_results_and_plots(tmp_path):
+    assert main(["--quick", "--only", "cellsize", "kernels", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert report["quick"] is True and not report["errors"]
+    assert report["machine"]["cpu_count"] >= 1 and len(report["machine"]["loadavg"]) == 3
+    cells = report["results"]["cellsize"]
+    assert cells["atoms"] == [32, 108, 256]  # 4 n^3 atoms of the cubic fcc supercells
+    for name, secs in cells["seconds"].items():
+        assert len(secs) == 3 and all(s > 0 for s in secs), name
+        assert cells["exponent"][name] == pytest.approx(loglog_slope(cells["atoms"], secs))
+    kern = report["results"]["kernels"]
+    assert kern["atoms"] == [32 * n for n in kern["sizes"]]
+    assert all(t > 0 for t in kern["seconds"]["KRR"])
+    for png in ("featurize_vs_atoms.png", "krr_fit_vs_atoms.png"):
+        data = (tmp_path / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(data) < 150_000, png
+    assert not (tmp_path / "memory_vs_dataset.png").exists()  # memory did not run
+
+
+def test_cuda_request_without_a_gpu_is_refused(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit) as exc:
+        main(["--device", "cuda", "--only", "featurize"])
+    assert exc.value.code == 2
+    assert "no CUDA device" in capsys.readouterr().err
