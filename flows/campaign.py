@@ -9,6 +9,8 @@ Independent branches (feature sets, models) are submitted concurrently.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,26 +86,43 @@ class _Run:
             split["seed"],
         )
 
+    @contextmanager
+    def _scheduler(self, needed: bool) -> Iterator[str | None]:
+        """The Dask scheduler address the featurize stages use: the configured one, else one
+        LocalCluster for all of them, started only when some feature set must be computed."""
+        if self.cfg.dask.address or not needed:
+            yield self.cfg.dask.address
+            return
+        from tasks.cluster import dask_client
+
+        with dask_client(None, self.cfg.dask.n_workers) as client:
+            yield client.scheduler.address
+
     def features(self, datasets: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Direct feature sets on Dask (concurrently), their scalers, then latent sets."""
         cfg, progress = self.cfg, self.progress
-        futures = {
-            name: submit_cached(
-                featurize,
-                featurize_exists,
-                datasets[feat.dataset],
-                feat.type,
-                feat.featurizer_params(),
-                scheduler=cfg.dask.address,
-                n_workers=cfg.dask.n_workers,
-                rows_per_chunk=cfg.dask.rows_per_chunk,
-                on_chunk=progress.chunk_callback(f"features {name}"),
-            )
-            for name, feat in cfg.features.items()
-            if not isinstance(feat, LatentFeatures)
-        }
-        self.stages.update({f"featurize/{n}": f for n, f in futures.items()})
-        features = {name: fut.result() for name, fut in futures.items()}
+        direct = {n: f for n, f in cfg.features.items() if not isinstance(f, LatentFeatures)}
+        needed = not all(
+            featurize_exists(datasets[f.dataset], f.type, f.featurizer_params())
+            for f in direct.values()
+        )
+        with self._scheduler(needed) as address:
+            futures = {
+                name: submit_cached(
+                    featurize,
+                    featurize_exists,
+                    datasets[feat.dataset],
+                    feat.type,
+                    feat.featurizer_params(),
+                    scheduler=address,
+                    n_workers=cfg.dask.n_workers,
+                    rows_per_chunk=cfg.dask.rows_per_chunk,
+                    on_chunk=progress.chunk_callback(f"features {name}"),
+                )
+                for name, feat in direct.items()
+            }
+            self.stages.update({f"featurize/{n}": f for n, f in futures.items()})
+            features = {name: fut.result() for name, fut in futures.items()}
         futures = {name: self._scaler(ref) for name, ref in features.items()}
         self.stages.update({f"fit-scaler/{n}": f for n, f in futures.items()})
         scalers = {name: fut.result() for name, fut in futures.items()}
