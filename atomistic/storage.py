@@ -83,6 +83,11 @@ class Store:
             self.root = zarr.open_group(self.url, mode="a")
         except OSError as exc:
             raise StoreError(f"cannot open the store {self.url}: {exc}") from exc
+        except Exception as exc:  # an object store: no credentials, no client package (s3fs), ...
+            if self.path is not None:
+                raise
+            name = type(exc).__name__
+            raise StoreError(f"cannot open the store {self.url}: {name}: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"

@@ -141,3 +141,20 @@ def test_s3_ingest_cli_and_dask_featurization(s3_bucket, tmp_path):
     expected = np.concatenate(direct.featurize(images))
     np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(offsets, np.arange(0, 9 * len(images) + 1, 9))
+
+
+def test_s3_without_credentials_is_one_clear_error(s3_bucket, monkeypatch, tmp_path):
+    import s3fs
+
+    from atomistic.storage import StoreError
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookup
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    s3fs.S3FileSystem.clear_instance_cache()  # forget the clients that had credentials
+    url = f"s3://{s3_bucket}/store.zarr"
+    with pytest.raises(StoreError, match=rf"cannot open the store {url}: NoCredentialsError"):
+        Store(url)
+    s3fs.S3FileSystem.clear_instance_cache()
