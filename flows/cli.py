@@ -86,6 +86,25 @@ def _load(campaign: Path, overrides: list[str] | None = None):
         _fail(str(exc))
 
 
+def _no_failure_traceback(record) -> bool:
+    name = record.name
+    return not (record.exc_info and name.startswith(("prefect.flow_runs", "prefect.task_runs")))
+
+
+def _quiet_failure_tracebacks() -> None:
+    """Keep Prefect's task and flow failure tracebacks off the terminal (they still reach the
+    Prefect API's logs): a failed run ends with one ``error:`` line naming the culprit."""
+    import logging
+
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+    for name in ("", "prefect"):
+        for handler in logging.getLogger(name).handlers:
+            if _no_failure_traceback not in handler.filters:
+                handler.addFilter(_no_failure_traceback)
+
+
 @app.command()
 def run(
     campaign: Annotated[Path, typer.Argument(help="campaign YAML file")],
@@ -114,7 +133,14 @@ def run(
         "PREFECT_LOCAL_STORAGE_PATH", str((cfg.workspace_path / "prefect-results").resolve())
     )
     from flows.campaign import run_campaign
+    from tasks.record import TrackingError, check_tracking
 
+    try:  # an unreachable MLflow server fails now, not after hours of training
+        if not features_only:
+            check_tracking(cfg.tracking_uri)
+    except TrackingError as exc:
+        _fail(f"{campaign}: tracking.uri: {exc}")
+    _quiet_failure_tracebacks()
     try:
         summary = run_campaign(
             cfg, show_progress=not quiet, features_only=features_only, models=model or None

@@ -231,7 +231,7 @@ def f_unreachable_scheduler(ws):
     return _run(ws, "scheduler", **changes), rf"cannot reach the Dask scheduler at {address}"
 
 
-def f_unreachable_mlflow(ws):
+def c_unreachable_mlflow(ws):
     uri = f"http://127.0.0.1:{_closed_port()}"
     changes = {"tracking.uri": uri}
     return _run(ws, "mlflow", **changes), rf"cannot reach the MLflow tracking server at {uri}"
@@ -323,7 +323,7 @@ CASES: list[Callable] = [
     f_empty_folder,
     f_too_small_for_split,
     f_unreachable_scheduler,
-    f_unreachable_mlflow,
+    c_unreachable_mlflow,
     p_unseen_element,
     p_tampered_weights,
     p_pickle_weights,
@@ -350,6 +350,21 @@ def test_bad_input_one_error_naming_culprit_store_unchanged(make, ws, capfd):
     assert not (ws.folder / "tag-executed").exists()
     assert not (ws.folder / "pickle-executed").exists()
     assert not [p for p in ws.store.glob(".staging/*") if p.is_dir()]
+
+
+def test_unreachable_mlflow_in_the_flow(ws):
+    """The flow itself (as a deployment runs it, without the command line's early check)
+    fails at the record stage, naming the server, before any run is logged anywhere."""
+    from flows.campaign import run_campaign
+    from flows.config import load_campaign
+    from tasks.record import TrackingError
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    cfg = load_campaign(_campaign(ws, "mlflow_flow", **{"tracking.uri": uri}))
+    before = snapshot(ws.store, ws.models)
+    with pytest.raises(TrackingError, match=rf"cannot reach the MLflow tracking server at {uri}"):
+        run_campaign(cfg, show_progress=False)
+    assert snapshot(ws.store, ws.models) == before
 
 
 # -- a read-only workspace and a full disk: `atompipe run` as a separate process ---------------
@@ -402,7 +417,7 @@ def test_read_only_workspace(ws, prefect_api):
         )
         assert proc.returncode == 1, proc.stderr[-3000:]
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1, proc.stderr[-3000:]
+        assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert "Permission denied" in errors[0] and str(work) in errors[0], errors[0]
         assert snapshot(work) == before
     finally:
@@ -428,7 +443,7 @@ def test_full_disk(ws, prefect_api):
         )
         assert proc.returncode == 1, proc.stderr[-3000:]
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1, proc.stderr[-3000:]
+        assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert re.search(
             r"cannot write datasets/[0-9a-f]{64} to the store .*store\.zarr: "
             r"\[Errno 27\] File too large",
