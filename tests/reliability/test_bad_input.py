@@ -280,6 +280,21 @@ def p_pickle_weights(ws):
     return _predict(ws, model, ws.folder / "cu.extxyz"), rf"{weights.name}: sha256 .* does not"
 
 
+def p_pickle_with_matching_card(ws):
+    """The card's sha256 updated to match the pickle: safetensors still refuses to read it."""
+    import hashlib
+    import json
+
+    model = _model_copy(ws, "pickled-card")
+    (weights,) = model.glob("*.safetensors")
+    weights.write_bytes(pickle.dumps(_Bomb(str(ws.folder / "pickle-executed"))))
+    card = json.loads((model / "card.json").read_text())
+    card["files"][weights.name] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (model / "card.json").write_text(json.dumps(card))
+    culprit = rf"{weights.name}: not a safetensors file .*refusing to load"
+    return _predict(ws, model, ws.folder / "cu.extxyz"), culprit
+
+
 def p_no_card(ws):
     model = _model_copy(ws, "nocard")
     (model / "card.json").unlink()
@@ -327,6 +342,7 @@ CASES: list[Callable] = [
     p_unseen_element,
     p_tampered_weights,
     p_pickle_weights,
+    p_pickle_with_matching_card,
     p_no_card,
     p_nan_input,
     z_featurize_unknown_dataset,
