@@ -19,16 +19,17 @@ from ase.data import atomic_numbers, chemical_symbols
 from torch import Tensor
 
 from ..neighbors import NeighborList, batch_neighbor_list
-from .terms import AngularTerm, RadialTerm, Triplets
+from .terms import AngularTerm, RadialTerm
+from .triplets import block_sums, padding_ratio, sparse_sums
 
 __all__ = ["Featurizer", "featurizer_from_params"]
 
 _REGISTRY: dict[str, type[Featurizer]] = {}
 
-# elements of a dense (centres x m x m x columns) triplet block per chunk
-_TRIPLET_BUDGET = 1 << 18
 # atoms per forward call in featurize_arrays (bounds memory; structures are never split)
 _ATOMS_PER_CALL = 8192
+# without gradients, padded triplet blocks (no gathers) beat sparse triplets up to this much padding
+_MAX_PADDING = 1.25
 
 
 def _normalize_elements(elements: Iterable[Any]) -> tuple[str, ...]:
@@ -276,8 +277,10 @@ class Featurizer(torch.nn.Module):
         args = (ia, vectors[keep], distances[keep], factors, bins[ja], n_atoms)
         if self.angular.separable:
             angular = self._angular_moments(*args)
+        elif vectors.requires_grad or padding_ratio(ia, n_atoms) > _MAX_PADDING:
+            angular = sparse_sums(self.angular, self.pair_bin, *args)
         else:
-            angular = self._angular_triplets(*args)
+            angular = block_sums(self.angular, self.pair_bin, *args)
         return torch.cat([radial, angular.reshape(n_atoms, -1)], dim=1)
 
     def _angular_moments(self, i, vectors, distances, factors, nbins_j, n_atoms) -> Tensor:
@@ -296,69 +299,6 @@ class Featurizer(torch.nn.Module):
         diag = (left == right).view(1, -1, 1, 1)
         sums = torch.where(diag, 0.5 * (sums - tl[..., -1:]), sums)
         return term.combine(sums)
-
-    def _angular_triplets(self, i, vectors, distances, factors, nbins_j, n_atoms) -> Tensor:
-        """Angular sums over explicit neighbour pairs (j, k) of each centre: neighbours (only those
-        within the angular cutoff) are padded per block of centres to m slots, the term is evaluated
-        on (n, m, m) blocks, and sums are resolved by element pair with one-hot matmuls."""
-        term = self.angular
-        counts = torch.bincount(i, minlength=n_atoms)
-        starts = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(i.numel(), device=i.device) - starts[i]
-        counts_np = counts.cpu().numpy()
-        starts_np = starts.cpu().numpy()
-        nb, npairs = self.n_bins, self.n_pairs
-        m_max = int(counts_np.max()) if n_atoms else 0
-        per_chunk = max(1, _TRIPLET_BUDGET // max(1, m_max * m_max * factors.shape[1] * nb))
-        left, right = torch.triu_indices(nb, nb, device=i.device)
-        half = torch.where(left == right, 0.5, 1.0).to(factors.dtype).view(1, -1, 1, 1)
-        blocks = []
-        for c0 in range(0, n_atoms, per_chunk):
-            c1 = min(n_atoms, c0 + per_chunk)
-            n, m = c1 - c0, int(counts_np[c0:c1].max())
-            p0 = int(starts_np[c0])
-            p1 = p0 + int(counts_np[c0:c1].sum())
-            if m < 2:
-                blocks.append(factors.new_zeros((n, npairs * term.n_features)))
-                continue
-            flat = (i[p0:p1] - c0) * m + slot[p0:p1]
-            dense_v = vectors.new_zeros((n * m, 3)).index_put((flat,), vectors[p0:p1])
-            dense_r = distances.new_ones(n * m).index_put((flat,), distances[p0:p1])
-            dense_g = factors.new_zeros((n * m, factors.shape[1]))
-            dense_g = dense_g.index_put((flat,), factors[p0:p1])
-            tri = Triplets(dense_v.view(n, m, 3), dense_r.view(n, m), dense_g.view(n, m, -1))
-            radial, angular = term(tri)  # shapes (n, m, m, a), (n, m, m, b) or b x (n, m, m)
-            a = radial.shape[-1]
-            if isinstance(angular, Tensor):  # one matmul over all columns
-                b = angular.shape[-1]
-                if nb == 1:
-                    sums = torch.bmm(radial.reshape(n, m * m, a).transpose(1, 2),
-                                     angular.reshape(n, m * m, b)).view(n, 1, a, b)
-                    blocks.append(term.combine(sums * half).reshape(n, -1))
-                    continue
-            if nb == 1:
-                lhs = radial.reshape(n, m * m, a)
-                cols = [lhs.sum(1) if A is None else
-                        torch.bmm(A.reshape(n, 1, m * m), lhs).view(n, a) for A in angular]
-                sums = torch.stack(cols, dim=-1).view(n, 1, a, -1)
-            else:
-                dense_b = nbins_j.new_zeros(n * m).index_put((flat,), nbins_j[p0:p1])
-                onehot = torch.nn.functional.one_hot(dense_b, nb).to(radial.dtype).view(n, m, nb)
-                # fold k's element into the radial factor, sum over k, then over j by j's element
-                rk = (onehot.view(n, 1, m, nb, 1) * radial.unsqueeze(3)).reshape(n * m, m, nb * a)
-                if isinstance(angular, Tensor):
-                    per_j = torch.bmm(rk.transpose(1, 2), angular.reshape(n * m, m, -1))
-                else:
-                    cols = [rk.sum(1) if A is None else
-                            torch.bmm(A.reshape(n * m, 1, m), rk).view(n * m, nb * a)
-                            for A in angular]
-                    per_j = torch.stack(cols, dim=-1)  # shape (n * m, nb * a, b)
-                sums = torch.bmm(onehot.transpose(1, 2), per_j.reshape(n, m, -1))
-                sums = sums.view(n, nb, nb, a, -1)[:, left, right]  # shape (n, n_pairs, a, b)
-            blocks.append(term.combine(sums * half).reshape(n, -1))
-        if not blocks:
-            return factors.new_zeros((0, npairs * term.n_features))
-        return torch.cat(blocks, dim=0)
 
 
 def featurizer_from_params(name: str, params: dict) -> Featurizer:

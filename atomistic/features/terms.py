@@ -1,7 +1,9 @@
 """Radial (two-body) and angular (three-body) terms of symmetry-function featurizers.
 
 Terms only compute per-pair / per-triplet values; summing over neighbours and resolving by element
-is done once, for every term, by :class:`atomistic.features.base.Featurizer`. A new term overrides
+is done once, for every term, by :class:`atomistic.features.base.Featurizer` (three-body sums:
+:mod:`atomistic.features.triplets`; a term sees a :class:`Triplets` whose attributes broadcast to a
+triplet shape S, (T,) or (n, m, h)). A new term overrides
 :meth:`RadialTerm.compute`, or :meth:`AngularTerm.forward` (and :meth:`AngularTerm.combine` when
 its per-triplet output is a factorised basis rather than the final columns).
 
@@ -11,16 +13,16 @@ Units: distances in Å, eta in Å^-2 (or dimensionless when ``normalized``).
 from __future__ import annotations
 
 import math
-from functools import cached_property
 from itertools import product
 
 import torch
 from torch import Tensor
 
 from .cutoff import CosineCutoff, Cutoff
+from .triplets import Triplets
 
 __all__ = [
-    "Triplets",
+    "Triplets",  # re-exported from .triplets
     "RadialTerm",
     "AngularTerm",
     "BehlerRadial",
@@ -44,57 +46,6 @@ def _ipow(x: Tensor, n: int) -> Tensor:
         if n:
             base = base * base
     return torch.ones_like(x) if result is None else result
-
-
-class Triplets:
-    """Geometry of the neighbour pairs (j, k) of a block of centre atoms, as dense (n, m, m) blocks.
-
-    Neighbours are padded to ``m`` slots per centre (padding has factor ``g = 0``). Every ordered
-    pair j != k appears, so each unordered pair twice; the diagonal j = k is masked in
-    :attr:`gg`. Attributes are computed on first use; shapes broadcast to (n, m, m[, a]).
-
-    Args:
-        vectors: (n, m, 3) r_ij, Å (zero in padding).
-        distances: (n, m) R_ij, Å (one in padding).
-        factors: (n, m, a) the angular term's per-neighbour factor g(R_ij) (zero in padding).
-    """
-
-    def __init__(self, vectors: Tensor, distances: Tensor, factors: Tensor) -> None:
-        self.vectors, self.distances, self.factors = vectors, distances, factors
-
-    @cached_property
-    def dots(self) -> Tensor:
-        """r_ij . r_ik, shape (n, m, m), Å^2."""
-        return torch.bmm(self.vectors, self.vectors.transpose(1, 2))
-
-    @cached_property
-    def cos(self) -> Tensor:
-        """cos theta_ijk, shape (n, m, m)."""
-        inv = 1.0 / self.distances
-        return self.dots * (inv.unsqueeze(2) * inv.unsqueeze(1))
-
-    @property
-    def r_j(self) -> Tensor:
-        """R_ij, shape (n, m, 1)."""
-        return self.distances.unsqueeze(2)
-
-    @property
-    def r_k(self) -> Tensor:
-        """R_ik, shape (n, 1, m)."""
-        return self.distances.unsqueeze(1)
-
-    @cached_property
-    def gg(self) -> Tensor:
-        """g_j g_k with the diagonal j = k zeroed, shape (n, m, m, a)."""
-        m = self.distances.shape[1]
-        off = 1.0 - torch.eye(m, dtype=self.factors.dtype, device=self.factors.device)
-        return self.factors.unsqueeze(2) * self.factors.unsqueeze(1) * off.unsqueeze(-1)
-
-    @cached_property
-    def r_jk2(self) -> Tensor:
-        """R_jk^2 = R_ij^2 + R_ik^2 - 2 r_ij . r_ik, shape (n, m, m), Å^2 (clamped >= 1e-12)."""
-        squared = self.distances * self.distances
-        return (squared.unsqueeze(2) + squared.unsqueeze(1) - 2.0 * self.dots).clamp_min(1e-12)
 
 
 class RadialTerm(torch.nn.Module):
@@ -172,6 +123,9 @@ class AngularTerm(torch.nn.Module):
 
     term = "angular"
     separable = False
+    #: triplets with R_jk >= jk_cutoff contribute nothing (a cutoff function of R_jk) and are
+    #: dropped before the term is evaluated; None: no such factor
+    jk_cutoff: float | None = None
 
     def __init__(self, cutoff: float, cutoff_fn: Cutoff | None = None) -> None:
         super().__init__()
@@ -183,8 +137,8 @@ class AngularTerm(torch.nn.Module):
         return self.cutoff_fn(r).unsqueeze(-1)
 
     def forward(self, tri: Triplets) -> tuple[Tensor, Tensor | list]:  # pragma: no cover
-        """-> R (n, m, m, a), zero on the diagonal, and A (n, m, m, b), or A as a list of b
-        tensors (n, m, m) (None for a constant 1: saves stacking); both symmetric in (j, k)."""
+        """-> R (S, a) and A (S, b), or A as a list of b tensors (S,) (None for a constant 1:
+        saves a multiplication); both symmetric in (j, k). S is the triplet shape of ``tri``."""
         raise NotImplementedError
 
     def combine(self, sums: Tensor) -> Tensor:
@@ -224,6 +178,7 @@ class BehlerAngular(AngularTerm):
         self.include_jk = include_jk
         self.integer = all(isinstance(z, int) and z >= 0 for z in self.zetas)
         self.separable = self.integer and not include_jk
+        self.jk_cutoff = self.cutoff if include_jk else None
         scale = 1.0 / self.cutoff**2 if normalized else 1.0
         self.register_buffer("exponent", _buffer([e * scale for e in self.etas]))
         columns = list(product(self.zetas, self.lambdas))
@@ -247,7 +202,7 @@ class BehlerAngular(AngularTerm):
         return torch.exp(-self.exponent.to(r.dtype) * r2) * self.cutoff_fn(r).unsqueeze(-1)
 
     def forward(self, tri: Triplets) -> tuple[Tensor, Tensor | list]:
-        radial = tri.gg  # shape (n, m, m, n_eta)
+        radial = tri.gg  # shape (S, n_eta)
         if self.include_jk:
             r_jk2 = tri.r_jk2
             f_jk = self.cutoff_fn(torch.sqrt(r_jk2))
@@ -264,7 +219,7 @@ class BehlerAngular(AngularTerm):
                 powers.append(powers[-1] * cos)
             return radial, powers[: self.max_power + 1]
         base = 1.0 + self.lam.to(cos.dtype) * cos.unsqueeze(-1)
-        return radial, base.clamp_min(0.0) ** self.zeta.to(cos.dtype)  # shape (n, m, m, columns)
+        return radial, base.clamp_min(0.0) ** self.zeta.to(cos.dtype)  # shape (S, columns)
 
     def combine(self, sums: Tensor) -> Tensor:
         return (sums @ self.coef.to(sums.dtype)).flatten(-2)
@@ -324,15 +279,15 @@ class ANIAngular(AngularTerm):
         self.register_buffer("sin_s", _buffer([math.sin(s) for s in self.sections]))
 
     def forward(self, tri: Triplets) -> tuple[Tensor, Tensor]:
-        mean = 0.5 * (tri.r_j + tri.r_k)  # shape (n, m, m)
+        mean = 0.5 * (tri.r_j + tri.r_k)  # shape S
         d = mean.unsqueeze(-1) - self.shift.to(mean.dtype)
-        radial = tri.gg * torch.exp(-self.eta * d * d)  # shape (n, m, m, n_shifts)
+        radial = tri.gg * torch.exp(-self.eta * d * d)  # shape (S, n_shifts)
         c = 0.95 * tri.cos
         s = torch.sqrt(1.0 - c * c)
         half = 0.5 + 0.5 * (c.unsqueeze(-1) * self.cos_s.to(c.dtype)
                             + s.unsqueeze(-1) * self.sin_s.to(c.dtype))
         if self.zeta.is_integer():
-            angular = 2.0 * _ipow(half, int(self.zeta))  # shape (n, m, m, n_sections)
+            angular = 2.0 * _ipow(half, int(self.zeta))  # shape (S, n_sections)
         else:
             angular = 2.0 * half**self.zeta
         return radial, angular
