@@ -361,6 +361,7 @@ def test_bad_input_one_error_naming_culprit_store_unchanged(make, ws, capfd):
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err[-3000:]
     assert re.search(culprit, errors[0]), errors[0]
+    print(f"\nCASE {make.__name__} exit {code}: {errors[0]}")
     assert snapshot(ws.store, ws.models) == before
     assert not (ws.folder / "predictions.extxyz").exists()
     assert not (ws.folder / "tag-executed").exists()
@@ -435,6 +436,7 @@ def test_read_only_workspace(ws, prefect_api):
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert "Permission denied" in errors[0] and str(work) in errors[0], errors[0]
+        print(f"\nCASE read_only_workspace exit {proc.returncode}: {errors[0]}")
         assert snapshot(work) == before
     finally:
         for p in [folder, *folder.rglob("*")]:
@@ -465,6 +467,7 @@ def test_full_disk(ws, prefect_api):
             r"\[Errno 27\] File too large",
             errors[0],
         ), errors[0]
+        print(f"\nCASE full_disk exit {proc.returncode}: {errors[0]}")
         assert snapshot(work / "store.zarr", work / "models") == before
         assert not [p for p in (work / "store.zarr").glob(".staging/*") if p.is_dir()]
     finally:

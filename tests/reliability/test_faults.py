@@ -12,6 +12,7 @@ import hashlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -83,9 +84,25 @@ def _clean_features(tmp: Path, data: Path, params: dict) -> tuple[Path, str]:
 
 
 # -- a Dask worker killed mid-featurization ----------------------------------------------------
-def test_killed_dask_worker_flow_completes_with_identical_bytes(prefect_api, tmp_path):
-    from distributed import Client, LocalCluster
+CLUSTER = """
+import os, sys
+from distributed import Client, LocalCluster
+cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                       dashboard_address=None)
+client = Client(cluster)
+print(cluster.scheduler_address, *sorted(client.run(os.getpid).values()), flush=True)
+sys.stdin.read()  # until the test closes our stdin
+client.close()
+cluster.close()
+"""
 
+
+def _workers(cluster: subprocess.Popen) -> set[int]:
+    procs = psutil.Process(cluster.pid).children(recursive=True)
+    return {p.pid for p in procs if "resource_tracker" not in " ".join(p.cmdline())}
+
+
+def test_killed_dask_worker_flow_completes_with_identical_bytes(prefect_api, tmp_path):
     from flows.campaign import run_campaign
 
     data = write_cu(tmp_path / "cu.extxyz", n=48)
@@ -93,25 +110,26 @@ def test_killed_dask_worker_flow_completes_with_identical_bytes(prefect_api, tmp
     _, fkey, featurizer = _feature_key(data, params)
     store = tmp_path / "workspace" / "store.zarr"
     killed: list[int] = []
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    cluster = subprocess.Popen(
+        [sys.executable, "-c", CLUSTER],
+        env=atompipe_env(prefect_api),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        address, *pids = cluster.stdout.readline().split()
+        pids = [int(p) for p in pids]
+        assert address.startswith("tcp://127.0.0.1:") and len(pids) == 2
+        assert _workers(cluster) == set(pids)
         # every socket the cluster listens on is on the loopback interface
-        procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        procs = [psutil.Process(cluster.pid), *psutil.Process(cluster.pid).children(True)]
         listening = [
             c.laddr.ip for p in procs for c in p.net_connections("inet") if c.status == "LISTEN"
         ]
         assert listening and set(listening) == {"127.0.0.1"}, listening
-        pids = sorted(client.run(os.getpid).values())
-        assert len(pids) == 2 and os.getpid() not in pids
 
         def kill_one_worker() -> None:
             deadline = time.monotonic() + 120
@@ -129,15 +147,24 @@ def test_killed_dask_worker_flow_completes_with_identical_bytes(prefect_api, tmp
             tmp_path,
             **{
                 "features.g.cutoff": params["cutoff"],
-                "dask": {"address": cluster.scheduler_address, "rows_per_chunk": ROWS},
+                "dask": {"address": address, "rows_per_chunk": ROWS},
             },
         )
         summary = run_campaign(load_campaign(campaign), show_progress=False, features_only=True)
         watcher.join(timeout=5)
         assert killed, "the featurization finished before a worker could be killed"
         assert not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == "zombie"
-        client.wait_for_workers(2, timeout=60)  # the nanny started a new worker process
-        assert pids[0] not in client.run(os.getpid).values()
+        deadline = time.monotonic() + 60  # the nanny starts a new worker process
+        while len(_workers(cluster) - {pids[0]}) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(_workers(cluster) - {pids[0]}) == 2
+    finally:
+        cluster.stdin.close()
+        try:
+            cluster.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait(timeout=30)
 
     assert summary["states"]["featurize/g"] == "Completed"
     assert summary["features"]["g"] == fkey
