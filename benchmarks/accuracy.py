@@ -21,8 +21,7 @@ from atomistic.data import Dataset, load_files, make_split
 from atomistic.features import Gaussian
 from atomistic.features.scaling import Scaler
 from atomistic.metrics import evaluate
-from atomistic.models import AtomicData, GaussianProcess, KernelRidge, NeuralNetwork
-from atomistic.models import TrainingConfig
+from atomistic.models import AtomicData, GaussianProcess, KernelRidge, NeuralNetwork, TrainingConfig
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 DATASETS = {
@@ -89,7 +88,7 @@ def run_model(name: str, data: dict, args) -> tuple[dict, float]:
     return errs, wall
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS))
     p.add_argument("--models", nargs="+", default=["nn_e", "nn_ef", "krr", "gp"])
@@ -103,11 +102,17 @@ def main() -> None:
     p.add_argument("--force-test", type=int, default=50,
                    help="test structures used for force errors")
     p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
+    return p
+
+
+def evaluate_all(args: argparse.Namespace) -> list[dict]:
+    """Train and test every requested model on every requested dataset; print and return rows
+    {dataset, model, energy_mae_per_atom, energy_rmse_per_atom, force_mae (eV, eV/Å),
+    train_s, ...}."""
     args.hidden = tuple(args.hidden)
-    torch.set_num_threads(args.threads)
     print(f"{'dataset':14s} {'model':6s} {'E MAE':>8s} {'E RMSE':>8s} {'F MAE':>8s} "
           f"{'train s':>8s}  (meV/atom, meV/atom, meV/Å)")
+    rows = []
     for key in args.datasets:
         path = DATA / DATASETS[key]
         if not path.exists():
@@ -125,6 +130,29 @@ def main() -> None:
             print(f"{key:14s} {name:6s} {1e3 * errs['energy_mae_per_atom']:8.2f} "
                   f"{1e3 * errs['energy_rmse_per_atom']:8.2f} {1e3 * errs['force_mae']:8.1f} "
                   f"{wall:8.1f}  {extra}", flush=True)
+            rows.append({"dataset": key, "model": name, "train_s": wall,
+                         "train_structures": data["train"].dataset.n_structures,
+                         **{k: float(v) for k, v in errs.items()
+                            if np.isscalar(v) and np.isfinite(v)}})
+    return rows
+
+
+def run(quick: bool = False, device: str = "cpu") -> dict:
+    """The suite's entry: every dataset and model with the defaults (``quick``: the Cu set's
+    energy-trained NN for 30 epochs, forces on 10 test structures)."""
+    argv = (["--datasets", "cu", "--models", "nn_e", "--epochs-e", "30", "--force-test", "10"]
+            if quick else [])
+    args = _parser().parse_args(argv)
+    return {"settings": {k: (list(v) if isinstance(v, tuple) else v)
+                         for k, v in vars(args).items()},
+            "command": "python -m benchmarks.accuracy " + " ".join(argv),
+            "rows": evaluate_all(args)}
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    torch.set_num_threads(args.threads)
+    evaluate_all(args)
 
 
 if __name__ == "__main__":

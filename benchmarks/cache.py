@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, module_main, table
+from benchmarks.common import ROOT, child_env, module_main, table
 
 
 def _campaign(workdir: Path, quick: bool) -> dict:
@@ -83,7 +83,8 @@ def _spawn(workdir: Path, quick: bool, runs: int) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.cache", "--child", str(workdir), "--runs",
            str(runs), "--result", str(result)] + (["--quick"] if quick else [])
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
+                          env=child_env())
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"benchmarks.cache child failed:\n{proc.stdout}\n{proc.stderr}")

@@ -90,6 +90,7 @@ def sync(device: str) -> None:
 def single_thread() -> Iterator[None]:
     """One thread for torch and for the BLAS behind numpy/scipy (the machine is shared, and
     peers are run single-threaded too), warnings off; all restored on exit."""
+    import scipy.linalg  # noqa: F401  (load scipy's own OpenBLAS now: only loaded ones are limited)
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -101,6 +102,14 @@ def single_thread() -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(before)
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a measuring subprocess: this one's, less what an earlier Dask
+    LocalCluster left in it (its nanny exports MALLOC_TRIM_THRESHOLD_ into the parent)."""
+    env = dict(os.environ)
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return env
 
 
 def machine() -> dict[str, Any]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, load_frames, module_main, table
+from benchmarks.common import ROOT, child_env, load_frames, module_main, table
 
 PARAMS = {"cutoff": 6.5}  # ML4Chem's default Gaussian set (G2+G3), the demo campaign's
 FACTORS = (1, 2, 4, 8)
@@ -95,7 +95,8 @@ def child(url: str, key: str, mode: str) -> dict:
 
 def _spawn(url: str, key: str, mode: str) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.memory", "--child", url, key, mode]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
+                          env=child_env())
     if proc.returncode != 0:
         raise RuntimeError(f"benchmarks.memory child failed:\n{proc.stdout}\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
