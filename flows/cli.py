@@ -180,7 +180,7 @@ def featurize(
         with dask_client(scheduler, workers) as client:
             ref = featurize_dataset(store, dataset, features, params, client=client)
     except (KeyError, ValueError, TypeError, StoreError, ClusterError) as exc:
-        _fail(str(exc))
+        _fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc))
     typer.echo(f"features {ref['key']}")
     typer.echo(f"  chunks computed {ref['computed_chunks']} of {ref['n_chunks']}")
 
@@ -363,8 +363,10 @@ def predict(
         ds = load_files(files, require_energy=False)
         images = ds.to_atoms()
         out = m.predict_atoms(images, forces=m.featurizer_ is not None)
-    except (DataError, ModelFileError, ValueError, OSError) as exc:
+    except (DataError, ModelFileError, OSError) as exc:
         _fail(str(exc))
+    except ValueError as exc:  # the structures do not fit the model (e.g. an unseen element)
+        _fail(f"{', '.join(map(str, files))}: {exc}")
     if output.suffix == ".csv":
         import csv
 
