@@ -31,7 +31,7 @@ from atomistic.models.base import (
     reference_energy,
     scaled_features_torch,
 )
-from atomistic.models.kernels import KERNELS, DEFAULT_BUDGET, structure_kernel
+from atomistic.models.kernels import DEFAULT_BUDGET, KERNELS, structure_kernel
 
 __all__ = ["KernelRidge"]
 
