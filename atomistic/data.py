@@ -405,5 +405,5 @@ def read_split(
     path = f"splits/{sid}"
     if path in group:
         return {name: group[f"{path}/{name}"][...] for name in SPLIT_NAMES}
-    n = len(group["offsets"]) - 1
+    n = group["offsets"].shape[0] - 1
     return make_split(n, fractions or (0.8, 0.1, 0.1), 0 if seed is None else seed)

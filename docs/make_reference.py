@@ -122,8 +122,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "type": "ANI atomic environment vectors, equal to TorchANI's AEVComputer",
         "dataset": "name of an entry of `datasets`",
         "preset": (
-            "constant set; ANI-1x is also what an empty `params` gives (the key is accepted but "
-            "does not change the featurizer)"
+            "the constant set that `params` override: ANI-1x (Smith et al., Chem. Sci. 8, 3192 "
+            "(2017)), the only preset; an empty `params` gives exactly it"
         ),
         "elements": "element symbols fixing the columns; default: the dataset's elements",
     },

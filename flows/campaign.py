@@ -27,7 +27,7 @@ from tasks.models import (
     train_encoder,
     train_model,
 )
-from tasks.record import record_campaign
+from tasks.record import check_tracking, record_campaign
 from tasks.stages import featurize, featurize_exists, fit_scaler, ingest, ingest_exists
 
 __all__ = ["campaign", "featurize_flow", "train_flow", "run_campaign"]
@@ -247,6 +247,7 @@ def train_flow(
 def train(config: dict[str, Any], models: list[str] | None, show_progress: bool) -> dict[str, Any]:
     cfg = CampaignConfig.model_validate(config)
     names = _model_names(cfg, models)
+    check_tracking(cfg.tracking_uri)  # an unreachable MLflow server fails now, not after training
     run = _Run(cfg, show_progress)
     with run.progress:
         datasets = run.ingest()

@@ -167,6 +167,9 @@ def featurize(
     store: Annotated[str, typer.Option(help="Zarr store path or fsspec URL")] = DEFAULT_STORE,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address")] = None,
     workers: Annotated[int | None, typer.Option(help="LocalCluster workers")] = None,
+    rows_per_chunk: Annotated[
+        int | None, typer.Option(min=1, help="atoms per chunk (one Dask task each)")
+    ] = None,
 ) -> None:
     """Featurize a stored dataset on Dask into the store; print the feature key."""
     from atomistic.storage import StoreError
@@ -178,7 +181,9 @@ def featurize(
         _fail(f"--features {features!r}: expected gaussian or aev")
     try:
         with dask_client(scheduler, workers) as client:
-            ref = featurize_dataset(store, dataset, features, params, client=client)
+            ref = featurize_dataset(
+                store, dataset, features, params, client=client, rows_per_chunk=rows_per_chunk
+            )
     except (KeyError, ValueError, TypeError, StoreError, ClusterError) as exc:
         _fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc))
     typer.echo(f"features {ref['key']}")
@@ -277,9 +282,12 @@ def latent(
 @app.command()
 def compare(
     campaign: Annotated[Path, typer.Argument(help="campaign YAML file")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key, as for `atompipe run`")
+    ] = None,
 ) -> None:
     """Print the campaign's MLflow runs as a table (best first)."""
-    cfg = _load(campaign)
+    cfg = _load(campaign, set_)
     from mlflow import MlflowClient
     from rich.console import Console
     from rich.table import Table
@@ -320,11 +328,17 @@ def ui(
     campaign: Annotated[Path, typer.Argument(help="campaign YAML file")],
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 5000,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key, as for `atompipe run`")
+    ] = None,
 ) -> None:
     """Start the MLflow UI for the campaign's tracking store (127.0.0.1 by default)."""
     import subprocess
 
-    cfg = _load(campaign)
+    cfg = _load(campaign, set_)
+    if cfg.tracking_uri.startswith(("http://", "https://")):
+        typer.echo(f"the campaign tracks to a server: open {cfg.tracking_uri} in a browser")
+        return
     cmd = [
         sys.executable,
         "-m",
@@ -398,9 +412,12 @@ def serve(
     ] = None,
     watch_interval: Annotated[float, typer.Option(help="seconds between folder scans")] = 5.0,
     name: Annotated[str | None, typer.Option(help="deployment name")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key, as for `atompipe run`")
+    ] = None,
 ) -> None:
     """Serve the campaign as a Prefect deployment (schedule and/or file-arrival trigger)."""
-    cfg = _load(campaign)
+    cfg = _load(campaign, set_)
     if watch is not None and not watch.is_dir():
         _fail(f"--watch {watch}: not a folder")
     from flows.deploy import serve_campaign

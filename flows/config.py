@@ -101,9 +101,10 @@ class GaussianFeatures(_Strict):
 class AEVFeatures(_Strict):
     type: Literal["aev"] = "aev"
     dataset: str
-    preset: Literal["ani1x"] | None = "ani1x"
+    preset: Literal["ani1x"] = "ani1x"
     params: dict[str, Any] = Field(
-        default_factory=dict, description="AEV constants; override the preset"
+        default_factory=dict,
+        description="AEV constants (Rcr, EtaR, ShfR, Rca, EtaA, Zeta, ShfA, ShfZ)",
     )
     elements: list[str] | None = None
 
@@ -205,6 +206,11 @@ class CampaignConfig(_Strict):
         ".", description="folder that relative paths resolve against and must stay inside"
     )
     workspace: str = "workspace"
+    store: str | None = Field(
+        None,
+        description="Zarr store: a path or an fsspec URL (s3://bucket/store.zarr); "
+        "default <workspace>/store.zarr",
+    )
     allow_absolute_paths: bool = False
     datasets: dict[str, DatasetConfig] = Field(min_length=1)
     split: SplitConfig = SplitConfig()
@@ -244,7 +250,7 @@ class CampaignConfig(_Strict):
 
     @property
     def store_url(self) -> str:
-        return str(self.workspace_path / "store.zarr")
+        return self.store or str(self.workspace_path / "store.zarr")
 
     @property
     def tracking_uri(self) -> str:
@@ -265,10 +271,16 @@ def _check_featurizer(name: str, feat: GaussianFeatures | AEVFeatures) -> None:
         raise ValueError(f"features.{name}: the {feat.type} featurizer has zero feature columns")
 
 
+_TAGS = {"gaussian", "aev", "latent", "neuralnetwork", "kernelridge", "gaussianprocess"}
+
+
 def _format_error(source: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        parts = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
+        if len(parts) > 2 and parts[0] in ("models", "features") and parts[2] in _TAGS:
+            del parts[2]  # the union's tag (models.krr.kernelridge.sigma): not a key the user wrote
+        loc = ".".join(parts)
         kind = err["type"]
         msg = err["msg"].removeprefix("Value error, ")
         if kind == "extra_forbidden":
@@ -332,8 +344,17 @@ def _resolve_paths(raw: dict[str, Any], base: Path, source: str) -> None:
             raise ConfigError(f"{source}: {key}: {value!r} leaves the campaign root {root}; {hint}")
         return os.path.normpath(path)
 
-    if isinstance(raw.get("workspace", "workspace"), str):
-        raw["workspace"] = resolve("workspace", raw.get("workspace", "workspace"))
+    workspace = raw.get("workspace", "workspace")
+    if isinstance(workspace, str):
+        if "://" in workspace:
+            raise ConfigError(
+                f"{source}: workspace: {workspace!r} must be a local folder; put the Zarr store "
+                "on object storage with the store key (store: s3://bucket/store.zarr)"
+            )
+        raw["workspace"] = resolve("workspace", workspace)
+    store = raw.get("store")
+    if isinstance(store, str) and "://" not in store:  # a URL is the store's own business
+        raw["store"] = resolve("store", store)
     datasets = raw.get("datasets")
     for name, ds in datasets.items() if isinstance(datasets, dict) else ():
         if isinstance(ds, dict) and isinstance(ds.get("paths"), list):

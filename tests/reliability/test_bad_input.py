@@ -100,11 +100,13 @@ def _dataset_file(ws: Ws, name: str, images) -> str:
 
 def c_unknown_key(ws):
     changes = {"models.krr.sigmaa": 2.0}
-    return _run(ws, "unknown_key", **changes), r"models\.krr.*sigmaa: unknown key"
+    return _run(ws, "unknown_key", **changes), r"models\.krr\.sigmaa: unknown key"
 
 
 def c_ill_typed(ws):
-    return _run(ws, "ill_typed", **{"models.krr.sigma": "big"}), r"models\.krr.*sigma"
+    return _run(
+        ws, "ill_typed", **{"models.krr.sigma": "big"}
+    ), r"models\.krr\.sigma: Input should be a valid number"
 
 
 def c_yaml_syntax(ws):
@@ -131,7 +133,9 @@ def c_empty_test_split(ws):
 
 
 def c_cutoff_not_positive(ws):
-    return _run(ws, "cutoff", **{"features.g.cutoff": -1.0}), r"features\.g.*cutoff.* must be > 0"
+    return _run(
+        ws, "cutoff", **{"features.g.cutoff": -1.0}
+    ), r"features\.g\.cutoff: cutoff -1\.0 must be > 0"
 
 
 def c_zero_feature_columns(ws):

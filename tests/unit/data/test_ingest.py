@@ -272,3 +272,15 @@ def test_cli_prints_key_and_summary(slab_file, tmp_path):
     assert "structures" in result.output and "['Cu']" in result.output
     again = CliRunner().invoke(app, ["ingest", str(slab_file), "--store", str(store)])
     assert "nothing written" in again.output
+
+
+def test_a_split_not_stored_is_made_on_read(tmp_path, shipped):
+    """A campaign that changes split.seed on an existing dataset reads a fresh partition."""
+    import ase.io
+
+    ase.io.write(tmp_path / "cu.extxyz", ase.io.read(shipped["cu"], ":20"))
+    store = str(tmp_path / "store.zarr")
+    key, _ = write_dataset(load_files([tmp_path / "cu.extxyz"]), store)
+    parts = read_split(store, key, (0.5, 0.25, 0.25), 7)
+    assert [len(parts[k]) for k in ("train", "validation", "test")] == [10, 5, 5]
+    assert sorted(np.concatenate(list(parts.values())).tolist()) == list(range(20))
