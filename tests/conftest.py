@@ -27,3 +27,23 @@ SHIPPED = {
 @pytest.fixture(scope="session")
 def shipped() -> dict[str, Path]:
     return SHIPPED
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory) -> str:
+    """One real, temporary Prefect API (server and database) for the whole session, for
+    in-process flows; its URL is handed to ``atompipe`` subprocesses so that they need not
+    start their own."""
+    os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(tmp_path_factory.mktemp("prefect-results"))
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        url = PREFECT_API_URL.value()
+        assert url.startswith("http://127.0.0.1:"), url  # the server binds to the loopback
+        yield url
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(prefect_api) -> str:
+    return prefect_api
