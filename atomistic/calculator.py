@@ -1,8 +1,8 @@
 """An ASE calculator over any trained atompipe model (the ASE contract: ase/calculators/emt.py).
 
-    calc = AtompipeCalculator("workspace/models/<key>")
-    atoms.calc = calc
-    atoms.get_potential_energy(); atoms.get_forces(); calc.results.get("energy_std")
+calc = AtompipeCalculator("workspace/models/<key>")
+atoms.calc = calc
+atoms.get_potential_energy(); atoms.get_forces(); calc.results.get("energy_std")
 """
 
 from __future__ import annotations

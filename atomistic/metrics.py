@@ -47,8 +47,12 @@ def energy_errors(
 
 def force_errors(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """MAE and RMSE over force components (eV/Å); arrays (n_atoms, 3) or lists of them."""
-    true = np.concatenate([np.reshape(t, (-1, 3)) for t in true]) if isinstance(true, list) else true
-    pred = np.concatenate([np.reshape(p, (-1, 3)) for p in pred]) if isinstance(pred, list) else pred
+    true = (
+        np.concatenate([np.reshape(t, (-1, 3)) for t in true]) if isinstance(true, list) else true
+    )
+    pred = (
+        np.concatenate([np.reshape(p, (-1, 3)) for p in pred]) if isinstance(pred, list) else pred
+    )
     true, pred = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     if true.shape != pred.shape:
         raise ValueError(f"force shapes differ: {true.shape} vs {pred.shape}")
@@ -73,8 +77,13 @@ def evaluate(dataset: Any, prediction: dict[str, Any]) -> dict[str, float]:
         out.update(force_errors(dataset.forces, prediction["forces"]))
     if dataset.energy is not None and prediction.get("energy_std") is not None:
         z = z_scores(dataset.energy, prediction["energy"], prediction["energy_std"])
-        out.update({f"calibration_{k}": v for k, v in calibration(z).items()
-                    if not k.startswith("expected")})
+        out.update(
+            {
+                f"calibration_{k}": v
+                for k, v in calibration(z).items()
+                if not k.startswith("expected")
+            }
+        )
     return out
 
 

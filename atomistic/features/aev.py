@@ -63,7 +63,9 @@ class AEV(Featurizer):
         super().__init__(elements=elements)
         self.radial = ANIRadial(Rcr, EtaR, ANI1X["ShfR"] if ShfR is None else ShfR)
         self.angular = ANIAngular(
-            Rca, EtaA, Zeta,
+            Rca,
+            EtaA,
+            Zeta,
             ANI1X["ShfA"] if ShfA is None else ShfA,
             ANI1X["ShfZ"] if ShfZ is None else ShfZ,
         )

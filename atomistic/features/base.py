@@ -137,13 +137,19 @@ class Featurizer(torch.nn.Module):
         elements = self._require_elements()
         bins: list[tuple[str, ...]] = [()] if self.weighted else [(e,) for e in elements]
         extra = {"weighted": True} if self.weighted else {}
-        out = [{"term": self.radial.term, "elements": b, **p, **extra}
-               for b in bins for p in self.radial.label_params()]
+        out = [
+            {"term": self.radial.term, "elements": b, **p, **extra}
+            for b in bins
+            for p in self.radial.label_params()
+        ]
         if self.angular is not None:
             n = len(bins)
             pairs = [bins[a] + bins[b] for a in range(n) for b in range(a, n)]
-            out += [{"term": self.angular.term, "elements": pr, **p, **extra}
-                    for pr in pairs for p in self.angular.label_params()]
+            out += [
+                {"term": self.angular.term, "elements": pr, **p, **extra}
+                for pr in pairs
+                for p in self.angular.label_params()
+            ]
         return out
 
     def get_params(self) -> dict:  # pragma: no cover - abstract

@@ -16,8 +16,10 @@ from .terms import BehlerAngular, BehlerRadial
 
 __all__ = ["Gaussian"]
 
-DEFAULT_G2 = {"etas": [float(e) for e in np.logspace(np.log10(0.05), np.log10(5.0), 4)],
-              "Rs": [0.0]}
+DEFAULT_G2 = {
+    "etas": [float(e) for e in np.logspace(np.log10(0.05), np.log10(5.0), 4)],
+    "Rs": [0.0],
+}
 DEFAULT_ANGULAR = {"etas": [0.005], "zetas": [1, 4], "gammas": [1.0, -1.0]}
 
 
@@ -123,8 +125,12 @@ class Gaussian(Featurizer):
         g2, ang = self.params["G2"], self.params[angular_type]
         self.radial = BehlerRadial(rc_radial, g2["etas"], g2["Rs"], normalized=self.normalized)
         self.angular = BehlerAngular(
-            rc_angular, ang["etas"], ang["zetas"], ang["gammas"],
-            normalized=self.normalized, include_jk=angular_type == "G3",
+            rc_angular,
+            ang["etas"],
+            ang["zetas"],
+            ang["gammas"],
+            normalized=self.normalized,
+            include_jk=angular_type == "G3",
         )
 
     def get_params(self) -> dict:

@@ -207,8 +207,9 @@ class BehlerAngular(AngularTerm):
             r_jk2 = tri.r_jk2
             f_jk = self.cutoff_fn(torch.sqrt(r_jk2))
             if radial.shape[-1] == 1:
-                radial = radial * (torch.exp(-self.exponent.to(r_jk2.dtype) * r_jk2) * f_jk
-                                   ).unsqueeze(-1)
+                radial = radial * (
+                    torch.exp(-self.exponent.to(r_jk2.dtype) * r_jk2) * f_jk
+                ).unsqueeze(-1)
             else:
                 decay = torch.exp(-self.exponent.to(r_jk2.dtype) * r_jk2.unsqueeze(-1))
                 radial = radial * decay * f_jk.unsqueeze(-1)
@@ -233,8 +234,10 @@ class BehlerAngular(AngularTerm):
                     c = p - a - b
                     exps.append((a, b, c))
                     degree.append(p)
-                    weight.append(math.factorial(p) / (math.factorial(a) * math.factorial(b)
-                                                       * math.factorial(c)))
+                    weight.append(
+                        math.factorial(p)
+                        / (math.factorial(a) * math.factorial(b) * math.factorial(c))
+                    )
         self.register_buffer("mono_exps", torch.tensor(exps, dtype=torch.long))
         # (monomials, P): multinomial weight of each monomial in (u . v)^p, by degree p
         deg = torch.zeros(len(exps), self.max_power + 1, dtype=torch.float64)
@@ -284,8 +287,9 @@ class ANIAngular(AngularTerm):
         radial = tri.gg * torch.exp(-self.eta * d * d)  # shape (S, n_shifts)
         c = 0.95 * tri.cos
         s = torch.sqrt(1.0 - c * c)
-        half = 0.5 + 0.5 * (c.unsqueeze(-1) * self.cos_s.to(c.dtype)
-                            + s.unsqueeze(-1) * self.sin_s.to(c.dtype))
+        half = 0.5 + 0.5 * (
+            c.unsqueeze(-1) * self.cos_s.to(c.dtype) + s.unsqueeze(-1) * self.sin_s.to(c.dtype)
+        )
         if self.zeta.is_integer():
             angular = 2.0 * _ipow(half, int(self.zeta))  # shape (S, n_sections)
         else:

@@ -96,8 +96,9 @@ class SparseTriplets(Triplets):
 
     _cached = ("_r", "cos", "dots", "gg", "r_jk2")
 
-    def __init__(self, p: Tensor, q: Tensor, unit: Tensor, distances: Tensor,
-                 factors: Tensor) -> None:
+    def __init__(
+        self, p: Tensor, q: Tensor, unit: Tensor, distances: Tensor, factors: Tensor
+    ) -> None:
         super().__init__(unit, distances, factors)
         self.p, self.q = p, q
 
@@ -160,8 +161,16 @@ def _products(radial: Tensor, angular) -> Tensor:
     return torch.stack([radial if A is None else radial * A.unsqueeze(-1) for A in angular], -1)
 
 
-def sparse_sums(term, pair_bin: Tensor, i: Tensor, vectors: Tensor, distances: Tensor,
-                factors: Tensor, bins: Tensor, n_atoms: int) -> Tensor:
+def sparse_sums(
+    term,
+    pair_bin: Tensor,
+    i: Tensor,
+    vectors: Tensor,
+    distances: Tensor,
+    factors: Tensor,
+    bins: Tensor,
+    n_atoms: int,
+) -> Tensor:
     """Angular columns by sparse triplets, shape (n_atoms, n_pairs * term.n_features).
 
     Args:
@@ -191,8 +200,9 @@ def sparse_sums(term, pair_bin: Tensor, i: Tensor, vectors: Tensor, distances: T
         if total == 0:
             blocks.append(factors.new_zeros((n, npairs * term.n_features)))
             continue
-        p = torch.repeat_interleave(torch.arange(p0, p1, device=device), slot[p0:p1],
-                                    output_size=total)  # shape (T,)
+        p = torch.repeat_interleave(
+            torch.arange(p0, p1, device=device), slot[p0:p1], output_size=total
+        )  # shape (T,)
         t0 = int(first[p0])
         q = torch.arange(t0, t0 + total, device=device) - offset.index_select(0, p)
         tri = SparseTriplets(p, q, unit, distances, factors)
@@ -203,8 +213,11 @@ def sparse_sums(term, pair_bin: Tensor, i: Tensor, vectors: Tensor, distances: T
                 probe = SparseTriplets(p, q, unit.detach(), distances.detach(), factors.detach())
             with torch.no_grad():
                 keep = _flatnonzero(probe.r_jk2 < term.jk_cutoff**2)
-            tri = SparseTriplets(p[keep], q[keep], unit, distances, factors) if grad \
+            tri = (
+                SparseTriplets(p[keep], q[keep], unit, distances, factors)
+                if grad
                 else tri.select(keep)
+            )
         key = i.index_select(0, tri.p) - c0
         if nb > 1:
             key = key * npairs + pair_bin[bins.index_select(0, tri.p), bins.index_select(0, tri.q)]
@@ -216,8 +229,16 @@ def sparse_sums(term, pair_bin: Tensor, i: Tensor, vectors: Tensor, distances: T
     return torch.cat(blocks, dim=0)
 
 
-def block_sums(term, pair_bin: Tensor, i: Tensor, vectors: Tensor, distances: Tensor,
-               factors: Tensor, bins: Tensor, n_atoms: int) -> Tensor:
+def block_sums(
+    term,
+    pair_bin: Tensor,
+    i: Tensor,
+    vectors: Tensor,
+    distances: Tensor,
+    factors: Tensor,
+    bins: Tensor,
+    n_atoms: int,
+) -> Tensor:
     """Angular columns by padded blocks (:class:`BlockTriplets`); arguments as
     :func:`sparse_sums`. Element pairs are resolved with one-hot matmuls."""
     nb, npairs = pair_bin.shape[0], int(pair_bin.max()) + 1
@@ -242,8 +263,9 @@ def block_sums(term, pair_bin: Tensor, i: Tensor, vectors: Tensor, distances: Te
         dense_u = unit.new_zeros((n * m, 3)).index_put((flat,), unit[p0:p1])
         dense_r = distances.new_ones(n * m).index_put((flat,), distances[p0:p1])
         dense_g = factors.new_zeros((n * m, factors.shape[1])).index_put((flat,), factors[p0:p1])
-        tri = BlockTriplets(dense_u.t().contiguous().view(3, n, m), dense_r.view(n, m),
-                            dense_g.view(n, m, -1))
+        tri = BlockTriplets(
+            dense_u.t().contiguous().view(3, n, m), dense_r.view(n, m), dense_g.view(n, m, -1)
+        )
         radial, angular = term(tri)  # shapes (n, m, h, a), (n, m, h, b) or b x (n, m, h)
         a = radial.shape[-1]
         if nb == 1:  # sum_t R A as matmuls over t = (j, s)
@@ -251,9 +273,15 @@ def block_sums(term, pair_bin: Tensor, i: Tensor, vectors: Tensor, distances: Te
             if isinstance(angular, Tensor):
                 sums = torch.bmm(lhs.transpose(1, 2), angular.reshape(n, m * h, -1))
             else:
-                sums = torch.stack([lhs.sum(1) if A is None else
-                                    torch.bmm(A.reshape(n, 1, m * h), lhs).view(n, a)
-                                    for A in angular], dim=-1)
+                sums = torch.stack(
+                    [
+                        lhs.sum(1)
+                        if A is None
+                        else torch.bmm(A.reshape(n, 1, m * h), lhs).view(n, a)
+                        for A in angular
+                    ],
+                    dim=-1,
+                )
             sums = sums.view(n, 1, a, -1)
         else:  # fold k's element into R, sum over k, then over j by j's element
             dense_b = bins.new_zeros(n * m).index_put((flat,), bins[p0:p1])
@@ -263,9 +291,15 @@ def block_sums(term, pair_bin: Tensor, i: Tensor, vectors: Tensor, distances: Te
             if isinstance(angular, Tensor):
                 per_j = torch.bmm(rk.transpose(1, 2), angular.reshape(n * m, h, -1))
             else:
-                per_j = torch.stack([rk.sum(1) if A is None else
-                                     torch.bmm(A.reshape(n * m, 1, h), rk).view(n * m, nb * a)
-                                     for A in angular], dim=-1)  # shape (n * m, nb * a, b)
+                per_j = torch.stack(
+                    [
+                        rk.sum(1)
+                        if A is None
+                        else torch.bmm(A.reshape(n * m, 1, h), rk).view(n * m, nb * a)
+                        for A in angular
+                    ],
+                    dim=-1,
+                )  # shape (n * m, nb * a, b)
             sums = torch.bmm(onehot.transpose(1, 2), per_j.view(n, m, -1)).view(n, nb, nb, a, -1)
             sums = (sums + sums.transpose(1, 2))[:, left, right]  # unordered element pairs
             sums = sums * torch.where(left == right, 0.5, 1.0).to(sums.dtype).view(1, -1, 1, 1)
@@ -281,4 +315,3 @@ def padding_ratio(i: Tensor, n_atoms: int) -> float:
     total = float((counts * (counts - 1) // 2).sum())
     m = int(counts.max()) | 1 if n_atoms else 1
     return n_atoms * m * ((m - 1) // 2) / total if total else float("inf")
-

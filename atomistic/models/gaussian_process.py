@@ -96,8 +96,12 @@ class GaussianProcess(_KernelModel):
             -0.5 * (y @ self.alpha_) / a2 - 0.5 * logdet - 0.5 * n * math.log(2 * math.pi * a2)
         )
         self.metrics_ = _validation_metrics(self, validation)
-        self.metrics_.update(sigma=self.sigma_, noise=self.noise_, amplitude=self.amplitude_,
-                             log_marginal_likelihood=self.log_marginal_likelihood_)
+        self.metrics_.update(
+            sigma=self.sigma_,
+            noise=self.noise_,
+            amplitude=self.amplitude_,
+            log_marginal_likelihood=self.log_marginal_likelihood_,
+        )
         return self
 
     def _optimize(self, y: np.ndarray, sigma: float, g: float, callback) -> tuple[float, float]:
@@ -133,10 +137,12 @@ class GaussianProcess(_KernelModel):
             logdet = 2.0 * np.log(np.diag(factor[0])).sum()
             lml = -0.5 * n * math.log(2 * math.pi * yta / n) - 0.5 * logdet - 0.5 * n
             Ainv = scipy.linalg.cho_solve(factor, np.eye(n))
-            grad = np.array([
-                0.5 * n * float(alpha @ dK @ alpha) / yta - 0.5 * float(np.sum(Ainv * dK)),
-                0.5 * n * gg * float(alpha @ alpha) / yta - 0.5 * gg * float(np.trace(Ainv)),
-            ])
+            grad = np.array(
+                [
+                    0.5 * n * float(alpha @ dK @ alpha) / yta - 0.5 * float(np.sum(Ainv * dK)),
+                    0.5 * n * gg * float(alpha @ alpha) / yta - 0.5 * gg * float(np.trace(Ainv)),
+                ]
+            )
             if self.kernel == "linear":
                 grad[0] = 0.0
             if callback is not None:
@@ -146,21 +152,35 @@ class GaussianProcess(_KernelModel):
 
         lo, hi = [s_bounds[0], g_bounds[0]], [s_bounds[1], g_bounds[1]]
         # The likelihood is often multimodal in sigma: start from the best of a coarse grid.
-        starts = [np.clip([math.log(s), math.log(g)], lo, hi)
-                  for s in (sigma, *(sigma * 2.0**k for k in (-2, -1, 1, 2, 3)))]
+        starts = [
+            np.clip([math.log(s), math.log(g)], lo, hi)
+            for s in (sigma, *(sigma * 2.0**k for k in (-2, -1, 1, 2, 3)))
+        ]
         if self.kernel == "linear":
             starts = starts[:1]
         x0 = min(starts, key=lambda x: neg_lml(x)[0])
-        res = scipy.optimize.minimize(neg_lml, x0, jac=True, method="L-BFGS-B",
-                                      bounds=[s_bounds, g_bounds], options={"maxiter": 100})
+        res = scipy.optimize.minimize(
+            neg_lml,
+            x0,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[s_bounds, g_bounds],
+            options={"maxiter": 100},
+        )
         self.X_train_, self.numbers_train_, self.batch_train_, self.n_train_ = full
         return math.exp(res.x[0]), math.exp(res.x[1])
 
     # -- prediction ------------------------------------------------------------------------------
     def _extra_outputs(self, K: torch.Tensor, data: AtomicData, X: torch.Tensor) -> dict:
         ds = data.dataset
-        kuu = structure_self_kernel(X, torch.as_tensor(ds.numbers), torch.as_tensor(ds.batch),
-                                    ds.n_structures, self.kernel, self.sigma_).numpy()
+        kuu = structure_self_kernel(
+            X,
+            torch.as_tensor(ds.numbers),
+            torch.as_tensor(ds.batch),
+            ds.n_structures,
+            self.kernel,
+            self.sigma_,
+        ).numpy()
         v = scipy.linalg.solve_triangular(self.cholesky_, K.numpy().T, lower=True)  # (S_tr, S)
         latent = np.clip(kuu - (v * v).sum(0), 0.0, None)
         var = self.amplitude_**2 * latent + self.noise_
@@ -169,8 +189,11 @@ class GaussianProcess(_KernelModel):
     # -- persistence -----------------------------------------------------------------------------
     def _state(self):
         state, tensors = super()._state()
-        state.update(noise=self.noise_, amplitude=self.amplitude_,
-                     log_marginal_likelihood=self.log_marginal_likelihood_)
+        state.update(
+            noise=self.noise_,
+            amplitude=self.amplitude_,
+            log_marginal_likelihood=self.log_marginal_likelihood_,
+        )
         tensors["training"]["cholesky"] = torch.as_tensor(self.cholesky_)
         return state, tensors
 

@@ -71,8 +71,9 @@ class _KernelModel(AtomisticModel):
     def _train_kernel(self, sigma: float, with_dlogsigma: bool = False):
         X, z, b, n = self.X_train_, self.numbers_train_, self.batch_train_, self.n_train_
         with torch.no_grad():
-            K, dK = structure_kernel(X, z, b, n, X, z, b, n, self.kernel, sigma, with_dlogsigma,
-                                     self.budget)
+            K, dK = structure_kernel(
+                X, z, b, n, X, z, b, n, self.kernel, sigma, with_dlogsigma, self.budget
+            )
         K = K.numpy()
         K = 0.5 * (K + K.T)
         return (K, None if dK is None else dK.numpy())
@@ -80,8 +81,17 @@ class _KernelModel(AtomisticModel):
     def _kernel_to_train(self, X: torch.Tensor, numbers, batch, n: int) -> torch.Tensor:
         """K between new structures and the training structures, shape (n, S_train)."""
         K, _ = structure_kernel(
-            X, numbers, batch, n, self.X_train_, self.numbers_train_, self.batch_train_,
-            self.n_train_, self.kernel, self.sigma_, budget=self.budget,
+            X,
+            numbers,
+            batch,
+            n,
+            self.X_train_,
+            self.numbers_train_,
+            self.batch_train_,
+            self.n_train_,
+            self.kernel,
+            self.sigma_,
+            budget=self.budget,
         )
         return K
 

@@ -51,8 +51,9 @@ def atomic_kernel(
     if kernel == "exponential":
         # direct differences, not the |a|^2 + |b|^2 - 2 a.b expansion: its rounding error
         # (~1e-16) becomes ~1e-8 under the square root for nearly equal vectors
-        d = torch.cdist(A.unsqueeze(0), B.unsqueeze(0), p=2.0,
-                        compute_mode="donot_use_mm_for_euclid_dist").squeeze(0)
+        d = torch.cdist(
+            A.unsqueeze(0), B.unsqueeze(0), p=2.0, compute_mode="donot_use_mm_for_euclid_dist"
+        ).squeeze(0)
     elif kernel == "laplacian":
         d = torch.cdist(A.unsqueeze(0), B.unsqueeze(0), p=1).squeeze(0)
     else:
@@ -109,14 +110,22 @@ def structure_self_kernel(
     out = X.new_zeros(n)
     counts = torch.bincount(batch, minlength=n)
     starts = torch.cumsum(counts, 0) - counts
-    per = max(1, int(DEFAULT_BUDGET ** 0.5) // max(1, int(counts.max()) if n else 1))
+    per = max(1, int(DEFAULT_BUDGET**0.5) // max(1, int(counts.max()) if n else 1))
     for s0 in range(0, n, per):
         s1 = min(n, s0 + per)
         a, b = int(starts[s0]), int(starts[s1 - 1] + counts[s1 - 1])
         local = batch[a:b] - s0
         K, _ = structure_kernel(
-            X[a:b], numbers[a:b], local, s1 - s0, X[a:b], numbers[a:b], local, s1 - s0,
-            kernel, sigma,
+            X[a:b],
+            numbers[a:b],
+            local,
+            s1 - s0,
+            X[a:b],
+            numbers[a:b],
+            local,
+            s1 - s0,
+            kernel,
+            sigma,
         )
         out[s0:s1] = torch.diagonal(K)
     return out

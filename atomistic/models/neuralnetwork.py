@@ -54,7 +54,10 @@ class AtomicNetworks(nn.Module):
     """
 
     def __init__(
-        self, elements: tuple[str, ...], n_features: int, hiddenlayers: tuple[int, ...],
+        self,
+        elements: tuple[str, ...],
+        n_features: int,
+        hiddenlayers: tuple[int, ...],
         activation: str,
     ) -> None:
         super().__init__()
@@ -158,8 +161,9 @@ class NeuralNetwork(AtomisticModel):
                 fetch = _force_batches(cache, data)
             else:
                 fetch = _feature_batches(data, X_train if data is train else None)
-            return lambda g: [fetch(i.numpy()) for i in
-                              minibatches(S, config.batch_size, g, shuffle=shuffle)]
+            return lambda g: [
+                fetch(i.numpy()) for i in minibatches(S, config.batch_size, g, shuffle=shuffle)
+            ]
 
         train_source = make_source(train, True)
         val_source = None if validation is None else make_source(validation, False)
@@ -177,9 +181,10 @@ class NeuralNetwork(AtomisticModel):
         refs = np.array([self.reference_[s] for s in self.elements_])
         per_atom_ref = np.zeros(ds.n_structures)
         for k, sym in enumerate(self.elements_):
-            per_atom_ref += np.bincount(
-                ds.batch[ds.numbers == atomic_numbers[sym]], minlength=ds.n_structures
-            ) * refs[k]
+            per_atom_ref += (
+                np.bincount(ds.batch[ds.numbers == atomic_numbers[sym]], minlength=ds.n_structures)
+                * refs[k]
+            )
         resid = (ds.energy - per_atom_ref) / n
         scale = float(resid.std()) if ds.n_structures > 1 else 1.0
         module.shift.copy_(torch.as_tensor(refs))
@@ -217,8 +222,9 @@ class NeuralNetwork(AtomisticModel):
         if not forces:
             X = torch.as_tensor(data.scaled_features())
             with torch.no_grad():
-                E[:] = module(X, torch.as_tensor(ds.numbers), torch.as_tensor(ds.batch),
-                              ds.n_structures).numpy()
+                E[:] = module(
+                    X, torch.as_tensor(ds.numbers), torch.as_tensor(ds.batch), ds.n_structures
+                ).numpy()
             return {"energy": E}
         featurizer = data.featurizer if data.featurizer is not None else self.featurizer_
         if featurizer is None:
@@ -226,8 +232,9 @@ class NeuralNetwork(AtomisticModel):
         scaler = data.scaler if data.featurizer is not None else self.scaler_
         cache = NeighborCache(featurizer, ds)
         F = np.zeros((ds.n_atoms, 3))
-        for idx in np.array_split(np.arange(ds.n_structures),
-                                  max(1, -(-ds.n_structures // _PREDICT_CHUNK))):
+        for idx in np.array_split(
+            np.arange(ds.n_structures), max(1, -(-ds.n_structures // _PREDICT_CHUNK))
+        ):
             b = cache.batch(idx)
             X = scaled_features_torch(featurizer, scaler, b)
             e = module(X, b["numbers"], b["batch"], len(idx))
@@ -238,15 +245,19 @@ class NeuralNetwork(AtomisticModel):
 
     # -- persistence -----------------------------------------------------------------------------
     def _state(self):
-        state = {"reference": self.reference_, "n_features": self.n_features_,
-                 "best_epoch": self.history_.best_epoch if hasattr(self, "history_") else None}
+        state = {
+            "reference": self.reference_,
+            "n_features": self.n_features_,
+            "best_epoch": self.history_.best_epoch if hasattr(self, "history_") else None,
+        }
         return state, {"weights": dict(self.module_.state_dict())}
 
     def _restore(self, state, tensors) -> None:
         self.reference_ = dict(state["reference"])
         self.n_features_ = int(state["n_features"])
-        module = AtomicNetworks(self.elements_, self.n_features_, self.hiddenlayers,
-                                self.activation).double()
+        module = AtomicNetworks(
+            self.elements_, self.n_features_, self.hiddenlayers, self.activation
+        ).double()
         module.load_state_dict(tensors["weights"])
         module.eval()
         self.module_ = module
@@ -291,4 +302,3 @@ def _force_batches(cache: NeighborCache, data: AtomicData):
         return memo[key]
 
     return fetch
-

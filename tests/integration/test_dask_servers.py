@@ -88,10 +88,13 @@ def dask_servers(tmp_path):
             "scheduler",
             [
                 "distributed.cli.dask_scheduler",
-                "--host", "127.0.0.1",
-                "--port", "0",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
                 "--no-dashboard",
-                "--scheduler-file", str(scheduler_file),
+                "--scheduler-file",
+                str(scheduler_file),
             ],
         )
         deadline = time.monotonic() + 60
@@ -112,11 +115,15 @@ def dask_servers(tmp_path):
             start(
                 f"worker-{i}",
                 [
-                    "distributed.cli.dask_worker", address,
-                    "--nthreads", "1",
+                    "distributed.cli.dask_worker",
+                    address,
+                    "--nthreads",
+                    "1",
                     "--no-dashboard",
-                    "--name", f"w{i}",
-                    "--host", "127.0.0.1",
+                    "--name",
+                    f"w{i}",
+                    "--host",
+                    "127.0.0.1",
                 ],
             )
         yield address
@@ -140,7 +147,12 @@ def test_featurize_on_dask_scheduler_and_workers(dask_servers, tmp_path):
         # the chunks run in the worker processes, not here
         assert not set(client.run(os.getpid).values()) & {os.getpid()}
         ref = featurize_dataset(
-            store, dataset_key, "gaussian", PARAMS, client=client, rows_per_chunk=ROWS,
+            store,
+            dataset_key,
+            "gaussian",
+            PARAMS,
+            client=client,
+            rows_per_chunk=ROWS,
             on_chunk=lambda d, t: progress.append((d, t)),
         )
     n_chunks = -(-ds.n_atoms // ROWS)
@@ -155,8 +167,9 @@ def test_featurize_on_dask_scheduler_and_workers(dask_servers, tmp_path):
     assert serial["key"] == ref["key"] and serial["computed_chunks"] == n_chunks
 
     a = np.asarray(group["values"][...])
-    b = np.asarray(zarr.open_group(serial_store, mode="r", path=f"features/{ref['key']}")
-                   ["values"][...])
+    b = np.asarray(
+        zarr.open_group(serial_store, mode="r", path=f"features/{ref['key']}")["values"][...]
+    )
     assert a.dtype == b.dtype == np.float64 and a.shape == b.shape
     assert a.tobytes() == b.tobytes()
     va, oa = read_features(store, ref["key"])

@@ -20,8 +20,12 @@ from atomistic.models import GaussianProcess, NeuralNetwork, TrainingConfig  # n
 @pytest.fixture(scope="module")
 def cu_potential(tmp_path_factory):
     data = make_data(cu_images(40, size=(2, 2, 2), rattle=0.1), cutoff=4.5, angular_type="G4")
-    model = NeuralNetwork((10, 10), "silu", force_weight=0.1,
-                          training=TrainingConfig(epochs=20, lr=1e-2, batch_size=10, seed=0))
+    model = NeuralNetwork(
+        (10, 10),
+        "silu",
+        force_weight=0.1,
+        training=TrainingConfig(epochs=20, lr=1e-2, batch_size=10, seed=0),
+    )
     path = model.fit(data).save(tmp_path_factory.mktemp("cu") / "nn")
     return data, model, path
 
@@ -60,8 +64,10 @@ def test_nve_conserves_energy(cu_potential):
     e = np.array(energies) / len(atoms)
     t_ps = np.arange(len(e)) * 2.0e-3
     drift = np.polyfit(t_ps, e, 1)[0]
-    print(f"\nNVE drift {drift * 1e3:.4f} meV/atom/ps, fluctuation {np.ptp(e) * 1e3:.4f} meV/atom "
-          f"over {t_ps[-1]:.2f} ps (dt = 2 fs, 32 Cu atoms, 300 K)")
+    print(
+        f"\nNVE drift {drift * 1e3:.4f} meV/atom/ps, fluctuation {np.ptp(e) * 1e3:.4f} meV/atom "
+        f"over {t_ps[-1]:.2f} ps (dt = 2 fs, 32 Cu atoms, 300 K)"
+    )
     assert abs(drift) < 1e-3  # eV/atom/ps
     assert np.ptp(e) < 2e-3  # eV/atom
     ekin = atoms.get_kinetic_energy()

@@ -14,8 +14,12 @@ from atomistic.neighbors import batch_neighbor_list, neighbor_list, primitive_ne
 def _structures():
     cu = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
     cu.rattle(0.05, seed=0)
-    tri = Atoms("Cu2", scaled_positions=[[0, 0, 0], [0.4, 0.5, 0.6]], pbc=True,
-                cell=[[2.6, 0, 0], [0.9, 2.4, 0], [0.4, 0.7, 2.7]])
+    tri = Atoms(
+        "Cu2",
+        scaled_positions=[[0, 0, 0], [0.4, 0.5, 0.6]],
+        pbc=True,
+        cell=[[2.6, 0, 0], [0.9, 2.4, 0], [0.4, 0.7, 2.7]],
+    )
     mol = molecule("CH3CH2OH")  # zero cell, no pbc
     slab = fcc111("Cu", size=(2, 2, 3), vacuum=5.0)
     return {"cu": cu, "triclinic": tri, "molecule": mol, "slab": slab}
@@ -49,8 +53,11 @@ def test_batch_offsets():
     images = [s["cu"], s["molecule"], s["triclinic"]]
     offsets = np.cumsum([0] + [len(a) for a in images])
     nl = batch_neighbor_list(
-        np.concatenate([a.positions for a in images]), np.stack([a.cell.array for a in images]),
-        np.stack([a.pbc for a in images]), offsets, 4.0,
+        np.concatenate([a.positions for a in images]),
+        np.stack([a.cell.array for a in images]),
+        np.stack([a.pbc for a in images]),
+        offsets,
+        4.0,
     )
     for k, atoms in enumerate(images):
         sel = (nl.i >= offsets[k]) & (nl.i < offsets[k + 1])

@@ -36,8 +36,9 @@ def cu_bulk() -> Atoms:
 def triclinic() -> Atoms:
     """A two-atom triclinic cell much smaller than the cutoff (images of i itself count)."""
     cell = np.array([[2.6, 0.0, 0.0], [0.9, 2.4, 0.0], [0.4, 0.7, 2.7]])
-    return Atoms("CuCu", scaled_positions=[[0.0, 0.0, 0.0], [0.47, 0.52, 0.55]], cell=cell,
-                 pbc=True)
+    return Atoms(
+        "CuCu", scaled_positions=[[0.0, 0.0, 0.0], [0.47, 0.52, 0.55]], cell=cell, pbc=True
+    )
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +62,16 @@ def run_forward(f, atoms, dtype=torch.float64, positions=None, cell=None):
     if cell is None:
         cell = torch.tensor(atoms.cell.array, dtype=dtype)
     offsets = np.array([0, len(atoms)])
-    nl = f.neighbors(atoms.numbers, atoms.positions, atoms.cell.array[None], atoms.pbc[None],
-                     offsets)
-    return f(torch.tensor(atoms.numbers), positions, cell[None],
-             torch.zeros(len(atoms), dtype=torch.long), nl)
+    nl = f.neighbors(
+        atoms.numbers, atoms.positions, atoms.cell.array[None], atoms.pbc[None], offsets
+    )
+    return f(
+        torch.tensor(atoms.numbers),
+        positions,
+        cell[None],
+        torch.zeros(len(atoms), dtype=torch.long),
+        nl,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -39,15 +39,24 @@ def test_ml4chem_defaults_closed_form():
         g3 = [2 ** (1 - z) * (1 + lam * cos) ** z * radial for z in (1, 4) for lam in (1, -1)]
         assert np.abs(x[i] - np.array(g2 + g3)).max() < 1e-12
     assert [lab["term"] for lab in f.labels] == ["G2"] * 4 + ["G3"] * 4
-    assert f.labels[5] == {"term": "G3", "elements": ("H", "H"), "eta": 0.005, "zeta": 1,
-                           "lambda": -1.0}
+    assert f.labels[5] == {
+        "term": "G3",
+        "elements": ("H", "H"),
+        "eta": 0.005,
+        "zeta": 1,
+        "lambda": -1.0,
+    }
 
 
 def test_weighted_closed_form():
     pos = np.array([[0.0, 0.0, 0.0], [1.1, 0.0, 0.0], [0.2, 1.3, 0.4]])
     atoms = Atoms("OHC", positions=pos)
-    f = Gaussian(cutoff=5.0, angular_type="G4", weighted=True,
-                 custom={"G2": {"etas": [1.0]}, "G4": {"etas": [0.5], "zetas": [2], "gammas": [1]}})
+    f = Gaussian(
+        cutoff=5.0,
+        angular_type="G4",
+        weighted=True,
+        custom={"G2": {"etas": [1.0]}, "G4": {"etas": [0.5], "zetas": [2], "gammas": [1]}},
+    )
     x = f.featurize(atoms)[0]
     assert f.elements == ("H", "C", "O") and f.n_features == 2
     assert f.labels[0]["elements"] == () and f.labels[0]["weighted"]
@@ -69,8 +78,12 @@ def test_weighted_closed_form():
 @pytest.mark.parametrize(
     "f",
     [
-        Gaussian(cutoff={"radial": 6.0, "angular": 4.0}, angular_type="G4", elements=["O", "H", "C"],
-                 custom={"G4": {"etas": [0.1], "zetas": [1.5], "lambdas": [1]}}),
+        Gaussian(
+            cutoff={"radial": 6.0, "angular": 4.0},
+            angular_type="G4",
+            elements=["O", "H", "C"],
+            custom={"G4": {"etas": [0.1], "zetas": [1.5], "lambdas": [1]}},
+        ),
         Gaussian(normalized=False, weighted=True, elements=[8, 1, 6]),
         AEV.like_ani1x(),
         AEV(elements=["Cu"], Rcr=6.0, ShfR=[1.0, 2.0], Zeta=4.0),
@@ -114,11 +127,17 @@ def test_unknown_element_names_it(ethanol):
     with pytest.raises(ValueError, match=r"element N \(Z=7\) in structure 1"):
         f.featurize(images)
     nh3 = molecule("NH3")
-    nl = f.neighbors(nh3.numbers, nh3.positions, np.zeros((1, 3, 3)), np.zeros((1, 3), bool),
-                     np.array([0, 4]))
+    nl = f.neighbors(
+        nh3.numbers, nh3.positions, np.zeros((1, 3, 3)), np.zeros((1, 3), bool), np.array([0, 4])
+    )
     with pytest.raises(ValueError, match="element N"):
-        f(torch.tensor(nh3.numbers), torch.tensor(nh3.positions), torch.zeros(1, 3, 3),
-          torch.zeros(4, dtype=torch.long), nl)
+        f(
+            torch.tensor(nh3.numbers),
+            torch.tensor(nh3.positions),
+            torch.zeros(1, 3, 3),
+            torch.zeros(4, dtype=torch.long),
+            nl,
+        )
 
 
 @pytest.mark.parametrize(
@@ -149,5 +168,8 @@ def test_batch_equals_one_by_one(structures, acetamide):
         flat = f.featurize_arrays(
             np.concatenate([a.numbers for a in images]),
             np.concatenate([a.positions for a in images]),
-            np.stack([a.cell.array for a in images]), np.stack([a.pbc for a in images]), offsets)
+            np.stack([a.cell.array for a in images]),
+            np.stack([a.pbc for a in images]),
+            offsets,
+        )
         assert flat.dtype == np.float64 and np.array_equal(flat, np.concatenate(together))

@@ -11,10 +11,16 @@ from atomistic.features import AEV, Gaussian
 
 def featurizers():
     return {
-        "G3": Gaussian(cutoff=5.0, angular_type="G3",
-                       custom={"G3": {"etas": [0.005, 2.0], "zetas": [1, 4], "gammas": [1, -1]}}),
-        "G4": Gaussian(cutoff={"radial": 5.0, "angular": 4.0}, angular_type="G4",
-                       custom={"G2": {"etas": [0.5, 3.0], "Rs": [0.0, 1.5]}}),
+        "G3": Gaussian(
+            cutoff=5.0,
+            angular_type="G3",
+            custom={"G3": {"etas": [0.005, 2.0], "zetas": [1, 4], "gammas": [1, -1]}},
+        ),
+        "G4": Gaussian(
+            cutoff={"radial": 5.0, "angular": 4.0},
+            angular_type="G4",
+            custom={"G2": {"etas": [0.5, 3.0], "Rs": [0.0, 1.5]}},
+        ),
         "AEV": AEV(Rcr=5.0, Rca=3.8),
     }
 
@@ -75,9 +81,10 @@ def test_continuous_at_cutoff(featurizer, kind):
             values.append(_features(f, atoms)[0])
         else:  # pair 0-2 crosses the angular cutoff, 0-1 stays inside
             t = np.radians(20.0)  # keeps R_jk inside the cutoff (G3's f_c(R_jk))
-            atoms = Atoms("CCC", positions=[[0, 0, 0], [1.3, 0, 0],
-                                            [d * np.cos(t), d * np.sin(t), 0]])
-            values.append(_features(f, atoms)[0][f.radial.n_features:])
+            atoms = Atoms(
+                "CCC", positions=[[0, 0, 0], [1.3, 0, 0], [d * np.cos(t), d * np.sin(t), 0]]
+            )
+            values.append(_features(f, atoms)[0][f.radial.n_features :])
     near, nearer, beyond = (np.abs(v).max() for v in values)
     assert beyond == 0.0 if kind == "radial" else beyond < 1e-15
     # f_c ~ (pi delta / 2 R_c)^2 near R_c: quadratic approach, no jump

@@ -26,8 +26,9 @@ def dscribe_in_our_order(atoms, elements, rc, g2, ang, angular_type, periodic):
     etas2 = [[e / rc**2, r] for e, r in product(g2["etas"], g2["Rs"])]
     etas_a = [[e / rc**2, z, g] for e, z, g in product(ang["etas"], ang["zetas"], ang["gammas"])]
     key = "g4_params" if angular_type == "G3" else "g5_params"
-    acsf = dscribe.ACSF(r_cut=rc, species=list(elements), periodic=periodic, g2_params=etas2,
-                        **{key: etas_a})
+    acsf = dscribe.ACSF(
+        r_cut=rc, species=list(elements), periodic=periodic, g2_params=etas2, **{key: etas_a}
+    )
     y = acsf.create(atoms)
     n, n2, na = len(elements), len(etas2), len(etas_a)
     radial = [y[:, s * (1 + n2) + 1 : (s + 1) * (1 + n2)] for s in range(n)]
@@ -57,15 +58,22 @@ CASES = {
 @pytest.mark.parametrize("name", ["ethanol", "cu_bulk", "triclinic", "slab"])
 def test_gaussian_equals_dscribe(structures, name, case, angular_type):
     atoms = structures[name]
-    elements = sorted(set(atoms.get_chemical_symbols()),
-                      key=lambda s: atoms.numbers[atoms.get_chemical_symbols().index(s)])
+    elements = sorted(
+        set(atoms.get_chemical_symbols()),
+        key=lambda s: atoms.numbers[atoms.get_chemical_symbols().index(s)],
+    )
     g2, ang = CASES[case]
     rc = 6.5 if case == "default" else 5.0
-    f = Gaussian(cutoff=rc, angular_type=angular_type, elements=elements,
-                 custom={"G2": g2, angular_type: ang})
+    f = Gaussian(
+        cutoff=rc,
+        angular_type=angular_type,
+        elements=elements,
+        custom={"G2": g2, angular_type: ang},
+    )
     ours = f.featurize(atoms)[0]
-    ref = dscribe_in_our_order(atoms, f.elements, rc, g2, ang, angular_type,
-                               periodic=bool(atoms.pbc.any()))
+    ref = dscribe_in_our_order(
+        atoms, f.elements, rc, g2, ang, angular_type, periodic=bool(atoms.pbc.any())
+    )
     assert ours.shape == ref.shape == (len(atoms), f.n_features)
     assert np.abs(ours - ref).max() <= TOL
 
@@ -83,9 +91,16 @@ def _torchani_aev(computer, atoms, elements):
 def _constants(computer) -> dict:
     """TorchANI stores its constants in float32; these are the values it actually uses."""
     r, a = computer.radial, computer.angular
-    return dict(Rcr=r.cutoff, EtaR=r.eta.item(), ShfR=r.shifts.tolist(), Rca=a.cutoff,
-                EtaA=a.eta.item(), Zeta=a.zeta.item(), ShfA=a.shifts.tolist(),
-                ShfZ=a.sections.tolist())
+    return dict(
+        Rcr=r.cutoff,
+        EtaR=r.eta.item(),
+        ShfR=r.shifts.tolist(),
+        Rca=a.cutoff,
+        EtaA=a.eta.item(),
+        Zeta=a.zeta.item(),
+        ShfA=a.shifts.tolist(),
+        ShfZ=a.sections.tolist(),
+    )
 
 
 def test_aev_like_ani1x_equals_torchani(acetamide, ethanol):
@@ -101,8 +116,16 @@ def test_aev_like_ani1x_equals_torchani(acetamide, ethanol):
         assert np.abs(ours - ref).max() <= TOL
 
 
-CUSTOM = dict(Rcr=6.0, EtaR=4.0, ShfR=[0.8, 1.7, 2.6, 3.5, 4.4, 5.3], Rca=4.5, EtaA=3.0,
-              Zeta=5.5, ShfA=[1.0, 2.0, 3.0], ShfZ=[0.3, 1.1, 1.9, 2.7])
+CUSTOM = dict(
+    Rcr=6.0,
+    EtaR=4.0,
+    ShfR=[0.8, 1.7, 2.6, 3.5, 4.4, 5.3],
+    Rca=4.5,
+    EtaA=3.0,
+    Zeta=5.5,
+    ShfA=[1.0, 2.0, 3.0],
+    ShfZ=[0.3, 1.1, 1.9, 2.7],
+)
 
 
 @pytest.mark.parametrize("name", ["cu_bulk", "triclinic", "slab", "acetamide"])
@@ -112,8 +135,9 @@ def test_aev_custom_equals_torchani(structures, acetamide, name):
     terms = torchani.aev
     computer = terms.AEVComputer(
         radial=terms.ANIRadial(CUSTOM["EtaR"], CUSTOM["ShfR"], CUSTOM["Rcr"]),
-        angular=terms.ANIAngular(CUSTOM["EtaA"], CUSTOM["Zeta"], CUSTOM["ShfA"], CUSTOM["ShfZ"],
-                                 CUSTOM["Rca"]),
+        angular=terms.ANIAngular(
+            CUSTOM["EtaA"], CUSTOM["Zeta"], CUSTOM["ShfA"], CUSTOM["ShfZ"], CUSTOM["Rca"]
+        ),
         num_species=len(f.elements),
     ).double()
     f = AEV(elements=f.elements, **_constants(computer))

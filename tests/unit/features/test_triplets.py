@@ -28,10 +28,13 @@ N2, N3 = len(G2["etas"]) * len(G2["Rs"]), len(G3["etas"]) * len(G3["zetas"]) * 2
 
 def _dscribe_g3(atoms, elements):
     acsf = dscribe.ACSF(
-        r_cut=RC, species=list(elements), periodic=bool(atoms.pbc.any()),
+        r_cut=RC,
+        species=list(elements),
+        periodic=bool(atoms.pbc.any()),
         g2_params=[[e / RC**2, r] for e in G2["etas"] for r in G2["Rs"]],
-        g4_params=[[e / RC**2, z, g] for e in G3["etas"] for z in G3["zetas"]
-                   for g in G3["gammas"]],
+        g4_params=[
+            [e / RC**2, z, g] for e in G3["etas"] for z in G3["zetas"] for g in G3["gammas"]
+        ],
     )
     y, n = acsf.create(atoms), len(elements)
     cols = [y[:, s * (1 + N2) + 1 : (s + 1) * (1 + N2)] for s in range(n)]
@@ -47,10 +50,20 @@ def _features(f, atoms, grad: bool) -> np.ndarray:
     if not grad:
         return f.featurize(atoms)[0]
     positions = torch.tensor(atoms.positions, requires_grad=True)
-    nl = f.neighbors(atoms.numbers, atoms.positions, atoms.cell.array[None], atoms.pbc[None],
-                     np.array([0, len(atoms)]))
-    x = f(torch.tensor(atoms.numbers), positions, torch.tensor(atoms.cell.array)[None],
-          torch.zeros(len(atoms), dtype=torch.long), nl)
+    nl = f.neighbors(
+        atoms.numbers,
+        atoms.positions,
+        atoms.cell.array[None],
+        atoms.pbc[None],
+        np.array([0, len(atoms)]),
+    )
+    x = f(
+        torch.tensor(atoms.numbers),
+        positions,
+        torch.tensor(atoms.cell.array)[None],
+        torch.zeros(len(atoms), dtype=torch.long),
+        nl,
+    )
     return x.detach().numpy()
 
 
@@ -74,9 +87,17 @@ def test_g3_equals_dscribe(structures, layout, name, grad):
 def test_aev_equals_torchani(acetamide, layout, grad):
     computer = torchani.aev.AEVComputer.like_1x(num_species=4).double()
     r, a = computer.radial, computer.angular  # TorchANI's float32 constants
-    f = AEV(elements=("H", "C", "N", "O"), Rcr=r.cutoff, EtaR=r.eta.item(),
-            ShfR=r.shifts.tolist(), Rca=a.cutoff, EtaA=a.eta.item(), Zeta=a.zeta.item(),
-            ShfA=a.shifts.tolist(), ShfZ=a.sections.tolist())
+    f = AEV(
+        elements=("H", "C", "N", "O"),
+        Rcr=r.cutoff,
+        EtaR=r.eta.item(),
+        ShfR=r.shifts.tolist(),
+        Rca=a.cutoff,
+        EtaA=a.eta.item(),
+        Zeta=a.zeta.item(),
+        ShfA=a.shifts.tolist(),
+        ShfZ=a.sections.tolist(),
+    )
     species = torch.tensor([[f.elements.index(s) for s in acetamide.get_chemical_symbols()]])
     ref = computer(species, torch.tensor(acetamide.positions[None]))[0].numpy()
     assert np.abs(_features(f, acetamide, grad) - ref).max() <= 1e-10
@@ -84,11 +105,20 @@ def test_aev_equals_torchani(acetamide, layout, grad):
 
 def test_layouts_agree_in_float32(cu_bulk, monkeypatch):
     f = Gaussian(cutoff=RC, custom={"G2": G2, "G3": G3}).fit_elements(cu_bulk)
-    nl = f.neighbors(cu_bulk.numbers, cu_bulk.positions, cu_bulk.cell.array[None],
-                     cu_bulk.pbc[None], np.array([0, len(cu_bulk)]))
-    args = (torch.tensor(cu_bulk.numbers), torch.tensor(cu_bulk.positions, dtype=torch.float32),
-            torch.tensor(cu_bulk.cell.array, dtype=torch.float32)[None],
-            torch.zeros(len(cu_bulk), dtype=torch.long), nl)
+    nl = f.neighbors(
+        cu_bulk.numbers,
+        cu_bulk.positions,
+        cu_bulk.cell.array[None],
+        cu_bulk.pbc[None],
+        np.array([0, len(cu_bulk)]),
+    )
+    args = (
+        torch.tensor(cu_bulk.numbers),
+        torch.tensor(cu_bulk.positions, dtype=torch.float32),
+        torch.tensor(cu_bulk.cell.array, dtype=torch.float32)[None],
+        torch.zeros(len(cu_bulk), dtype=torch.long),
+        nl,
+    )
     out = {}
     for name, limit in (("sparse", 0.0), ("blocks", np.inf)):
         monkeypatch.setattr(base, "_MAX_PADDING", limit)
@@ -106,7 +136,12 @@ def test_padding_ratio_closed_form():
     blocks hold 13 slots x 6 partners per centre against 12 * 11 / 2 triplets."""
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
     f = Gaussian(cutoff=3.0, elements=["Cu"])
-    nl = f.neighbors(atoms.numbers, atoms.positions, atoms.cell.array[None], atoms.pbc[None],
-                     np.array([0, len(atoms)]))
+    nl = f.neighbors(
+        atoms.numbers,
+        atoms.positions,
+        atoms.cell.array[None],
+        atoms.pbc[None],
+        np.array([0, len(atoms)]),
+    )
     assert np.all(np.bincount(nl.i) == 12)
     assert padding_ratio(torch.from_numpy(nl.i), len(atoms)) == pytest.approx(13 * 6 / 66)

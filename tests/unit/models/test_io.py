@@ -55,8 +55,12 @@ def test_reload_in_fresh_process_predicts_the_same(name, saved, tmp_path):
     images = cu_images(3, seed=21)
     write(tmp_path / "x.traj", images)
     mine = model.predict_atoms(images)
-    res = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(tmp_path / "x.traj")],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path), str(tmp_path / "x.traj")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     theirs = json.loads(res.stdout)
     np.testing.assert_allclose(theirs["energy"], mine["energy"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(theirs["forces"], np.concatenate(mine["forces"]), atol=1e-10)

@@ -31,8 +31,12 @@ def test_linear_krr_equals_scikit_learn():
     ds_test, X_test = _one_atom_data(10, 1)
     ours = KernelRidge(kernel="linear", lamda=0.3, baseline=None).fit(AtomicData(ds, X))
     sk = SkKernelRidge(alpha=0.3, kernel="linear").fit(X, ds.energy)
-    np.testing.assert_allclose(ours.predict(AtomicData(ds_test, X_test))["energy"],
-                               sk.predict(X_test), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        ours.predict(AtomicData(ds_test, X_test))["energy"],
+        sk.predict(X_test),
+        rtol=1e-10,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("kernel", ["rbf", "laplacian", "exponential"])
@@ -89,15 +93,20 @@ def test_gp_optimisation_raises_likelihood_and_is_calibrated(cu_data):
     fixed = GaussianProcess(sigma=1.0, noise=1e-2, optimize=False).fit(cu_data)
     opt = GaussianProcess(sigma=1.0, noise=1e-2).fit(cu_data)
     assert opt.log_marginal_likelihood_ > fixed.log_marginal_likelihood_
-    test = AtomicData(Dataset.from_atoms(cu_images(40, seed=5)), None, cu_data.featurizer,
-                      cu_data.scaler)
+    test = AtomicData(
+        Dataset.from_atoms(cu_images(40, seed=5)), None, cu_data.featurizer, cu_data.scaler
+    )
     p = opt.predict(test)
     z = (test.dataset.energy - p["energy"]) / p["energy_std"]
     cal = calibration(z)
     assert 0.35 < cal["within_1sigma"] and cal["within_3sigma"] > 0.8
     # near-training structures are more certain than far ones
-    far = AtomicData(Dataset.from_atoms(cu_images(5, seed=6, rattle=0.3)), None,
-                     cu_data.featurizer, cu_data.scaler)
+    far = AtomicData(
+        Dataset.from_atoms(cu_images(5, seed=6, rattle=0.3)),
+        None,
+        cu_data.featurizer,
+        cu_data.scaler,
+    )
     assert opt.predict(far)["energy_std"].mean() > p["energy_std"].mean()
 
 

@@ -13,8 +13,12 @@ from atomistic.models import AtomicData, NeuralNetwork, NotFittedError, Training
 def _nn(**kw):
     cfg = dict(epochs=15, lr=1e-2, batch_size=8, seed=0)
     cfg.update(kw.pop("training", {}))
-    return NeuralNetwork(hiddenlayers=(8, 8), activation=kw.pop("activation", "tanh"),
-                         training=TrainingConfig(**cfg), **kw)
+    return NeuralNetwork(
+        hiddenlayers=(8, 8),
+        activation=kw.pop("activation", "tanh"),
+        training=TrainingConfig(**cfg),
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("which", ["cu", "mol"])
@@ -30,8 +34,9 @@ def test_forces_are_minus_energy_gradient(which, cu_data, mol_data):
 def test_fast_path_equals_on_the_fly(cu_data):
     model = _nn().fit(cu_data)
     fast = model.predict(cu_data)["energy"]
-    slow = model.predict(AtomicData(cu_data.dataset, None, cu_data.featurizer, cu_data.scaler),
-                         forces=True)
+    slow = model.predict(
+        AtomicData(cu_data.dataset, None, cu_data.featurizer, cu_data.scaler), forces=True
+    )
     np.testing.assert_allclose(fast, slow["energy"], rtol=0, atol=1e-10)
     assert slow["forces"].shape == (cu_data.dataset.n_atoms, 3)
 
@@ -42,16 +47,19 @@ def test_output_shift_is_reference_energy(mol_data):
     assert shift == pytest.approx(model.reference_)
     # least squares on a fixed composition reproduces the mean energy
     ds = mol_data.dataset
-    counts = {s: int(np.sum(ds.numbers[: ds.offsets[1]] == z)) for s, z in
-              zip(("H", "C", "O"), (1, 6, 8), strict=True)}
+    counts = {
+        s: int(np.sum(ds.numbers[: ds.offsets[1]] == z))
+        for s, z in zip(("H", "C", "O"), (1, 6, 8), strict=True)
+    }
     assert sum(counts[s] * model.reference_[s] for s in counts) == pytest.approx(ds.energy.mean())
 
 
 def test_seeded_training_is_reproducible_and_learns(cu_data):
     a = _nn().fit(cu_data)
     b = _nn().fit(cu_data)
-    for (k, v), w in zip(a.module_.state_dict().items(), b.module_.state_dict().values(),
-                         strict=True):
+    for (k, v), w in zip(
+        a.module_.state_dict().items(), b.module_.state_dict().values(), strict=True
+    ):
         assert torch.equal(v, w), k
     h = a.history_.metrics["train_energy_mse"]
     assert h[-1] < h[0]
@@ -65,8 +73,10 @@ def test_force_training_lowers_force_error(optimizer, mol_data):
     lr = 1e-2 if optimizer == "adam" else 0.5
     errs = {}
     for fw in (0.0, 1.0):
-        m = _nn(force_weight=fw, training={"epochs": 10 if optimizer == "adam" else 4, "optimizer": optimizer, "lr": lr}).fit(
-            train, test)
+        m = _nn(
+            force_weight=fw,
+            training={"epochs": 10 if optimizer == "adam" else 4, "optimizer": optimizer, "lr": lr},
+        ).fit(train, test)
         errs[fw] = evaluate(test.dataset, m.predict(test, forces=True))["force_mae"]
         if fw:
             assert "val_force_mse" in m.history_.metrics

@@ -34,8 +34,13 @@ def _weights(net):
 
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
 def test_seeded_runs_are_identical(optimizer):
-    cfg = TrainingConfig(epochs=6, lr=0.05 if optimizer == "adam" else 0.5, optimizer=optimizer,
-                         seed=3, scheduler="cosine" if optimizer == "adam" else None)
+    cfg = TrainingConfig(
+        epochs=6,
+        lr=0.05 if optimizer == "adam" else 0.5,
+        optimizer=optimizer,
+        seed=3,
+        scheduler="cosine" if optimizer == "adam" else None,
+    )
     runs = []
     for _ in range(2):
         net, loss_fn, data, val = _problem()
@@ -60,8 +65,14 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path):
     # A fresh process would rebuild the module from scratch: do the same here.
     net, loss_fn, data, val = _problem(seed=99)
     seen = []
-    h2 = train(net, loss_fn, data, val, TrainingConfig(epochs=10, checkpoint_dir=ckpt, **base),
-               callback=lambda e, m: seen.append(e))
+    h2 = train(
+        net,
+        loss_fn,
+        data,
+        val,
+        TrainingConfig(epochs=10, checkpoint_dir=ckpt, **base),
+        callback=lambda e, m: seen.append(e),
+    )
     assert h2.resumed_from == 4 and seen == list(range(4, 10))
     assert len(h2.metrics["train_loss"]) == 10
     assert torch.equal(_weights(net), ref)
@@ -87,7 +98,11 @@ def test_rejects_bad_config_and_nan():
         TrainingConfig(optimizer="sgd")
     net, _, data, _ = _problem()
     with pytest.raises(FloatingPointError):
-        train(net, lambda m, b: {"loss": torch.tensor(float("nan"))}, data,
-              config=TrainingConfig(epochs=1))
+        train(
+            net,
+            lambda m, b: {"loss": torch.tensor(float("nan"))},
+            data,
+            config=TrainingConfig(epochs=1),
+        )
     with pytest.raises(KeyError, match="'loss'"):
         train(net, lambda m, b: {"l": torch.tensor(1.0)}, data, config=TrainingConfig(epochs=1))
