@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -27,7 +27,7 @@ def _root() -> None:
     configure_environment()
 
 
-def _fail(message: object) -> None:
+def _fail(message: object) -> NoReturn:
     if isinstance(message, KeyError) and message.args:  # str(KeyError) adds quotes
         message = message.args[0]
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
@@ -232,17 +232,19 @@ def latent(
     enc = _layers(encoder, "--encoder")
     dec = _layers(decoder, "--decoder") if decoder else tuple(reversed(enc))
     try:
-        settings = AutoEncoderSettings(
-            kind=kind,
-            hiddenlayers={"encoder": enc, "decoder": dec},
-            activation=activation,
-            variant=variant,
-            beta=beta,
-            per_element=not shared,
-            training={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed},
+        settings = AutoEncoderSettings.model_validate(
+            {
+                "kind": kind,
+                "hiddenlayers": {"encoder": enc, "decoder": dec},
+                "activation": activation,
+                "variant": variant,
+                "beta": beta,
+                "per_element": not shared,
+                "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed},
+            }
         )
-        scaling = ScalerConfig(
-            kind=scaler, feature_range=(0.0, 1.0) if variant == "bernoulli" else (-1.0, 1.0)
+        scaling = ScalerConfig.model_validate(
+            {"kind": scaler, "feature_range": (0.0, 1.0) if variant == "bernoulli" else (-1, 1)}
         )
     except ValidationError as exc:
         _fail("; ".join(f"--{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
@@ -431,4 +433,4 @@ def main() -> None:  # pragma: no cover - console entry point
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
