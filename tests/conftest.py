@@ -5,14 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-for _name, _value in {
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "GIT_PYTHON_REFRESH": "quiet",
-}.items():
-    os.environ.setdefault(_name, _value)
+from flows.settings import configure_environment  # before any engine is imported
+
+configure_environment()  # quiet, offline engines, as `atompipe` itself runs them
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 import pytest  # noqa: E402
 
