@@ -158,3 +158,41 @@ def test_s3_without_credentials_is_one_clear_error(s3_bucket, monkeypatch, tmp_p
     with pytest.raises(StoreError, match=rf"cannot open the store {url}: NoCredentialsError"):
         Store(url)
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_campaign_with_its_store_on_s3(s3_bucket, tmp_path, prefect_harness):
+    """The campaign's ``store:`` key puts datasets and features on S3; models stay local."""
+    import yaml
+
+    from flows.campaign import run_campaign
+    from flows.config import load_campaign
+
+    (tmp_path / "tiny.extxyz").write_bytes(TINY.read_bytes())
+    url = f"s3://{s3_bucket}/campaign.zarr"
+    campaign = {
+        "name": "on-s3",
+        "store": url,
+        "datasets": {"tiny": {"paths": ["tiny.extxyz"]}},
+        "features": {"g": {"type": "gaussian", "dataset": "tiny", "cutoff": 4.0}},
+        "dask": {"n_workers": 1, "rows_per_chunk": 90},
+        "models": {"krr": {"type": "kernelridge", "features": "g", "lamda": 1e-6}},
+        "evaluation": {"plots": False},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(campaign))
+    cfg = load_campaign(tmp_path / "c.yaml")
+    assert cfg.store_url == url
+
+    first = run_campaign(cfg, show_progress=False)
+    assert set(first["states"].values()) == {"Completed"}, first["states"]
+    store = Store(url)
+    assert store.keys("datasets") == [first["datasets"]["tiny"]]
+    assert store.keys("features") == [first["features"]["g"]]
+    assert not (tmp_path / "workspace" / "store.zarr").exists()
+    values, _ = read_features(url, first["features"]["g"])
+    direct = Gaussian(cutoff=4.0, elements=("H", "C", "O"))
+    expected = np.concatenate(direct.featurize(ase.io.read(TINY, ":")))
+    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12)
+    assert (Path(first["models"]["krr"]["dir"]) / "card.json").exists()
+
+    again = run_campaign(cfg, show_progress=False)
+    assert set(again["states"].values()) == {"Cached"}, again["states"]
