@@ -32,20 +32,38 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, _jsonable, header, machine, single_thread
 
-BENCHMARKS = ("featurize", "cellsize", "forces", "training", "kernels", "dask_scaling", "cache",
-              "memory", "accuracy")
+BENCHMARKS = (
+    "featurize",
+    "cellsize",
+    "forces",
+    "training",
+    "kernels",
+    "dask_scaling",
+    "cache",
+    "memory",
+    "accuracy",
+)
 GPU_CAPABLE = ("featurize", "cellsize", "training")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks",
-                                description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.strip().splitlines()[0]
+    )
     p.add_argument("--quick", action="store_true", help="small sizes, about 2 minutes in all")
-    p.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
-                   help=f"run only these: {', '.join(BENCHMARKS)}")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=BENCHMARKS,
+        metavar="NAME",
+        help=f"run only these: {', '.join(BENCHMARKS)}",
+    )
     p.add_argument("--out", type=Path, default=None, help="where the JSON and the PNGs go")
-    p.add_argument("--device", default="cpu",
-                   help="cuda: the GPU-capable benchmarks on the GPU (absolute times)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cuda: the GPU-capable benchmarks on the GPU (absolute times)",
+    )
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
     if args.device.startswith("cuda"):
@@ -67,9 +85,15 @@ def main(argv=None) -> int:
 def _run_suite(names: list[str], args: argparse.Namespace, out: Path, argv) -> int:
     info = machine()
     print(header(info), flush=True)
-    report = {"machine": info, "quick": args.quick, "device": args.device,
-              "command": "python -m benchmarks " + " ".join(argv or sys.argv[1:]),
-              "results": {}, "seconds": {}, "errors": {}}
+    report = {
+        "machine": info,
+        "quick": args.quick,
+        "device": args.device,
+        "command": "python -m benchmarks " + " ".join(argv or sys.argv[1:]),
+        "results": {},
+        "seconds": {},
+        "errors": {},
+    }
     t_all = time.perf_counter()
     for name in names:
         print(f"\n### {name}", flush=True)
@@ -90,8 +114,10 @@ def _run_suite(names: list[str], args: argparse.Namespace, out: Path, argv) -> i
     report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     path = out / "benchmarks.json"
     path.write_text(json.dumps(report, indent=1, default=_jsonable))
-    print(f"\nresults: {path} ({report['total_seconds']:.0f} s in all; load average at the end "
-          f"{', '.join(map(str, report['loadavg_end']))})")
+    print(
+        f"\nresults: {path} ({report['total_seconds']:.0f} s in all; load average at the end "
+        f"{', '.join(map(str, report['loadavg_end']))})"
+    )
     if not args.no_plots:
         from benchmarks.plots import draw_all
 

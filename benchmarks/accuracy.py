@@ -39,8 +39,10 @@ def prepare(path: Path, seed: int = 0):
     X = f.featurize_arrays(ds.numbers, ds.positions, ds.cell, ds.pbc, ds.offsets)
     t_feat = time.perf_counter() - t0
     parts = {k: ds.subset(v) for k, v in split.items()}
-    rows = {k: np.concatenate([np.arange(ds.offsets[s], ds.offsets[s + 1]) for s in v])
-            for k, v in split.items()}
+    rows = {
+        k: np.concatenate([np.arange(ds.offsets[s], ds.offsets[s + 1]) for s in v])
+        for k, v in split.items()
+    }
     scaler = Scaler().fit(X[rows["train"]])
     data = {k: AtomicData(parts[k], scaler.transform(X[rows[k]]), f, scaler) for k in parts}
     return data, t_feat
@@ -50,17 +52,39 @@ def run_model(name: str, data: dict, args) -> tuple[dict, float]:
     tr, va, te = data["train"], data["validation"], data["test"]
     t0 = time.perf_counter()
     if name == "nn_e":
-        cfg = TrainingConfig(epochs=args.epochs_e, batch_size=32, lr=5e-3, scheduler="plateau",
-                             plateau_patience=20, patience=60, seed=0)
+        cfg = TrainingConfig(
+            epochs=args.epochs_e,
+            batch_size=32,
+            lr=5e-3,
+            scheduler="plateau",
+            plateau_patience=20,
+            patience=60,
+            seed=0,
+        )
         model = NeuralNetwork(args.hidden, "silu", training=cfg).fit(tr, va)
     elif name == "nn_ef":
-        cfg = TrainingConfig(epochs=args.epochs_ef, batch_size=16, lr=5e-3, scheduler="plateau",
-                             plateau_patience=10, patience=30, seed=0)
-        sub = tr if args.max_train_ef is None else AtomicData(
-            tr.dataset.subset(range(min(args.max_train_ef, tr.dataset.n_structures))), None,
-            tr.featurizer, tr.scaler)
-        model = NeuralNetwork(args.hidden, "silu", force_weight=args.force_weight,
-                              training=cfg).fit(sub, va)
+        cfg = TrainingConfig(
+            epochs=args.epochs_ef,
+            batch_size=16,
+            lr=5e-3,
+            scheduler="plateau",
+            plateau_patience=10,
+            patience=30,
+            seed=0,
+        )
+        sub = (
+            tr
+            if args.max_train_ef is None
+            else AtomicData(
+                tr.dataset.subset(range(min(args.max_train_ef, tr.dataset.n_structures))),
+                None,
+                tr.featurizer,
+                tr.scaler,
+            )
+        )
+        model = NeuralNetwork(
+            args.hidden, "silu", force_weight=args.force_weight, training=cfg
+        ).fit(sub, va)
     elif name == "krr":
         best = None
         for sigma in (0.5, 1.0, 2.0, 4.0, 8.0):
@@ -77,8 +101,13 @@ def run_model(name: str, data: dict, args) -> tuple[dict, float]:
     n_force = min(args.force_test, te.dataset.n_structures)
     test_f = AtomicData(te.dataset.subset(range(n_force)), None, te.featurizer, te.scaler)
     errs = evaluate(te.dataset, model.predict(te))
-    errs.update({k: v for k, v in evaluate(test_f.dataset, model.predict(test_f, forces=True))
-                 .items() if k.startswith("force")})
+    errs.update(
+        {
+            k: v
+            for k, v in evaluate(test_f.dataset, model.predict(test_f, forces=True)).items()
+            if k.startswith("force")
+        }
+    )
     if name == "gp":
         errs["sigma"], errs["noise"] = model.sigma_, model.noise_
     if name == "krr":
@@ -96,11 +125,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs-ef", type=int, default=150)
     p.add_argument("--hidden", type=int, nargs="+", default=[20, 20])
     p.add_argument("--force-weight", type=float, default=1.0)
-    p.add_argument("--max-train-ef", type=int, default=None,
-                   help="train the force NN on at most this many structures")
+    p.add_argument(
+        "--max-train-ef",
+        type=int,
+        default=None,
+        help="train the force NN on at most this many structures",
+    )
     p.add_argument("--gp-subset", type=int, default=150)
-    p.add_argument("--force-test", type=int, default=50,
-                   help="test structures used for force errors")
+    p.add_argument(
+        "--force-test", type=int, default=50, help="test structures used for force errors"
+    )
     p.add_argument("--threads", type=int, default=1)
     return p
 
@@ -110,8 +144,10 @@ def evaluate_all(args: argparse.Namespace) -> list[dict]:
     {dataset, model, energy_mae_per_atom, energy_rmse_per_atom, force_mae (eV, eV/Å),
     train_s, ...}."""
     args.hidden = tuple(args.hidden)
-    print(f"{'dataset':14s} {'model':6s} {'E MAE':>8s} {'E RMSE':>8s} {'F MAE':>8s} "
-          f"{'train s':>8s}  (meV/atom, meV/atom, meV/Å)")
+    print(
+        f"{'dataset':14s} {'model':6s} {'E MAE':>8s} {'E RMSE':>8s} {'F MAE':>8s} "
+        f"{'train s':>8s}  (meV/atom, meV/atom, meV/Å)"
+    )
     rows = []
     for key in args.datasets:
         path = DATA / DATASETS[key]
@@ -119,34 +155,52 @@ def evaluate_all(args: argparse.Namespace) -> list[dict]:
             print(f"{key}: {path} not present, skipped")
             continue
         data, t_feat = prepare(path)
-        print(f"# {key}: {data['train'].dataset.n_structures}/"
-              f"{data['validation'].dataset.n_structures}/{data['test'].dataset.n_structures} "
-              f"structures, {data['train'].features.shape[1]} features, featurized in "
-              f"{t_feat:.1f} s", flush=True)
+        print(
+            f"# {key}: {data['train'].dataset.n_structures}/"
+            f"{data['validation'].dataset.n_structures}/{data['test'].dataset.n_structures} "
+            f"structures, {data['train'].features.shape[1]} features, featurized in "
+            f"{t_feat:.1f} s",
+            flush=True,
+        )
         for name in args.models:
             errs, wall = run_model(name, data, args)
-            extra = {k: round(v, 4) for k, v in errs.items()
-                     if k in ("sigma", "noise", "epochs") or k.startswith("calibration_within")}
-            print(f"{key:14s} {name:6s} {1e3 * errs['energy_mae_per_atom']:8.2f} "
-                  f"{1e3 * errs['energy_rmse_per_atom']:8.2f} {1e3 * errs['force_mae']:8.1f} "
-                  f"{wall:8.1f}  {extra}", flush=True)
-            rows.append({"dataset": key, "model": name, "train_s": wall,
-                         "train_structures": data["train"].dataset.n_structures,
-                         **{k: float(v) for k, v in errs.items()
-                            if np.isscalar(v) and np.isfinite(v)}})
+            extra = {
+                k: round(v, 4)
+                for k, v in errs.items()
+                if k in ("sigma", "noise", "epochs") or k.startswith("calibration_within")
+            }
+            print(
+                f"{key:14s} {name:6s} {1e3 * errs['energy_mae_per_atom']:8.2f} "
+                f"{1e3 * errs['energy_rmse_per_atom']:8.2f} {1e3 * errs['force_mae']:8.1f} "
+                f"{wall:8.1f}  {extra}",
+                flush=True,
+            )
+            rows.append(
+                {
+                    "dataset": key,
+                    "model": name,
+                    "train_s": wall,
+                    "train_structures": data["train"].dataset.n_structures,
+                    **{k: float(v) for k, v in errs.items() if np.isscalar(v) and np.isfinite(v)},
+                }
+            )
     return rows
 
 
 def run(quick: bool = False, device: str = "cpu") -> dict:
     """The suite's entry: every dataset and model with the defaults (``quick``: the Cu set's
     energy-trained NN for 30 epochs, forces on 10 test structures)."""
-    argv = (["--datasets", "cu", "--models", "nn_e", "--epochs-e", "30", "--force-test", "10"]
-            if quick else [])
+    argv = (
+        ["--datasets", "cu", "--models", "nn_e", "--epochs-e", "30", "--force-test", "10"]
+        if quick
+        else []
+    )
     args = _parser().parse_args(argv)
-    return {"settings": {k: (list(v) if isinstance(v, tuple) else v)
-                         for k, v in vars(args).items()},
-            "command": "python -m benchmarks.accuracy " + " ".join(argv),
-            "rows": evaluate_all(args)}
+    return {
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "command": "python -m benchmarks.accuracy " + " ".join(argv),
+        "rows": evaluate_all(args),
+    }
 
 
 def main() -> None:

@@ -37,9 +37,13 @@ def _campaign(workdir: Path, quick: bool) -> dict:
         "features": {"g": {"type": "gaussian", "dataset": "cu"}},
         "dask": {"n_workers": 2, "rows_per_chunk": 640},
         "models": {
-            "nn": {"type": "neuralnetwork", "features": "g", "hiddenlayers": [10, 10],
-                   "activation": "tanh",
-                   "training": {"epochs": 5 if quick else 30, "batch_size": 32}},
+            "nn": {
+                "type": "neuralnetwork",
+                "features": "g",
+                "hiddenlayers": [10, 10],
+                "activation": "tanh",
+                "training": {"epochs": 5 if quick else 30, "batch_size": 32},
+            },
             "krr": {"type": "kernelridge", "features": "g", "sigma": 2.0, "lamda": 1e-6},
         },
     }
@@ -72,19 +76,33 @@ def child(workdir: Path, quick: bool, runs: int) -> dict:
     for _ in range(runs):
         t0 = time.perf_counter()
         summary = run_campaign(cfg, show_progress=False)
-        out["runs"].append({"wall_s": time.perf_counter() - t0,
-                            "states": sorted(set(summary["states"].values())),
-                            "n_stages": len(summary["states"])})
+        out["runs"].append(
+            {
+                "wall_s": time.perf_counter() - t0,
+                "states": sorted(set(summary["states"].values())),
+                "n_stages": len(summary["states"]),
+            }
+        )
     return out
 
 
 def _spawn(workdir: Path, quick: bool, runs: int) -> dict:
     result = workdir / f"result-{time.perf_counter_ns()}.json"
-    cmd = [sys.executable, "-m", "benchmarks.cache", "--child", str(workdir), "--runs",
-           str(runs), "--result", str(result)] + (["--quick"] if quick else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.cache",
+        "--child",
+        str(workdir),
+        "--runs",
+        str(runs),
+        "--result",
+        str(result),
+    ] + (["--quick"] if quick else [])
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
-                          env=child_env())
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, check=False, env=child_env()
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"benchmarks.cache child failed:\n{proc.stdout}\n{proc.stderr}")
@@ -104,29 +122,53 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         one = _spawn(workdir, quick, 2)
         two = None if quick else _spawn(workdir, quick, 1)
     first, rerun = one["runs"][0]["wall_s"], one["runs"][1]["wall_s"]
-    out = {"structures": n, "prefect_startup_s": one["prefect_startup_s"],
-           "import_s": one["import_s"], "first_s": first, "rerun_s": rerun,
-           "ratio": first / rerun, "first_states": one["runs"][0]["states"],
-           "rerun_states": one["runs"][1]["states"], "n_stages": one["runs"][0]["n_stages"],
-           "process_wall_s": one["process_wall_s"]}
-    rows = [("Prefect start-up (empty flow)", one["prefect_startup_s"], None, "-"),
-            ("first run", first, 1.0, ",".join(out["first_states"])),
-            ("rerun, same process", rerun, out["ratio"], ",".join(out["rerun_states"]))]
+    out = {
+        "structures": n,
+        "prefect_startup_s": one["prefect_startup_s"],
+        "import_s": one["import_s"],
+        "first_s": first,
+        "rerun_s": rerun,
+        "ratio": first / rerun,
+        "first_states": one["runs"][0]["states"],
+        "rerun_states": one["runs"][1]["states"],
+        "n_stages": one["runs"][0]["n_stages"],
+        "process_wall_s": one["process_wall_s"],
+    }
+    rows = [
+        ("Prefect start-up (empty flow)", one["prefect_startup_s"], None, "-"),
+        ("first run", first, 1.0, ",".join(out["first_states"])),
+        ("rerun, same process", rerun, out["ratio"], ",".join(out["rerun_states"])),
+    ]
     if two is not None:
         new_proc = two["process_wall_s"]
-        out.update({"rerun_new_process_s": new_proc,
-                    "rerun_new_process_campaign_s": two["runs"][0]["wall_s"],
-                    "rerun_new_process_startup_s": two["prefect_startup_s"],
-                    "first_process_wall_s": one["process_wall_s"],
-                    "rerun_new_process_states": two["runs"][0]["states"]})
-        rows.append(("rerun, new process (whole process)", new_proc,
-                     (one["prefect_startup_s"] + first) / new_proc,
-                     ",".join(two["runs"][0]["states"])))
-    print(table(f"cached rerun: campaign on {n} Cu structures ({out['n_stages']} stages: ingest, "
-                f"Gaussian features on 2 Dask workers, scaler, NN, KRR, evaluation, MLflow)",
-                ["run", "seconds", "first/this", "stage states"], rows,
-                "new process: Python + Prefect start-up + cached campaign, against start-up + "
-                "first run."), flush=True)
+        out.update(
+            {
+                "rerun_new_process_s": new_proc,
+                "rerun_new_process_campaign_s": two["runs"][0]["wall_s"],
+                "rerun_new_process_startup_s": two["prefect_startup_s"],
+                "first_process_wall_s": one["process_wall_s"],
+                "rerun_new_process_states": two["runs"][0]["states"],
+            }
+        )
+        rows.append(
+            (
+                "rerun, new process (whole process)",
+                new_proc,
+                (one["prefect_startup_s"] + first) / new_proc,
+                ",".join(two["runs"][0]["states"]),
+            )
+        )
+    print(
+        table(
+            f"cached rerun: campaign on {n} Cu structures ({out['n_stages']} stages: ingest, "
+            f"Gaussian features on 2 Dask workers, scaler, NN, KRR, evaluation, MLflow)",
+            ["run", "seconds", "first/this", "stage states"],
+            rows,
+            "new process: Python + Prefect start-up + cached campaign, against start-up + "
+            "first run.",
+        ),
+        flush=True,
+    )
     return out
 
 

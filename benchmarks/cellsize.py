@@ -18,10 +18,12 @@ from benchmarks.featurize import ANG, ETAS, RC, dscribe_acsf, ours_features
 
 def _featurizers() -> dict:
     return {
-        "atompipe G2+G3": Gaussian(cutoff=RC, elements=["Cu"], angular_type="G3",
-                                   custom={"G2": {"etas": ETAS}, "G3": ANG}),
-        "atompipe G2+G4": Gaussian(cutoff=RC, elements=["Cu"], angular_type="G4",
-                                   custom={"G2": {"etas": ETAS}, "G4": ANG}),
+        "atompipe G2+G3": Gaussian(
+            cutoff=RC, elements=["Cu"], angular_type="G3", custom={"G2": {"etas": ETAS}, "G3": ANG}
+        ),
+        "atompipe G2+G4": Gaussian(
+            cutoff=RC, elements=["Cu"], angular_type="G4", custom={"G2": {"etas": ETAS}, "G4": ANG}
+        ),
         "atompipe AEV": AEV(elements=[29], **ANI1X),
     }
 
@@ -41,15 +43,28 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         if device == "cpu":
             acsf = dscribe_acsf(["Cu"], True, "G3")
             times["DScribe ACSF G2+G3"].append(
-                best_of(lambda acsf=acsf, cell=cell: acsf.create(cell, n_jobs=1), n_rep))
+                best_of(lambda acsf=acsf, cell=cell: acsf.create(cell, n_jobs=1), n_rep)
+            )
     slopes = {n: loglog_slope(atoms, t) for n, t in times.items()}
     rows = [(n, *[1e3 * t for t in times[n]], slopes[n]) for n in names]
-    print(table(f"featurization time per structure (ms) against atoms per cell ({device})",
-                ["featurizer", *[f"{a} atoms" for a in atoms], "exponent p"], rows,
-                "p: fitted slope of log time against log atoms (1 = linear)."), flush=True)
+    print(
+        table(
+            f"featurization time per structure (ms) against atoms per cell ({device})",
+            ["featurizer", *[f"{a} atoms" for a in atoms], "exponent p"],
+            rows,
+            "p: fitted slope of log time against log atoms (1 = linear).",
+        ),
+        flush=True,
+    )
     per_atom = {n: [1e6 * t / a for t, a in zip(times[n], atoms, strict=True)] for n in names}
-    return {"device": device, "atoms": atoms, "seconds": times, "us_per_atom": per_atom,
-            "exponent": slopes, "repeat": n_rep}
+    return {
+        "device": device,
+        "atoms": atoms,
+        "seconds": times,
+        "us_per_atom": per_atom,
+        "exponent": slopes,
+        "repeat": n_rep,
+    }
 
 
 def main(argv=None) -> None:

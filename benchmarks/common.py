@@ -40,8 +40,11 @@ def load_frames(name: str, n: int | None = None) -> list:
     """The first ``n`` frames of a shipped dataset (``cu``, ``ethanol`` or ``malonaldehyde``)."""
     import ase.io
 
-    files = {"cu": "cu_emt.extxyz", "ethanol": "ethanol_gfn2.extxyz",
-             "malonaldehyde": "malonaldehyde_gfn2.extxyz"}
+    files = {
+        "cu": "cu_emt.extxyz",
+        "ethanol": "ethanol_gfn2.extxyz",
+        "malonaldehyde": "malonaldehyde_gfn2.extxyz",
+    }
     path = DATA / files[name]
     if not path.exists():
         raise FileNotFoundError(f"{path}: shipped dataset missing (see data/README or git)")
@@ -60,9 +63,13 @@ def cu_supercell(repeat: int, seed: int = 0, rattle: float = 0.05):
 def flat(frames: Sequence) -> tuple[np.ndarray, ...]:
     """(numbers, positions, cells, pbcs, offsets) of a list of ase.Atoms."""
     offsets = np.cumsum([0] + [len(a) for a in frames])
-    return (np.concatenate([a.numbers for a in frames]),
-            np.concatenate([a.positions for a in frames]),
-            np.stack([a.cell.array for a in frames]), np.stack([a.pbc for a in frames]), offsets)
+    return (
+        np.concatenate([a.numbers for a in frames]),
+        np.concatenate([a.positions for a in frames]),
+        np.stack([a.cell.array for a in frames]),
+        np.stack([a.pbc for a in frames]),
+        offsets,
+    )
 
 
 # -- timing ----------------------------------------------------------------------------------
@@ -130,8 +137,13 @@ def machine() -> dict[str, Any]:
     try:
         import subprocess
 
-        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                     capture_output=True, text=True, check=False).stdout.strip()
+        info["git"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
     except OSError:
         info["git"] = None
     return info
@@ -149,9 +161,11 @@ def _cpu_model() -> str:
 
 def header(info: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.2f}" for x in info["loadavg"])
-    return (f"machine: {info['cpu_count']} CPUs ({info['processor']}), load average {load}, "
-            f"torch {info['torch']} with {info['torch_threads']} thread(s), "
-            f"GPU: {info['cuda'] or 'none'}; git {info.get('git') or '?'}; {info['time_utc']}")
+    return (
+        f"machine: {info['cpu_count']} CPUs ({info['processor']}), load average {load}, "
+        f"torch {info['torch']} with {info['torch_threads']} thread(s), "
+        f"GPU: {info['cuda'] or 'none'}; git {info.get('git') or '?'}; {info['time_utc']}"
+    )
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -166,13 +180,17 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], not
         return "-" if v is None else str(v)
 
     cells = [[fmt(v) for v in r] for r in rows]
-    widths = [max(len(c), *(len(r[k]) for r in cells)) if cells else len(c)
-              for k, c in enumerate(columns)]
+    widths = [
+        max(len(c), *(len(r[k]) for r in cells)) if cells else len(c) for k, c in enumerate(columns)
+    ]
     lines = [f"\n== {title}"]
     left = [all(isinstance(r[k], str) for r in rows) for k in range(len(columns))]
     for r in [list(columns), *cells]:
-        lines.append("  ".join(v.ljust(w) if lft else v.rjust(w)
-                               for v, w, lft in zip(r, widths, left, strict=True)).rstrip())
+        lines.append(
+            "  ".join(
+                v.ljust(w) if lft else v.rjust(w) for v, w, lft in zip(r, widths, left, strict=True)
+            ).rstrip()
+        )
     if note:
         lines.append(note)
     return "\n".join(lines)
@@ -184,8 +202,9 @@ def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.polyfit(lx, ly, 1)[0])
 
 
-def module_main(run: Callable[..., dict[str, Any]], doc: str | None,
-                argv: Sequence[str] | None = None) -> dict[str, Any]:
+def module_main(
+    run: Callable[..., dict[str, Any]], doc: str | None, argv: Sequence[str] | None = None
+) -> dict[str, Any]:
     """The command line of one benchmark module: ``[--quick] [--device D] [--json PATH]``."""
     parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small subset (seconds)")

@@ -79,15 +79,22 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
 
     n_frames, repeat = (60, 1) if quick else (500, 3)
     ds = Dataset.from_atoms(load_frames("cu", n_frames), require_energy=True)
-    out: dict = {"structures": ds.n_structures, "atoms": ds.n_atoms, "rows_per_chunk": ROWS,
-                 "chunks": -(-ds.n_atoms // ROWS), "repeat": repeat, "cpu_count": os.cpu_count()}
+    out: dict = {
+        "structures": ds.n_structures,
+        "atoms": ds.n_atoms,
+        "rows_per_chunk": ROWS,
+        "chunks": -(-ds.n_atoms // ROWS),
+        "repeat": repeat,
+        "cpu_count": os.cpu_count(),
+    }
     rows = []
     with tempfile.TemporaryDirectory(prefix="atompipe-bench-dask-") as tmp:
         root = Path(tmp)
         _warm_worker()
         out["serial_s"] = _timed(root, ds, None, repeat, "serial")
-        rows.append(("serial (no Dask)", "-", out["serial_s"], ds.n_atoms / out["serial_s"],
-                     None, None))
+        rows.append(
+            ("serial (no Dask)", "-", out["serial_s"], ds.n_atoms / out["serial_s"], None, None)
+        )
         for variant, cfg in VARIANTS.items():
             if quick and variant != "default":
                 continue
@@ -99,27 +106,54 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
                     client.run(_warm_worker)
                     trim = sorted({str(v) for v in client.run(_worker_trim).values()})
                     t = _timed(root, ds, client, repeat, f"w{n}")
-                out[variant] = {**out.get(variant, {}), f"workers_{n}_s": t,
-                                f"start_{n}_s": start, "worker_trim_threshold": trim}
+                out[variant] = {
+                    **out.get(variant, {}),
+                    f"workers_{n}_s": t,
+                    f"start_{n}_s": start,
+                    "worker_trim_threshold": trim,
+                }
                 speedup = out[variant]["workers_1_s"] / t
-                rows.append((f"{n} worker{'s' if n > 1 else ''}, {variant}", ",".join(trim), t,
-                             ds.n_atoms / t, speedup, start))
+                rows.append(
+                    (
+                        f"{n} worker{'s' if n > 1 else ''}, {variant}",
+                        ",".join(trim),
+                        t,
+                        ds.n_atoms / t,
+                        speedup,
+                        start,
+                    )
+                )
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     for variant in [v for v in VARIANTS if v in out]:
         v = out[variant]
         v["speedup_2_vs_1"] = v["workers_1_s"] / v["workers_2_s"]
         v["efficiency_2"] = v["speedup_2_vs_1"] / 2
         v["dask_1_over_serial"] = v["workers_1_s"] / out["serial_s"]
-    gain = (out["default"]["workers_2_s"] / out["trim unset"]["workers_2_s"]
-            if "trim unset" in out else float("nan"))
+    gain = (
+        out["default"]["workers_2_s"] / out["trim unset"]["workers_2_s"]
+        if "trim unset" in out
+        else float("nan")
+    )
     out["trim_unset_gain_2"] = gain
-    print(table(f"Dask strong scaling: {ds.n_structures} Cu structures ({ds.n_atoms} atoms), "
-                f"{out['chunks']} chunks, Gaussian G2+G3 into a fresh Zarr store",
-                ["run", "worker MALLOC_TRIM_THRESHOLD_", "seconds", "atoms/s", "speed-up",
-                 "cluster start s"], rows,
-                f"speed-up = 1-worker time / n-worker time (same variant); {os.cpu_count()} "
-                f"CPUs, shared. 2 workers, trim unset vs default: {gain:.2f}x faster "
-                f"(not measured with --quick)."), flush=True)
+    print(
+        table(
+            f"Dask strong scaling: {ds.n_structures} Cu structures ({ds.n_atoms} atoms), "
+            f"{out['chunks']} chunks, Gaussian G2+G3 into a fresh Zarr store",
+            [
+                "run",
+                "worker MALLOC_TRIM_THRESHOLD_",
+                "seconds",
+                "atoms/s",
+                "speed-up",
+                "cluster start s",
+            ],
+            rows,
+            f"speed-up = 1-worker time / n-worker time (same variant); {os.cpu_count()} "
+            f"CPUs, shared. 2 workers, trim unset vs default: {gain:.2f}x faster "
+            f"(not measured with --quick).",
+        ),
+        flush=True,
+    )
     return out
 
 

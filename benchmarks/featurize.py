@@ -124,8 +124,12 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         symbols = _symbols(frames)
         periodic = bool(frames[0].pbc.any())
         for angular_type in ("G3", "G4"):
-            f = Gaussian(cutoff=RC, angular_type=angular_type, elements=symbols,
-                         custom={"G2": {"etas": ETAS}, angular_type: ANG})
+            f = Gaussian(
+                cutoff=RC,
+                angular_type=angular_type,
+                elements=symbols,
+                custom={"G2": {"etas": ETAS}, angular_type: ANG},
+            )
             t_ours = best_of(ours_features(f, frames, device), repeat)
             t_ours_g = best_of(ours_gradients(f, frames, device), repeat)
             t_ds = t_ds_g = float("nan")
@@ -133,11 +137,24 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
                 acsf = dscribe_acsf(list(f.elements), periodic, angular_type)
                 t_ds = best_of(lambda acsf=acsf, fr=frames: acsf.create(fr, n_jobs=1), repeat)
                 sub = frames[:n_deriv]
-                t_ds_g = best_of(lambda acsf=acsf, sub=sub: acsf.derivatives(
-                    sub, n_jobs=1, attach=True), 1, warmup=False)
+                t_ds_g = best_of(
+                    lambda acsf=acsf, sub=sub: acsf.derivatives(sub, n_jobs=1, attach=True),
+                    1,
+                    warmup=False,
+                )
                 t_ds_g *= n_atoms / sum(len(a) for a in sub)
-            rows.append(_row(label, f"G2+{angular_type}", "DScribe ACSF", n_atoms,
-                             t_ours, t_ds, t_ours_g, t_ds_g))
+            rows.append(
+                _row(
+                    label,
+                    f"G2+{angular_type}",
+                    "DScribe ACSF",
+                    n_atoms,
+                    t_ours,
+                    t_ds,
+                    t_ours_g,
+                    t_ds_g,
+                )
+            )
         zs = sorted(set(np.concatenate([a.numbers for a in frames]).tolist()))
         f = AEV(elements=zs, **ANI1X) if label == "Cu" else AEV.like_ani1x()
         elements = [int(z) for z in (zs if label == "Cu" else (1, 6, 7, 8))]
@@ -145,30 +162,77 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         t_ours_g = best_of(ours_gradients(f, frames, device), repeat)
         t_ani = best_of(torchani_runs(frames, elements, False, device), repeat)
         t_ani_g = best_of(torchani_runs(frames, elements, True, device), repeat)
-        rows.append(_row(label, "AEV ANI-1x", "TorchANI AEVComputer", n_atoms,
-                         t_ours, t_ani, t_ours_g, t_ani_g))
+        rows.append(
+            _row(
+                label,
+                "AEV ANI-1x",
+                "TorchANI AEVComputer",
+                n_atoms,
+                t_ours,
+                t_ani,
+                t_ours_g,
+                t_ani_g,
+            )
+        )
 
-    printed = [(r["data"], r["featurizer"], r["peer"], r["ours_atoms_per_s"],
-                r["peer_atoms_per_s"], r["ratio"], r["ours_grad_atoms_per_s"],
-                r["peer_grad_atoms_per_s"], r["ratio_grad"], r["grad_over_features"])
-               for r in rows]
-    print(table(
-        f"featurize ({device}): atoms/s, ratio = their time / our time (>1: atompipe faster)",
-        ["data", "features", "peer", "ours/s", "peer/s", "ratio", "ours+grad/s",
-         "peer+grad/s", "ratio", "grad/feat"], printed,
-        "DScribe gradients are its full numerical Jacobian (derivatives()); ours and TorchANI's "
-        "are one backward pass.\ngrad/feat: our cost of features+gradient over features alone."),
-        flush=True)
+    printed = [
+        (
+            r["data"],
+            r["featurizer"],
+            r["peer"],
+            r["ours_atoms_per_s"],
+            r["peer_atoms_per_s"],
+            r["ratio"],
+            r["ours_grad_atoms_per_s"],
+            r["peer_grad_atoms_per_s"],
+            r["ratio_grad"],
+            r["grad_over_features"],
+        )
+        for r in rows
+    ]
+    print(
+        table(
+            f"featurize ({device}): atoms/s, ratio = their time / our time (>1: atompipe faster)",
+            [
+                "data",
+                "features",
+                "peer",
+                "ours/s",
+                "peer/s",
+                "ratio",
+                "ours+grad/s",
+                "peer+grad/s",
+                "ratio",
+                "grad/feat",
+            ],
+            printed,
+            "DScribe gradients are its full numerical Jacobian (derivatives()); ours and "
+            "TorchANI's are one backward pass.\n"
+            "grad/feat: our cost of features+gradient over features alone.",
+        ),
+        flush=True,
+    )
     return {"device": device, "frames": sizes, "repeat": repeat, "rows": rows}
 
 
 def _row(data, features, peer, n, t_o, t_p, t_og, t_pg) -> dict:
-    return {"data": data, "featurizer": features, "peer": peer, "atoms": n,
-            "ours_s": t_o, "peer_s": t_p, "ours_grad_s": t_og, "peer_grad_s": t_pg,
-            "ours_atoms_per_s": n / t_o, "peer_atoms_per_s": n / t_p,
-            "ratio": t_p / t_o, "ours_grad_atoms_per_s": n / t_og,
-            "peer_grad_atoms_per_s": n / t_pg, "ratio_grad": t_pg / t_og,
-            "grad_over_features": t_og / t_o}
+    return {
+        "data": data,
+        "featurizer": features,
+        "peer": peer,
+        "atoms": n,
+        "ours_s": t_o,
+        "peer_s": t_p,
+        "ours_grad_s": t_og,
+        "peer_grad_s": t_pg,
+        "ours_atoms_per_s": n / t_o,
+        "peer_atoms_per_s": n / t_p,
+        "ratio": t_p / t_o,
+        "ours_grad_atoms_per_s": n / t_og,
+        "peer_grad_atoms_per_s": n / t_pg,
+        "ratio_grad": t_pg / t_og,
+        "grad_over_features": t_og / t_o,
+    }
 
 
 def main(argv=None) -> None:

@@ -37,13 +37,22 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         frames = load_frames(data, n_feat)
         n = sum(len(a) for a in frames)
         elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
-        for name, f in (("Gaussian G2+G3 (default)", Gaussian(elements=elements)),
-                        ("AEV ANI-1x", AEV.like_ani1x() if data == "ethanol"
-                         else AEV(elements=["Cu"]))):
+        for name, f in (
+            ("Gaussian G2+G3 (default)", Gaussian(elements=elements)),
+            ("AEV ANI-1x", AEV.like_ani1x() if data == "ethanol" else AEV(elements=["Cu"])),
+        ):
             t = best_of(ours_features(f, frames, device), repeat)
             tg = best_of(ours_gradients(f, frames, device), repeat)
-            feat_rows.append({"data": data, "what": name, "atoms": n, "energy_s": t,
-                              "forces_s": tg, "ratio": tg / t})
+            feat_rows.append(
+                {
+                    "data": data,
+                    "what": name,
+                    "atoms": n,
+                    "energy_s": t,
+                    "forces_s": tg,
+                    "ratio": tg / t,
+                }
+            )
     model_rows = []
     frames = load_frames("cu", n_train + n_pred)
     ds = Dataset.from_atoms(frames[:n_train], require_energy=True)
@@ -56,16 +65,38 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
     for name, model in _models(train).items():
         t = best_of(lambda model=model: model.predict(raw), repeat)
         tg = best_of(lambda model=model: model.predict(raw, forces=True), repeat)
-        model_rows.append({"data": "cu", "what": name, "atoms": test.n_atoms,
-                           "train_structures": n_train, "energy_s": t, "forces_s": tg,
-                           "ratio": tg / t})
-    rows = [(r["data"], r["what"], r["atoms"], 1e6 * r["energy_s"] / r["atoms"],
-             1e6 * r["forces_s"] / r["atoms"], r["ratio"]) for r in feat_rows + model_rows]
-    print(table("cost of forces: µs per atom, energies (features) alone vs with forces "
-                "(gradients)", ["data", "what", "atoms", "E µs/atom", "E+F µs/atom",
-                                "(E+F)/E"], rows,
-                f"models: Gaussian default features computed from the structures in both "
-                f"columns; KRR/GP trained on {n_train} Cu structures."), flush=True)
+        model_rows.append(
+            {
+                "data": "cu",
+                "what": name,
+                "atoms": test.n_atoms,
+                "train_structures": n_train,
+                "energy_s": t,
+                "forces_s": tg,
+                "ratio": tg / t,
+            }
+        )
+    rows = [
+        (
+            r["data"],
+            r["what"],
+            r["atoms"],
+            1e6 * r["energy_s"] / r["atoms"],
+            1e6 * r["forces_s"] / r["atoms"],
+            r["ratio"],
+        )
+        for r in feat_rows + model_rows
+    ]
+    print(
+        table(
+            "cost of forces: µs per atom, energies (features) alone vs with forces (gradients)",
+            ["data", "what", "atoms", "E µs/atom", "E+F µs/atom", "(E+F)/E"],
+            rows,
+            f"models: Gaussian default features computed from the structures in both "
+            f"columns; KRR/GP trained on {n_train} Cu structures.",
+        ),
+        flush=True,
+    )
     return {"device": device, "features": feat_rows, "models": model_rows, "repeat": repeat}
 
 

@@ -47,30 +47,52 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         ds = full.subset(range(n))
         data = AtomicData(ds, X[: ds.n_atoms], f, None)
         atoms.append(ds.n_atoms)
-        times["KRR"].append(best_of(lambda d=data: KernelRidge(sigma=2.0, lamda=1e-6).fit(d),
-                                    repeat))
-        times["GP fixed"].append(best_of(lambda d=data: GaussianProcess(
-            sigma=2.0, noise=1e-4, optimize=False).fit(d), repeat))
+        times["KRR"].append(
+            best_of(lambda d=data: KernelRidge(sigma=2.0, lamda=1e-6).fit(d), repeat)
+        )
+        times["GP fixed"].append(
+            best_of(
+                lambda d=data: GaussianProcess(sigma=2.0, noise=1e-4, optimize=False).fit(d), repeat
+            )
+        )
         if n <= gp_opt_max:
-            times["GP optimised"].append(best_of(lambda d=data: GaussianProcess(
-                sigma=2.0, noise=1e-4).fit(d), 1, warmup=False))
+            times["GP optimised"].append(
+                best_of(
+                    lambda d=data: GaussianProcess(sigma=2.0, noise=1e-4).fit(d), 1, warmup=False
+                )
+            )
         else:
             times["GP optimised"].append(float("nan"))
         A = _spd(n)
-        times["scipy cho_factor"].append(best_of(
-            lambda A=A: scipy.linalg.cho_factor(A, lower=True), max(repeat, 5)))
+        times["scipy cho_factor"].append(
+            best_of(lambda A=A: scipy.linalg.cho_factor(A, lower=True), max(repeat, 5))
+        )
     exponents = {}
     for name in names:
         ok = [k for k, t in enumerate(times[name]) if np.isfinite(t)]
-        exponents[name] = (loglog_slope([sizes[k] for k in ok], [times[name][k] for k in ok])
-                           if len(ok) > 1 else float("nan"))
+        exponents[name] = (
+            loglog_slope([sizes[k] for k in ok], [times[name][k] for k in ok])
+            if len(ok) > 1
+            else float("nan")
+        )
     rows = [(name, *[1e3 * t for t in times[name]], exponents[name]) for name in names]
-    print(table("kernel models: fit time (ms) against N training structures (Cu, 32 atoms each)",
-                ["fit", *[f"N={n}" for n in sizes], "exponent p"], rows,
-                f"training atoms: {atoms}; p: slope of log time against log N (3 = cubic). "
-                f"cho_factor: a random SPD N x N matrix; one thread."), flush=True)
-    return {"sizes": sizes, "atoms": atoms, "seconds": times, "exponent": exponents,
-            "repeat": repeat}
+    print(
+        table(
+            "kernel models: fit time (ms) against N training structures (Cu, 32 atoms each)",
+            ["fit", *[f"N={n}" for n in sizes], "exponent p"],
+            rows,
+            f"training atoms: {atoms}; p: slope of log time against log N (3 = cubic). "
+            f"cho_factor: a random SPD N x N matrix; one thread.",
+        ),
+        flush=True,
+    )
+    return {
+        "sizes": sizes,
+        "atoms": atoms,
+        "seconds": times,
+        "exponent": exponents,
+        "repeat": repeat,
+    }
 
 
 def main(argv=None) -> None:

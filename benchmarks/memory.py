@@ -46,9 +46,11 @@ def _replicate(ds, k: int, seed: int):
     return Dataset(
         numbers=np.tile(ds.numbers, k),
         positions=np.tile(ds.positions, (k, 1)) + rng.normal(0, 0.01, (k * ds.n_atoms, 3)),
-        cell=np.tile(ds.cell, (k, 1, 1)), pbc=np.tile(ds.pbc, (k, 1)),
+        cell=np.tile(ds.cell, (k, 1, 1)),
+        pbc=np.tile(ds.pbc, (k, 1)),
         offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        energy=np.tile(ds.energy, k), forces=np.tile(ds.forces, (k, 1)),
+        energy=np.tile(ds.energy, k),
+        forces=np.tile(ds.forces, (k, 1)),
     )
 
 
@@ -73,9 +75,16 @@ def child(url: str, key: str, mode: str) -> dict:
 
         from distributed import Client, LocalCluster
 
-        with (LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                           dashboard_address=None, silence_logs=logging.ERROR) as cluster,
-              Client(cluster) as client):
+        with (
+            LocalCluster(
+                n_workers=1,
+                threads_per_worker=1,
+                processes=False,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             out["rss_before_mb"] = _rss_mb()
             t0 = time.perf_counter()
             ref = featurize_dataset(url, key, "gaussian", PARAMS, client=client)
@@ -95,8 +104,9 @@ def child(url: str, key: str, mode: str) -> dict:
 
 def _spawn(url: str, key: str, mode: str) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.memory", "--child", url, key, mode]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
-                          env=child_env())
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, check=False, env=child_env()
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"benchmarks.memory child failed:\n{proc.stdout}\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -116,29 +126,43 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         for k in QUICK_FACTORS if quick else FACTORS:
             ds = _replicate(base, k, seed=k)
             key, _ = write_dataset(ds, url)
-            rec = {"factor": k, "structures": ds.n_structures, "atoms": ds.n_atoms,
-                   "feature_array_mb": ds.n_atoms * n_features * 8 / 2**20}
+            rec = {
+                "factor": k,
+                "structures": ds.n_structures,
+                "atoms": ds.n_atoms,
+                "feature_array_mb": ds.n_atoms * n_features * 8 / 2**20,
+            }
             for mode in modes:
                 rec[mode] = _spawn(url, key, mode)
-            print(f"  {k}x ({ds.n_atoms} atoms): "
-                  + ", ".join(f"{m} peak {rec[m]['peak_rss_mb']:.0f} MB" for m in modes),
-                  flush=True)
+            print(
+                f"  {k}x ({ds.n_atoms} atoms): "
+                + ", ".join(f"{m} peak {rec[m]['peak_rss_mb']:.0f} MB" for m in modes),
+                flush=True,
+            )
             records.append(rec)
             row = [f"{k}x", ds.n_atoms, rec["feature_array_mb"]]
             for m in modes:
                 row += [rec[m]["peak_rss_mb"], rec[m]["peak_rss_mb"] - rec[m]["rss_before_mb"]]
             rows.append(row)
-    growth = {f"{m}_mb": records[-1][m]["peak_rss_mb"] - records[0][m]["peak_rss_mb"]
-              for m in modes}
+    growth = {
+        f"{m}_mb": records[-1][m]["peak_rss_mb"] - records[0][m]["peak_rss_mb"] for m in modes
+    }
     growth["feature_array_mb"] = records[-1]["feature_array_mb"] - records[0]["feature_array_mb"]
     columns = ["size", "atoms", "array MB"]
     for m in modes:
         columns += [f"{m} peak", f"{m} +work"]
-    print(table(f"peak memory (MB) of featurization against dataset size (Cu, {n_features} "
-                f"Gaussian features)", columns, rows,
-                "+work: peak minus the RSS just before featurizing. Growth 1x -> 8x: "
-                + ", ".join(f"{m} {growth[f'{m}_mb']:+.0f} MB" for m in modes)
-                + f" (feature array {growth['feature_array_mb']:+.1f} MB)."), flush=True)
+    print(
+        table(
+            f"peak memory (MB) of featurization against dataset size (Cu, {n_features} "
+            f"Gaussian features)",
+            columns,
+            rows,
+            "+work: peak minus the RSS just before featurizing. Growth 1x -> 8x: "
+            + ", ".join(f"{m} {growth[f'{m}_mb']:+.0f} MB" for m in modes)
+            + f" (feature array {growth['feature_array_mb']:+.1f} MB).",
+        ),
+        flush=True,
+    )
     return {"n_features": n_features, "records": records, "growth_1x_to_8x": growth}
 
 

@@ -74,8 +74,14 @@ def featurize_vs_atoms(res: dict[str, Any], path: Path, note: str) -> Path:
     _log_axes(ax, res["atoms"])
     ax.set_xlabel("atoms per cell (rattled fcc Cu supercell)")
     ax.set_ylabel("time per structure (ms)")
-    return _finish(plt, fig, ax, path, "Featurization time against cell size "
-                   "(time ~ atoms^p; p = 1 is linear)", note)
+    return _finish(
+        plt,
+        fig,
+        ax,
+        path,
+        "Featurization time against cell size (time ~ atoms^p; p = 1 is linear)",
+        note,
+    )
 
 
 def krr_vs_atoms(res: dict[str, Any], path: Path, note: str) -> Path:
@@ -89,31 +95,59 @@ def krr_vs_atoms(res: dict[str, Any], path: Path, note: str) -> Path:
     _log_axes(ax, res["atoms"])
     ax.set_xlabel("training atoms (N structures x 32 Cu atoms)")
     ax.set_ylabel("fit time (s)")
-    return _finish(plt, fig, ax, path, "Kernel model fit time against training size "
-                   "(time ~ atoms^p)", note)
+    return _finish(
+        plt, fig, ax, path, "Kernel model fit time against training size (time ~ atoms^p)", note
+    )
 
 
 def memory_vs_dataset(res: dict[str, Any], path: Path, note: str) -> Path:
     plt, fig, ax = _figure()
     recs = res["records"]
     atoms = [r["atoms"] for r in recs]
-    ax.plot(atoms, [r["streamed"]["peak_rss_mb"] for r in recs], "o-",
-            label="streamed to Zarr (Dask, pipeline path)")
+    ax.plot(
+        atoms,
+        [r["streamed"]["peak_rss_mb"] for r in recs],
+        "o-",
+        label="streamed to Zarr (Dask, pipeline path)",
+    )
     if all("in_memory" in r for r in recs):
-        ax.plot(atoms, [r["in_memory"]["peak_rss_mb"] for r in recs], "s--",
-                label="whole dataset in memory (featurize_arrays)")
+        ax.plot(
+            atoms,
+            [r["in_memory"]["peak_rss_mb"] for r in recs],
+            "s--",
+            label="whole dataset in memory (featurize_arrays)",
+        )
     base = recs[0]["streamed"]["peak_rss_mb"]
-    ax.plot(atoms, [base + r["feature_array_mb"] - recs[0]["feature_array_mb"] for r in recs],
-            ":", color="0.5", label="streamed 1x peak + growth of the feature array")
+    ax.plot(
+        atoms,
+        [base + r["feature_array_mb"] - recs[0]["feature_array_mb"] for r in recs],
+        ":",
+        color="0.5",
+        label="streamed 1x peak + growth of the feature array",
+    )
     for r in recs:
-        ax.annotate(f"{r['factor']}x", (r["atoms"], r["streamed"]["peak_rss_mb"]),
-                    textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
-    ax.set_ylim(0, 1.25 * max(r[m]["peak_rss_mb"] for r in recs
-                              for m in ("streamed", "in_memory") if m in r))
+        ax.annotate(
+            f"{r['factor']}x",
+            (r["atoms"], r["streamed"]["peak_rss_mb"]),
+            textcoords="offset points",
+            xytext=(0, 6),
+            fontsize=7,
+            ha="center",
+        )
+    ax.set_ylim(
+        0,
+        1.25 * max(r[m]["peak_rss_mb"] for r in recs for m in ("streamed", "in_memory") if m in r),
+    )
     ax.set_xlabel("atoms in the dataset (Cu set replicated 1x to 8x)")
     ax.set_ylabel("peak RSS of the process (MB)")
-    return _finish(plt, fig, ax, path, f"Peak memory of featurization against dataset size "
-                   f"({res['n_features']} features)", note)
+    return _finish(
+        plt,
+        fig,
+        ax,
+        path,
+        f"Peak memory of featurization against dataset size ({res['n_features']} features)",
+        note,
+    )
 
 
 def draw_all(results: dict[str, Any], out: Path) -> list[Path]:
@@ -121,9 +155,11 @@ def draw_all(results: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     m = results.get("machine", {})
     load = ", ".join(f"{x:.2f}" for x in m.get("loadavg", []))
-    note = (f"{m.get('cpu_count')} CPUs ({m.get('processor', '?')}), load {load}, one thread; "
-            f"git {m.get('git', '?')}, {m.get('time_utc', '')}\n"
-            + results.get("command", "python -m benchmarks"))
+    note = (
+        f"{m.get('cpu_count')} CPUs ({m.get('processor', '?')}), load {load}, one thread; "
+        f"git {m.get('git', '?')}, {m.get('time_utc', '')}\n"
+        + results.get("command", "python -m benchmarks")
+    )
     r = results.get("results", {})
     paths = []
     if "cellsize" in r:

@@ -32,102 +32,199 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     if "featurize" in r:
         for row in r["featurize"]["rows"]:
             peer = row["peer"].split()[0]
-            out.append((f"featurization, {row['data']}, {row['featurizer']} "
-                        f"({row['atoms']} atoms), atoms/s",
-                        _f(row["ours_atoms_per_s"]), f"{peer} {_f(row['peer_atoms_per_s'])}",
-                        f"{_f(row['ratio'])}×", _cmd("featurize")))
+            out.append(
+                (
+                    f"featurization, {row['data']}, {row['featurizer']} "
+                    f"({row['atoms']} atoms), atoms/s",
+                    _f(row["ours_atoms_per_s"]),
+                    f"{peer} {_f(row['peer_atoms_per_s'])}",
+                    f"{_f(row['ratio'])}×",
+                    _cmd("featurize"),
+                )
+            )
         for row in r["featurize"]["rows"]:
             if row["data"] == "Cu" and row["featurizer"] != "G2+G4":
-                kind = ("one backward pass" if "TorchANI" in row["peer"]
-                        else "full numerical Jacobian")
-                out.append((f"features + gradients, Cu, {row['featurizer']}, atoms/s",
-                            _f(row["ours_grad_atoms_per_s"]),
-                            f"{row['peer'].split()[0]} {_f(row['peer_grad_atoms_per_s'])} "
-                            f"({kind})", f"{_f(row['ratio_grad'])}×", _cmd("featurize")))
+                kind = (
+                    "one backward pass" if "TorchANI" in row["peer"] else "full numerical Jacobian"
+                )
+                out.append(
+                    (
+                        f"features + gradients, Cu, {row['featurizer']}, atoms/s",
+                        _f(row["ours_grad_atoms_per_s"]),
+                        f"{row['peer'].split()[0]} {_f(row['peer_grad_atoms_per_s'])} ({kind})",
+                        f"{_f(row['ratio_grad'])}×",
+                        _cmd("featurize"),
+                    )
+                )
     if "cellsize" in r:
         c = r["cellsize"]
-        ours = ", ".join(f"{n.removeprefix('atompipe ')} {_f(p)}" for n, p in c["exponent"].items()
-                         if n.startswith("atompipe"))
-        peer = ", ".join(f"{n} {_f(p)}" for n, p in c["exponent"].items()
-                         if not n.startswith("atompipe"))
-        out.append((f"featurization time ~ atoms^p, Cu cells {c['atoms'][0]}–{c['atoms'][-1]} "
-                    "atoms (1 = linear)", ours, peer or "—", "—", _cmd("cellsize")))
+        ours = ", ".join(
+            f"{n.removeprefix('atompipe ')} {_f(p)}"
+            for n, p in c["exponent"].items()
+            if n.startswith("atompipe")
+        )
+        peer = ", ".join(
+            f"{n} {_f(p)}" for n, p in c["exponent"].items() if not n.startswith("atompipe")
+        )
+        out.append(
+            (
+                f"featurization time ~ atoms^p, Cu cells {c['atoms'][0]}–{c['atoms'][-1]} "
+                "atoms (1 = linear)",
+                ours,
+                peer or "—",
+                "—",
+                _cmd("cellsize"),
+            )
+        )
     if "forces" in r:
-        feats = ", ".join(f"{row['what'].split(' (')[0]} {_f(row['ratio'])}×"
-                          for row in r["forces"]["features"] if row["data"] == "cu")
-        out.append(("cost of forces, Cu features: time with gradients / without", feats, "—",
-                    "—", _cmd("forces")))
-        models = ", ".join(f"{row['what'].split()[0]} {_f(row['ratio'])}×"
-                           for row in r["forces"]["models"])
-        out.append(("cost of forces, Cu predictions from structures: (E + F) / E (GP's E "
-                    "includes its std)", models, "—", "—", _cmd("forces")))
+        feats = ", ".join(
+            f"{row['what'].split(' (')[0]} {_f(row['ratio'])}×"
+            for row in r["forces"]["features"]
+            if row["data"] == "cu"
+        )
+        out.append(
+            (
+                "cost of forces, Cu features: time with gradients / without",
+                feats,
+                "—",
+                "—",
+                _cmd("forces"),
+            )
+        )
+        models = ", ".join(
+            f"{row['what'].split()[0]} {_f(row['ratio'])}×" for row in r["forces"]["models"]
+        )
+        out.append(
+            (
+                "cost of forces, Cu predictions from structures: (E + F) / E (GP's E "
+                "includes its std)",
+                models,
+                "—",
+                "—",
+                _cmd("forces"),
+            )
+        )
     if "training" in r:
         for row in r["training"]["rows"]:
-            out.append((f"NN training, ethanol, {row['target']}, AEV → 64 → 64 → 1, "
-                        f"structures/s per epoch", _f(row["atompipe_per_s"]),
-                        f"plain TorchANI loop ({row['variant']}) "
-                        f"{_f(row['torchani_loop_per_s'])}", f"{_f(row['ratio'])}×",
-                        _cmd("training")))
+            out.append(
+                (
+                    f"NN training, ethanol, {row['target']}, AEV → 64 → 64 → 1, "
+                    f"structures/s per epoch",
+                    _f(row["atompipe_per_s"]),
+                    f"plain TorchANI loop ({row['variant']}) {_f(row['torchani_loop_per_s'])}",
+                    f"{_f(row['ratio'])}×",
+                    _cmd("training"),
+                )
+            )
     if "kernels" in r:
         k = r["kernels"]
         n, s = k["sizes"][-1], k["seconds"]
         for name in ("KRR", "GP fixed"):
-            out.append((f"{name} fit, {n} Cu structures ({k['atoms'][-1]} atoms), s; "
-                        f"exponent p of time ~ N^p", f"{_f(s[name][-1])} s, p = "
-                        f"{_f(k['exponent'][name])}",
-                        f"scipy cho_factor {n}×{n}: {_f(s['scipy cho_factor'][-1])} s, "
-                        f"p = {_f(k['exponent']['scipy cho_factor'])}", "—", _cmd("kernels")))
+            out.append(
+                (
+                    f"{name} fit, {n} Cu structures ({k['atoms'][-1]} atoms), s; "
+                    f"exponent p of time ~ N^p",
+                    f"{_f(s[name][-1])} s, p = {_f(k['exponent'][name])}",
+                    f"scipy cho_factor {n}×{n}: {_f(s['scipy cho_factor'][-1])} s, "
+                    f"p = {_f(k['exponent']['scipy cho_factor'])}",
+                    "—",
+                    _cmd("kernels"),
+                )
+            )
         opt = [(m, t) for m, t in zip(k["sizes"], s["GP optimised"], strict=True) if t == t]
         if opt:
             m, t = opt[-1]
-            out.append((f"GP fit with marginal-likelihood search, {m} structures, s",
-                        _f(t), "—", "—", _cmd("kernels")))
+            out.append(
+                (
+                    f"GP fit with marginal-likelihood search, {m} structures, s",
+                    _f(t),
+                    "—",
+                    "—",
+                    _cmd("kernels"),
+                )
+            )
     if "dask_scaling" in r:
         d = r["dask_scaling"]
-        for variant, label in (("default", "as the pipeline starts it"),
-                               ("trim unset", "MALLOC_TRIM_THRESHOLD_ unset")):
+        for variant, label in (
+            ("default", "as the pipeline starts it"),
+            ("trim unset", "MALLOC_TRIM_THRESHOLD_ unset"),
+        ):
             if variant in d:
                 v = d[variant]
-                out.append((f"Dask featurization, {d['atoms']} atoms: 2 workers vs 1 ({label})",
-                            f"{_f(v['workers_2_s'])} s vs {_f(v['workers_1_s'])} s",
-                            f"serial, no Dask: {_f(d['serial_s'])} s",
-                            f"{_f(v['speedup_2_vs_1'])}×", _cmd("dask_scaling")))
+                out.append(
+                    (
+                        f"Dask featurization, {d['atoms']} atoms: 2 workers vs 1 ({label})",
+                        f"{_f(v['workers_2_s'])} s vs {_f(v['workers_1_s'])} s",
+                        f"serial, no Dask: {_f(d['serial_s'])} s",
+                        f"{_f(v['speedup_2_vs_1'])}×",
+                        _cmd("dask_scaling"),
+                    )
+                )
     if "cache" in r:
         c = r["cache"]
-        out.append((f"campaign ({c['structures']} Cu structures): first run vs cached rerun "
-                    "(same process)", f"{_f(c['first_s'])} s vs {_f(c['rerun_s'])} s",
-                    f"Prefect start-up {_f(c['prefect_startup_s'])} s", f"{_f(c['ratio'])}×",
-                    _cmd("cache")))
+        out.append(
+            (
+                f"campaign ({c['structures']} Cu structures): first run vs cached rerun "
+                "(same process)",
+                f"{_f(c['first_s'])} s vs {_f(c['rerun_s'])} s",
+                f"Prefect start-up {_f(c['prefect_startup_s'])} s",
+                f"{_f(c['ratio'])}×",
+                _cmd("cache"),
+            )
+        )
         if "rerun_new_process_s" in c:
-            out.append(("cached rerun in a new process (Python + Prefect start-up + campaign)",
-                        f"{_f(c['rerun_new_process_s'])} s", "—", "—", _cmd("cache")))
+            out.append(
+                (
+                    "cached rerun in a new process (Python + Prefect start-up + campaign)",
+                    f"{_f(c['rerun_new_process_s'])} s",
+                    "—",
+                    "—",
+                    _cmd("cache"),
+                )
+            )
     if "memory" in r:
         m = r["memory"]
         recs = m["records"]
-        out.append((f"peak RSS of featurization, {recs[0]['atoms']} → {recs[-1]['atoms']} atoms "
-                    f"({recs[0]['factor']}x → {recs[-1]['factor']}x)",
-                    f"streamed {_f(recs[0]['streamed']['peak_rss_mb'])} → "
-                    f"{_f(recs[-1]['streamed']['peak_rss_mb'])} MB",
-                    ("in memory " + f"{_f(recs[0]['in_memory']['peak_rss_mb'])} → "
-                     f"{_f(recs[-1]['in_memory']['peak_rss_mb'])} MB")
-                    if "in_memory" in recs[0] else "—", "—", _cmd("memory")))
+        out.append(
+            (
+                f"peak RSS of featurization, {recs[0]['atoms']} → {recs[-1]['atoms']} atoms "
+                f"({recs[0]['factor']}x → {recs[-1]['factor']}x)",
+                f"streamed {_f(recs[0]['streamed']['peak_rss_mb'])} → "
+                f"{_f(recs[-1]['streamed']['peak_rss_mb'])} MB",
+                (
+                    "in memory " + f"{_f(recs[0]['in_memory']['peak_rss_mb'])} → "
+                    f"{_f(recs[-1]['in_memory']['peak_rss_mb'])} MB"
+                )
+                if "in_memory" in recs[0]
+                else "—",
+                "—",
+                _cmd("memory"),
+            )
+        )
     if "accuracy" in r:
-        names = {"nn_e": "NN, energies", "nn_ef": "NN, energies + forces", "krr": "KRR",
-                 "gp": "GP"}
+        names = {"nn_e": "NN, energies", "nn_ef": "NN, energies + forces", "krr": "KRR", "gp": "GP"}
         for row in r["accuracy"]["rows"]:
-            out.append((f"accuracy, {row['dataset']}, {names.get(row['model'], row['model'])}: "
-                        "test E MAE / RMSE (meV/atom), F MAE (meV/Å), train time",
-                        f"{_f(1e3 * row['energy_mae_per_atom'])} / "
-                        f"{_f(1e3 * row['energy_rmse_per_atom'])}, "
-                        f"{_f(1e3 * row['force_mae'])}, {_f(row['train_s'])} s", "—", "—",
-                        f"`python -m benchmarks.accuracy --datasets {row['dataset']} "
-                        f"--models {row['model']}`"))
+            out.append(
+                (
+                    f"accuracy, {row['dataset']}, {names.get(row['model'], row['model'])}: "
+                    "test E MAE / RMSE (meV/atom), F MAE (meV/Å), train time",
+                    f"{_f(1e3 * row['energy_mae_per_atom'])} / "
+                    f"{_f(1e3 * row['energy_rmse_per_atom'])}, "
+                    f"{_f(1e3 * row['force_mae'])}, {_f(row['train_s'])} s",
+                    "—",
+                    "—",
+                    f"`python -m benchmarks.accuracy --datasets {row['dataset']} "
+                    f"--models {row['model']}`",
+                )
+            )
     return out
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["| figure | atompipe | peer or reference | ratio | reproduce |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| figure | atompipe | peer or reference | ratio | reproduce |",
+        "|---|---|---|---|---|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
     return "\n".join(lines)
 

@@ -45,8 +45,16 @@ def _plain_loop(frames, epochs: int, forces: bool, precompute: bool, device: str
     dt = torch.float64
     aev = torchani.aev.AEVComputer.like_1x(num_species=4).to(dt).to(device)
     n_feat = aev.out_dim
-    nets = ANINetworks({s: AtomicNetwork([n_feat, *HIDDEN, 1], torch.nn.SiLU(), bias=True)
-                        for s in ("H", "C", "N", "O")}).to(dt).to(device)
+    nets = (
+        ANINetworks(
+            {
+                s: AtomicNetwork([n_feat, *HIDDEN, 1], torch.nn.SiLU(), bias=True)
+                for s in ("H", "C", "N", "O")
+            }
+        )
+        .to(dt)
+        .to(device)
+    )
     index = {z: k for k, z in enumerate(SPECIES)}
     species = torch.tensor([[index[z] for z in a.numbers] for a in frames], device=device)
     coords = torch.tensor(np.stack([a.positions for a in frames]), dtype=dt, device=device)
@@ -113,22 +121,52 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         label = "energies + forces" if forces else "energies"
         plain = _rate(n, _plain_loop(frames, epochs, forces, False, device))
         ours = _rate(n, _atompipe(frames, epochs, forces)) if device == "cpu" else float("nan")
-        rows.append({"target": label, "structures": n, "epochs": epochs,
-                     "atompipe_per_s": ours, "torchani_loop_per_s": plain,
-                     "ratio": ours / plain, "variant": "AEV every step"})
+        rows.append(
+            {
+                "target": label,
+                "structures": n,
+                "epochs": epochs,
+                "atompipe_per_s": ours,
+                "torchani_loop_per_s": plain,
+                "ratio": ours / plain,
+                "variant": "AEV every step",
+            }
+        )
         if not forces:
             pre = _rate(n, _plain_loop(frames, epochs, False, True, device))
-            rows.append({"target": label, "structures": n, "epochs": epochs,
-                         "atompipe_per_s": ours, "torchani_loop_per_s": pre,
-                         "ratio": ours / pre, "variant": "AEV precomputed"})
-    printed = [(r["target"], r["variant"], r["structures"], r["atompipe_per_s"],
-                r["torchani_loop_per_s"], r["ratio"]) for r in rows]
-    print(table(f"NN training throughput, structures/s per epoch, ethanol, AEV 384 -> "
-                f"{HIDDEN} -> 1 ({device})",
-                ["target", "plain loop", "structures", "atompipe/s", "TorchANI loop/s",
-                 "ratio"], printed,
-                "ratio = atompipe / plain loop (>1: atompipe faster). atompipe energies-only "
-                "training uses precomputed features."), flush=True)
+            rows.append(
+                {
+                    "target": label,
+                    "structures": n,
+                    "epochs": epochs,
+                    "atompipe_per_s": ours,
+                    "torchani_loop_per_s": pre,
+                    "ratio": ours / pre,
+                    "variant": "AEV precomputed",
+                }
+            )
+    printed = [
+        (
+            r["target"],
+            r["variant"],
+            r["structures"],
+            r["atompipe_per_s"],
+            r["torchani_loop_per_s"],
+            r["ratio"],
+        )
+        for r in rows
+    ]
+    print(
+        table(
+            f"NN training throughput, structures/s per epoch, ethanol, AEV 384 -> "
+            f"{HIDDEN} -> 1 ({device})",
+            ["target", "plain loop", "structures", "atompipe/s", "TorchANI loop/s", "ratio"],
+            printed,
+            "ratio = atompipe / plain loop (>1: atompipe faster). atompipe energies-only "
+            "training uses precomputed features.",
+        ),
+        flush=True,
+    )
     return {"device": device, "hidden": list(HIDDEN), "batch_size": BATCH, "rows": rows}
 
 
