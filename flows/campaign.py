@@ -137,7 +137,7 @@ class _Run:
                 encoder_exists,
                 features[feat.source],
                 scalers[feat.source],
-                feat.encoder.model_dump(mode="json"),
+                feat.encoder.canonical(),
                 self.split,
                 cfg.workspace,
                 on_epoch=progress.epoch_callback(f"encoder {name}", epochs),

@@ -200,6 +200,14 @@ def _layers(text: str, option: str) -> tuple[int, ...]:
     return layers
 
 
+def _option(loc: tuple) -> str:
+    """The command-line option behind a settings field: ("training", "epochs") -> --epochs."""
+    name = str(loc[-1]) if loc else ""
+    return {"hiddenlayers": "--encoder/--decoder", "per_element": "--shared"}.get(
+        str(loc[0]) if loc else "", "--" + name.replace("_", "-")
+    )
+
+
 @app.command()
 def latent(
     features_key: Annotated[str, typer.Argument(help="feature key (from `atompipe featurize`)")],
@@ -232,22 +240,23 @@ def latent(
     enc = _layers(encoder, "--encoder")
     dec = _layers(decoder, "--decoder") if decoder else tuple(reversed(enc))
     try:
+        vae = {"variant": variant, "beta": beta} if kind == "vae" else {}
         settings = AutoEncoderSettings.model_validate(
             {
                 "kind": kind,
                 "hiddenlayers": {"encoder": enc, "decoder": dec},
                 "activation": activation,
-                "variant": variant,
-                "beta": beta,
                 "per_element": not shared,
                 "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed},
+                **vae,
             }
         )
+        bernoulli = kind == "vae" and variant == "bernoulli"
         scaling = ScalerConfig.model_validate(
-            {"kind": scaler, "feature_range": (0.0, 1.0) if variant == "bernoulli" else (-1, 1)}
+            {"kind": scaler, "feature_range": (0.0, 1.0) if bernoulli else (-1.0, 1.0)}
         )
     except ValidationError as exc:
-        _fail("; ".join(f"--{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        _fail("; ".join(f"{_option(e['loc'])}: {e['msg']}" for e in exc.errors()))
     if samples and kind != "vae":
         _fail("--samples needs --kind vae (an autoencoder has no prior to sample)")
     from flows.latent import run_latent
@@ -258,7 +267,7 @@ def latent(
             store,
             features_key,
             str(workspace),
-            settings.model_dump(mode="json"),
+            settings.canonical(),
             scaling.model_dump(mode="json"),
             {"fractions": list(split.fractions), "seed": split.seed},
             map_path=map_png,

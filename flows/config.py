@@ -135,6 +135,24 @@ class AutoEncoderSettings(_Strict):
     per_element: bool = True
     training: TrainingSettings = TrainingSettings(epochs=100, lr=1e-3, batch_size=256)
 
+    @model_validator(mode="after")
+    def _vae_only(self) -> AutoEncoderSettings:
+        if self.kind == "autoencoder":
+            given = [k for k in ("variant", "beta", "annealing") if k in self.model_fields_set]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for kind: vae")
+        return self
+
+    def canonical(self) -> dict[str, Any]:
+        """The settings that change the encoder, and nothing else: what its cache key hashes."""
+        out = self.model_dump(mode="json")
+        if self.kind == "autoencoder":
+            for name in ("variant", "beta", "annealing"):
+                del out[name]
+        elif self.annealing is not None and self.annealing.kind == "monotonic":
+            del out["annealing"]["cycles"]
+        return out
+
 
 class LatentFeatures(_Strict):
     type: Literal["latent"] = "latent"

@@ -27,10 +27,22 @@ def content_cache_key(
     and execution settings, which do not change the output, left out)."""
 
     def key_fn(context: Any, parameters: dict[str, Any]) -> str:
-        params = {k: v for k, v in parameters.items() if k not in ignore}
+        params = {k: _identity(v) for k, v in parameters.items() if k not in ignore}
         return f"atompipe-{stage}-" + content_hash(stage, STAGE_VERSION, params)
 
     return key_fn
+
+
+# what a stage's reference reports about how it ran, not what it made: an upstream stage that
+# runs again and finds its output complete ("written": False, "computed_chunks": 0) must give
+# its downstream stages the same cache keys
+_RUN_REPORT = frozenset({"written", "computed_chunks", "trained", "fit_time_s"})
+
+
+def _identity(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in _RUN_REPORT}
+    return value
 
 
 def submit_cached(task: Any, exists: Callable[..., bool], *args: Any, **kwargs: Any) -> Any:
