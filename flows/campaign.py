@@ -55,6 +55,8 @@ class _Run:
     # -- 1. datasets ------------------------------------------------------------------------
     def ingest(self) -> dict[str, Any]:
         cfg, split = self.cfg, self.split
+        for name in cfg.datasets:  # what the globs and folders hold now stays inside the root
+            cfg.dataset_files(name)
         futures = {
             name: submit_cached(
                 ingest,

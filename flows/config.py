@@ -262,6 +262,21 @@ class CampaignConfig(_Strict):
             feat = self.features[feat.source]
         return feat.dataset
 
+    def dataset_files(self, name: str) -> list[Path]:
+        """The files of ``datasets.<name>`` after glob and folder expansion, each checked to lie
+        inside the root (a glob or a folder can reach a symbolic link pointing out)."""
+        from atomistic.data import expand_paths
+
+        files = expand_paths(self.datasets[name].paths)
+        if not self.allow_absolute_paths:
+            for f in files:
+                if not f.resolve().is_relative_to(self.root):
+                    raise ConfigError(
+                        f"datasets.{name}.paths: {f} resolves to {f.resolve()}, outside the "
+                        f"campaign root {self.root}; set allow_absolute_paths: true to permit it"
+                    )
+        return files
+
     @property
     def workspace_path(self) -> Path:
         return Path(self.workspace)
@@ -344,6 +359,11 @@ def _inside(path: Path, root: Path) -> bool:
     return existing.resolve().is_relative_to(root)
 
 
+def _project_root(folder: Path) -> Path:
+    """The nearest folder at or above ``folder`` that holds ``.git``; else ``folder``."""
+    return next((p for p in (folder, *folder.parents) if (p / ".git").exists()), folder)
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path, source: str) -> None:
     """Resolve ``root``, ``workspace`` and dataset paths in place (see the module docstring)."""
     allow = raw.get("allow_absolute_paths", False) is True
@@ -354,6 +374,12 @@ def _resolve_paths(raw: dict[str, Any], base: Path, source: str) -> None:
     if Path(root_raw).is_absolute() and not allow:
         raise ConfigError(f"{source}: root: {root_raw!r} is an absolute path; {hint}")
     root = (base / root_raw).resolve()
+    limit = _project_root(base.resolve())
+    if not allow and not root.is_relative_to(limit):
+        raise ConfigError(
+            f"{source}: root: {root_raw!r} climbs above {limit} (the campaign's folder, or the "
+            f"repository that holds it); {hint}"
+        )
     raw["root"] = str(root)
 
     def resolve(key: str, value: str) -> str:
@@ -371,8 +397,14 @@ def _resolve_paths(raw: dict[str, Any], base: Path, source: str) -> None:
             )
         raw["workspace"] = resolve("workspace", workspace)
     store = raw.get("store")
-    if isinstance(store, str) and "://" not in store:  # a URL is the store's own business
-        raw["store"] = resolve("store", store)
+    if isinstance(store, str):
+        store = store.removeprefix("file://")  # a local path in URL form is a path
+        if "://" not in store:  # an object-store URL is the store's own business
+            raw["store"] = resolve("store", store)
+    tracking = raw.get("tracking")
+    uri = tracking.get("uri") if isinstance(tracking, dict) else None
+    if isinstance(uri, str) and uri.startswith("sqlite:///"):  # a local database file
+        tracking["uri"] = "sqlite:///" + resolve("tracking.uri", uri[len("sqlite:///") :])
     datasets = raw.get("datasets")
     for name, ds in datasets.items() if isinstance(datasets, dict) else ():
         if isinstance(ds, dict) and isinstance(ds.get("paths"), list):

@@ -167,6 +167,10 @@ def test_relative_paths_resolve_against_the_campaign_not_the_cwd(tmp_path, monke
         ("workspace", BASE.format(path="x.extxyz") + "workspace: ../ws\n", {}),
         ("workspace", BASE.format(path="x.extxyz"), {"workspace": "/tmp/ws"}),
         ("root", BASE.format(path="x.extxyz") + "root: /\n", {}),
+        ("root", BASE.format(path="etc/passwd") + "root: " + "../" * 40 + "\n", {}),
+        ("store", BASE.format(path="x.extxyz") + "store: file:///tmp/elsewhere.zarr\n", {}),
+        ("store", BASE.format(path="x.extxyz") + "store: ../elsewhere.zarr\n", {}),
+        ("tracking.uri", BASE.format(path="x.extxyz"), {"tracking.uri": "sqlite:////tmp/x.db"}),
     ],
 )
 def test_escapes_are_refused_naming_the_key(tmp_path, key, text, overrides):
@@ -182,6 +186,7 @@ def test_allow_absolute_paths_permits_them(tmp_path):
 
 
 def test_root_widens_the_boundary_explicitly(tmp_path):
+    (tmp_path / ".git").mkdir()  # root may climb as far as the repository holding the campaign
     sub = tmp_path / "campaigns"
     sub.mkdir()
     cfg = _load(sub, "root: ..\n" + BASE.format(path="data/x.extxyz"))
@@ -197,3 +202,28 @@ def test_the_demo_campaign_stays_inside_the_repository():
     assert cfg.root == str(ROOT) and not cfg.allow_absolute_paths
     assert cfg.datasets["cu"].paths == [str(ROOT / "data" / "cu_emt.extxyz")]
     assert cfg.workspace == str(ROOT / "workspace")
+
+
+def test_root_stays_in_the_repository_and_sqlite_in_the_root(tmp_path):
+    sub = tmp_path / "campaigns"
+    sub.mkdir()  # no .git anywhere up to tmp_path: root may not climb at all
+    with pytest.raises(ConfigError, match=r"c\.yaml: root: '\.\.' climbs above"):
+        _load(sub, "root: ..\n" + BASE.format(path="data/x.extxyz"))
+    cfg = _load(sub, BASE.format(path="x.extxyz") + "tracking: {uri: 'sqlite:///runs/m.db'}\n")
+    assert cfg.tracking_uri == f"sqlite:///{sub / 'runs' / 'm.db'}"
+    cfg = _load(sub, BASE.format(path="x.extxyz") + "store: file://shared/s.zarr\n")
+    assert cfg.store_url == str(sub / "shared" / "s.zarr")
+
+
+def test_a_glob_cannot_reach_a_link_pointing_out(tmp_path):
+    outside = tmp_path / "outside.extxyz"
+    outside.write_text("1\n\nCu 0 0 0\n")
+    camp = tmp_path / "camp"
+    (camp / "data").mkdir(parents=True)
+    (camp / "data" / "ok.extxyz").write_text("1\n\nCu 0 0 0\n")
+    (camp / "data" / "evil.extxyz").symlink_to(outside)
+    cfg = _load(camp, BASE.format(path="'data/*.extxyz'"))  # the glob itself stays inside
+    with pytest.raises(ConfigError, match=r"datasets\.cu\.paths: .*evil\.extxyz resolves to"):
+        cfg.dataset_files("cu")
+    (camp / "data" / "evil.extxyz").unlink()
+    assert cfg.dataset_files("cu") == [camp / "data" / "ok.extxyz"]
