@@ -137,6 +137,22 @@ def _tracking_lock(uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _champion(client, name: str, metric: str, dataset_key: str) -> dict[str, Any] | None:
+    """The model holding the "champion" alias, with its score, when it was scored by ``metric``
+    on the same dataset (scores on other data are not comparable); else None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, "champion")
+        run = client.get_run(mv.run_id)
+    except MlflowException:
+        return None
+    score = run.data.metrics.get(metric)
+    if score is None or run.data.tags.get("atompipe.dataset_key") != dataset_key:
+        return None
+    return {"name": name, "version": str(mv.version), "model": run.info.run_name, "score": score}
+
+
 @stage_task("record")
 def record_campaign(
     config: dict[str, Any],
@@ -240,9 +256,14 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
     if scored and config.get("evaluation", {}).get("register_best", True):
         best = min(scored, key=lambda k: scored[k]["score"])
         reg_name = f"{config['name']}-champion"
-        mv = mlflow.register_model(children[best]["model_uri"], reg_name)
-        client.set_registered_model_alias(reg_name, "champion", mv.version)
-        champion = {"name": reg_name, "version": str(mv.version), "model": best}
+        split = results[best]["metrics"]["split"]
+        held = _champion(client, reg_name, f"{split}_{metric}", results[best]["dataset"])
+        if held is not None and held["score"] <= scored[best]["score"]:
+            champion = held  # a run of some models only, or worse ones: the champion stays
+        else:
+            mv = mlflow.register_model(children[best]["model_uri"], reg_name)
+            client.set_registered_model_alias(reg_name, "champion", mv.version)
+            champion = {"name": reg_name, "version": str(mv.version), "model": best}
     return {
         "tracking_uri": uri,
         "experiment_id": exp_id,

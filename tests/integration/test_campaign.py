@@ -192,5 +192,18 @@ def test_featurize_and_train_flows_run_alone(prefect_harness, tmp_path, monkeypa
     assert st["train-model/krr"] == "Completed" and "train-model/nn" not in st
     assert set(trained["models"]) == {"krr"}
     assert len(list((tmp_path / "ws" / "models").glob("*/card.json"))) == 1
+    assert trained["tracking"]["champion"]["model"] == "krr"
     with pytest.raises(ValueError, match="no model 'gp'"):
         run_campaign(cfg, show_progress=False, models=["gp"])
+
+    # a run of a worse model alone leaves the champion where it is
+    nn = run_campaign(cfg, show_progress=False, models=["nn"])
+    assert (
+        nn["models"]["nn"]["energy_mae_per_atom"] > trained["models"]["krr"]["energy_mae_per_atom"]
+    )
+    assert nn["tracking"]["champion"]["model"] == "krr"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(nn["tracking"]["tracking_uri"])
+    mv = client.get_model_version_by_alias("alone-champion", "champion")
+    assert str(mv.version) == "1" and mv.run_id == trained["tracking"]["children"]["krr"]["run_id"]
