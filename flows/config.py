@@ -138,7 +138,8 @@ class AutoEncoderSettings(_Strict):
     @model_validator(mode="after")
     def _vae_only(self) -> AutoEncoderSettings:
         if self.kind == "autoencoder":
-            given = [k for k in ("variant", "beta", "annealing") if k in self.model_fields_set]
+            defaults = {"variant": "multivariate", "beta": 1.0, "annealing": None}
+            given = [k for k, v in defaults.items() if getattr(self, k) != v]
             if given:
                 raise ValueError(f"{', '.join(given)}: only for kind: vae")
         return self

@@ -34,3 +34,8 @@ def test_encoder_settings_that_change_nothing_do_not_change_the_key():
 def test_vae_settings_on_an_autoencoder_are_an_error(extra):
     with pytest.raises(ValidationError, match="only for kind: vae"):
         AutoEncoderSettings(kind="autoencoder", **extra)
+
+
+def test_settings_survive_a_dump_and_validate_round_trip():
+    for s in (AutoEncoderSettings(), AutoEncoderSettings(kind="vae", beta=0.1)):
+        assert AutoEncoderSettings.model_validate(s.model_dump(mode="json")) == s
