@@ -100,10 +100,20 @@ class _Run:
         with dask_client(None, self.cfg.dask.n_workers) as client:
             yield client.scheduler.address
 
-    def features(self, datasets: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Direct feature sets on Dask (concurrently), their scalers, then latent sets."""
+    def features(
+        self, datasets: dict[str, Any], only: set[str] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Direct feature sets on Dask (concurrently), their scalers, then latent sets; the sets
+        in ``only`` and those they are made from (all when None)."""
         cfg, progress = self.cfg, self.progress
-        direct = {n: f for n, f in cfg.features.items() if not isinstance(f, LatentFeatures)}
+        wanted = {
+            n: f
+            for n, f in cfg.features.items()
+            if only is None
+            or n in only
+            or any(getattr(cfg.features[o], "source", None) == n for o in only)
+        }
+        direct = {n: f for n, f in wanted.items() if not isinstance(f, LatentFeatures)}
         needed = not all(
             featurize_exists(datasets[f.dataset], f.type, f.featurizer_params())
             for f in direct.values()
@@ -130,7 +140,7 @@ class _Run:
         scalers = {name: fut.result() for name, fut in futures.items()}
 
         # an encoder per latent set, trained on the scaled source features
-        for name, feat in cfg.features.items():
+        for name, feat in wanted.items():
             if not isinstance(feat, LatentFeatures):
                 continue
             epochs = feat.encoder.training.epochs
@@ -253,7 +263,8 @@ def train(config: dict[str, Any], models: list[str] | None, show_progress: bool)
     run = _Run(cfg, show_progress)
     with run.progress:
         datasets = run.ingest()
-        features, scalers = run.features(datasets)
+        only = None if models is None else {cfg.models[n].features for n in names}
+        features, scalers = run.features(datasets, only)
         results = run.models(names, features, scalers)
     record = run.record(datasets, features, results)
     return run.summary(datasets, features, results, record)

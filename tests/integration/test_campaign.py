@@ -170,7 +170,8 @@ def test_featurize_and_train_flows_run_alone(prefect_harness, tmp_path, monkeypa
 
     ase.io.write(tmp_path / "cu.extxyz", ase.io.read(shipped["cu"], ":40"))
     raw = yaml.safe_load(yaml.safe_dump(CAMPAIGN))
-    raw["features"] = {"g": raw["features"]["g"]}
+    g = raw["features"]["g"]
+    raw["features"] = {"g": g, "unused": {**g, "cutoff": 4.0}}  # no model reads "unused"
     raw["models"] = {m: raw["models"][m] for m in ("nn", "krr")}
     raw["name"] = "alone"
     raw["workspace"] = str(tmp_path / "ws")
@@ -183,6 +184,8 @@ def test_featurize_and_train_flows_run_alone(prefect_harness, tmp_path, monkeypa
         "ingest/cu": "Completed",
         "featurize/g": "Completed",
         "fit-scaler/g": "Completed",
+        "featurize/unused": "Completed",
+        "fit-scaler/unused": "Completed",
     }
     assert feats["models"] == {} and not (tmp_path / "ws" / "models").exists()
 
@@ -190,6 +193,7 @@ def test_featurize_and_train_flows_run_alone(prefect_harness, tmp_path, monkeypa
     st = trained["states"]
     assert st["featurize/g"] == st["ingest/cu"] == "Cached"
     assert st["train-model/krr"] == "Completed" and "train-model/nn" not in st
+    assert "featurize/unused" not in st  # the train flow builds only what its models read
     assert set(trained["models"]) == {"krr"}
     assert len(list((tmp_path / "ws" / "models").glob("*/card.json"))) == 1
     assert trained["tracking"]["champion"]["model"] == "krr"
