@@ -3,6 +3,7 @@ run started by hand (``prefect deployment run``), one started by the file-arriva
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -102,10 +103,11 @@ def test_served_deployment_runs_on_demand_and_on_file_arrival(tmp_path, shipped)
         "OMP_NUM_THREADS": "1",
     }
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
+    logs = contextlib.ExitStack()  # the log files, closed once both processes are stopped
     server = subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env={k: v for k, v in env.items() if k != "PREFECT_API_URL"},
-        stdout=server_log.open("w"),
+        stdout=logs.enter_context(server_log.open("w")),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -128,7 +130,7 @@ def test_served_deployment_runs_on_demand_and_on_file_arrival(tmp_path, shipped)
             ],
             cwd=tmp_path,
             env=env,
-            stdout=serve_log.open("w"),
+            stdout=logs.enter_context(serve_log.open("w")),
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -192,4 +194,5 @@ def test_served_deployment_runs_on_demand_and_on_file_arrival(tmp_path, shipped)
         if serve is not None:
             _stop(serve)
         _stop(server)
+        logs.close()
     assert server.returncode is not None and (serve is None or serve.returncode is not None)
