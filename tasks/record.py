@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,18 +106,31 @@ class TrackingError(RuntimeError):
     """The MLflow tracking server cannot be reached; the message names its URI."""
 
 
+def _redacted(uri: str) -> str:
+    """``uri`` without the password of a ``user:password@host`` part."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, naming ``uri``, when an http(s) tracking server does not answer (MLflow's own
     client would retry for minutes). Any HTTP answer, even an error status, counts as up."""
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        parts = urllib.parse.urlsplit(uri)  # urllib takes no user:password@ in the address
+        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+        urllib.request.urlopen(bare.geturl().rstrip("/") + "/health", timeout=timeout).close()
     except urllib.error.HTTPError:
         return
     except (OSError, ValueError) as exc:  # URLError, refused, timed out, bad URL
         reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"cannot reach the MLflow tracking server at {uri}: {reason}") from exc
+        raise TrackingError(
+            f"cannot reach the MLflow tracking server at {_redacted(uri)}: {reason}"
+        ) from None  # the chained error would repeat the URI, credentials included
 
 
 @contextmanager
