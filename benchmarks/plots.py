@@ -108,15 +108,23 @@ def memory_vs_dataset(res: dict[str, Any], path: Path, note: str) -> Path:
         atoms,
         [r["streamed"]["peak_rss_mb"] for r in recs],
         "o-",
-        label="streamed to Zarr (Dask, pipeline path)",
+        ms=10,
+        label="peak, streamed to Zarr (Dask, pipeline path)",
     )
     if all("in_memory" in r for r in recs):
         ax.plot(
             atoms,
             [r["in_memory"]["peak_rss_mb"] for r in recs],
             "s--",
-            label="whole dataset in memory (featurize_arrays)",
+            ms=5,
+            label="peak, whole dataset in memory (featurize_arrays)",
         )
+    ax.plot(
+        atoms,
+        [r["streamed"]["rss_before_mb"] for r in recs],
+        "^-.",
+        label="before featurizing (imports, cluster, dataset), streamed",
+    )
     base = recs[0]["streamed"]["peak_rss_mb"]
     ax.plot(
         atoms,
