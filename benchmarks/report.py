@@ -197,14 +197,20 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         )
     if "accuracy" in r:
         names = {"nn_e": "NN, energies", "nn_ef": "NN, energies + forces", "krr": "KRR", "gp": "GP"}
+        sets = {
+            "cu": "Cu (EMT)",
+            "ethanol": "ethanol (GFN2-xTB)",
+            "malonaldehyde": "malonaldehyde (GFN2-xTB)",
+        }
         for row in r["accuracy"]["rows"]:
+            model = names.get(row["model"], row["model"])
             out.append(
                 (
-                    f"accuracy, {row['dataset']}, {names.get(row['model'], row['model'])}: "
-                    "test E MAE / RMSE (meV/atom), F MAE (meV/Å), train time",
+                    f"accuracy, {sets.get(row['dataset'], row['dataset'])}, {model}: test E MAE "
+                    "/ RMSE, F MAE; training time",
                     f"{_f(1e3 * row['energy_mae_per_atom'])} / "
-                    f"{_f(1e3 * row['energy_rmse_per_atom'])}, "
-                    f"{_f(1e3 * row['force_mae'])}, {_f(row['train_s'])} s",
+                    f"{_f(1e3 * row['energy_rmse_per_atom'])} meV/atom, "
+                    f"{_f(1e3 * row['force_mae'])} meV/Å; {_f(row['train_s'])} s",
                     "—",
                     "—",
                     f"`python -m benchmarks.accuracy --datasets {row['dataset']} "
