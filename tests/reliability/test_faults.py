@@ -370,7 +370,7 @@ def test_two_campaigns_on_one_store_at_once(prefect_api, tmp_path):
     assert not list((work / "checkpoints").glob("*/last.pt"))
     before = snapshot(store)
 
-    # MLflow: one experiment, a parent run per campaign run, one registered version each
+    # MLflow: one experiment, a parent run per campaign run
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
@@ -379,5 +379,6 @@ def test_two_campaigns_on_one_store_at_once(prefect_api, tmp_path):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 2 and all(r.info.status == "FINISHED" for r in runs)
     versions = client.search_model_versions("name='rel-champion'")
-    assert sorted(int(v.version) for v in versions) == [1, 2]
+    # the second campaign's best scores no better than the champion it finds: no new version
+    assert sorted(int(v.version) for v in versions) == [1]
     assert snapshot(store) == before
