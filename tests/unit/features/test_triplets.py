@@ -46,17 +46,22 @@ def _dscribe_g3(atoms, elements):
     return np.concatenate(cols, axis=1)
 
 
-def _features(f, atoms, grad: bool) -> np.ndarray:
-    if not grad:
-        return f.featurize(atoms)[0]
-    positions = torch.tensor(atoms.positions, requires_grad=True)
-    nl = f.neighbors(
+def _neighbors(f, atoms):
+    """The featurizer's neighbour list of one structure."""
+    return f.neighbors(
         atoms.numbers,
         atoms.positions,
         atoms.cell.array[None],
         atoms.pbc[None],
         np.array([0, len(atoms)]),
     )
+
+
+def _features(f, atoms, grad: bool) -> np.ndarray:
+    if not grad:
+        return f.featurize(atoms)[0]
+    positions = torch.tensor(atoms.positions, requires_grad=True)
+    nl = _neighbors(f, atoms)
     x = f(
         torch.tensor(atoms.numbers),
         positions,
@@ -105,13 +110,7 @@ def test_aev_equals_torchani(acetamide, layout, grad):
 
 def test_layouts_agree_in_float32(cu_bulk, monkeypatch):
     f = Gaussian(cutoff=RC, custom={"G2": G2, "G3": G3}).fit_elements(cu_bulk)
-    nl = f.neighbors(
-        cu_bulk.numbers,
-        cu_bulk.positions,
-        cu_bulk.cell.array[None],
-        cu_bulk.pbc[None],
-        np.array([0, len(cu_bulk)]),
-    )
+    nl = _neighbors(f, cu_bulk)
     args = (
         torch.tensor(cu_bulk.numbers),
         torch.tensor(cu_bulk.positions, dtype=torch.float32),
@@ -136,12 +135,6 @@ def test_padding_ratio_closed_form():
     blocks hold 13 slots x 6 partners per centre against 12 * 11 / 2 triplets."""
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
     f = Gaussian(cutoff=3.0, elements=["Cu"])
-    nl = f.neighbors(
-        atoms.numbers,
-        atoms.positions,
-        atoms.cell.array[None],
-        atoms.pbc[None],
-        np.array([0, len(atoms)]),
-    )
+    nl = _neighbors(f, atoms)
     assert np.all(np.bincount(nl.i) == 12)
     assert padding_ratio(torch.from_numpy(nl.i), len(atoms)) == pytest.approx(13 * 6 / 66)
