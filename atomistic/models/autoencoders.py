@@ -44,6 +44,7 @@ from torch.nn import functional as F
 
 from atomistic.models.base import NotFittedError
 from atomistic.models.io import ModelFileError, read_card, read_tensors, write_model_dir
+from atomistic.models.layers import ACTIVATIONS, mlp
 from atomistic.models.training import History, TrainingConfig, minibatches, train
 
 __all__ = ["AutoEncoder", "VAE", "load_autoencoder"]
@@ -52,28 +53,8 @@ FORMAT_VERSION = 1
 _WEIGHTS = "weights"  # weights.safetensors beside card.json
 _SHARED = "all"  # the ModuleDict key of the one network when per_element=False
 _LOGVAR_MIN = -10.0  # soft floor of the decoder's log-variance (sigma >= 7e-3 scaled units)
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "elu": nn.ELU,
-    "softplus": nn.Softplus,
-    "silu": nn.SiLU,
-    "linear": nn.Identity,
-}
 _DEFAULT_LAYERS = {"encoder": (20, 10, 4), "decoder": (4, 10, 20)}
 Batch = tuple[torch.Tensor, list[int]]  # x (B, F) float64 rows sorted by element, rows per element
-
-
-def _mlp(sizes: list[int], activation: str, last: bool) -> nn.Sequential:
-    """Linear layers sizes[0] -> ... -> sizes[-1], activation after each (after the last if
-    ``last``)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if last or i < len(sizes) - 2:
-            layers.append(_ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
 
 
 class _Net(nn.Module):
@@ -85,13 +66,13 @@ class _Net(nn.Module):
         self.kind = kind  # "ae" | "multivariate" | "bernoulli"
         latent = enc[-1]
         if kind == "ae":
-            self.encoder = _mlp([n_features, *enc], activation, last=False)
-            self.decoder = _mlp([*dec, n_features], activation, last=False)
+            self.encoder = mlp([n_features, *enc], activation, last=False)
+            self.decoder = mlp([*dec, n_features], activation, last=False)
             return
-        self.encoder = _mlp([n_features, *enc[:-1]], activation, last=True)
+        self.encoder = mlp([n_features, *enc[:-1]], activation, last=True)
         width = enc[-2] if len(enc) > 1 else n_features
         self.z_mean, self.z_logvar = nn.Linear(width, latent), nn.Linear(width, latent)
-        self.decoder = _mlp(list(dec), activation, last=True)
+        self.decoder = mlp(list(dec), activation, last=True)
         self.x_head = nn.Linear(dec[-1], n_features)  # mean, or logits when bernoulli
         if kind == "multivariate":
             self.x_logvar = nn.Linear(dec[-1], n_features)
@@ -203,8 +184,8 @@ class AutoEncoder:
                 f"the decoder must start at the latent size {enc[-1]} (the last encoder size), "
                 f"got decoder {dec}"
             )
-        if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"activation {self.activation!r} is not one of {sorted(_ACTIVATIONS)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
         return enc, dec
 
     @property

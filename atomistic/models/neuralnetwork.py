@@ -1,21 +1,37 @@
 """Behler–Parrinello neural-network potentials (Behler & Parrinello, PRL 98, 146401 (2007)).
 
-E_s = sum_{i in s} E_i,  E_i = shift_Z + scale_Z * NN_Z(x_i)   (eq. 3 of the paper, with ML4Chem's
-per-element output scale and shift), where x_i are the scaled atomic features of atom i and NN_Z a
-fully connected network of element Z. shift_Z is the least-squares per-element reference energy
-of the training set (:func:`~atomistic.models.base.fit_reference_energies`) and scale_Z the
-standard deviation of the residual energy per atom, (E_s - sum_Z n_sZ shift_Z) / n_s, so the
-networks start by learning an O(1) target. Forces F_i = -dE/dR_i by autograd through the networks,
-the scaler and the featurizer.
+E_s = sum_{i in s} E_i,  E_i = e_Z + scale_Z NN_Z(x_i)   (eq. 3 of the paper, with a per-element
+output scale and shift), where x_i are the scaled atomic features of atom i and NN_Z a fully
+connected network of element Z. The shift e_Z is the per-element reference energy: fitted by least
+squares over the training set (:func:`~atomistic.models.base.fit_reference_energies`) or given
+(``reference_energies``); scale_Z is the standard deviation of the residual energy per atom, so the
+networks start by learning an O(1) target. The networks compute in ``dtype`` (float32 by default);
+the reference energies are added in float64. Forces F_i = -dE/dR_i by autograd through the
+networks, the scaler and the featurizer.
 
-Training minimises  mean_s ((E_pred_s - E_s) / n_s)^2 + force_weight * mean_(i,c) (F_pred - F)^2
-(energies in eV, forces in eV/Å) with :func:`atomistic.models.training.train`. Energy-only training
-uses precomputed scaled features (fast path); force training computes features on the fly, with
-neighbour lists built once per structure and reused every epoch.
+Loss (docs/training.md), per minibatch of B structures with N_s atoms each::
+
+    L = energy_weight * mean_s (dE_s / n_s)^2 + force_weight * mean_(i,c) (dF_ic)^2
+
+with n_s = N_s (``energy_normalization="atoms"``: per-atom energy MSE, eV^2/atom^2, as NequIP and
+MACE) or n_s = sqrt(N_s) (``"sqrt_atoms"``: (dE)^2/N, eV^2/atom, as TorchANI); the force term is the
+MSE per Cartesian component, eV^2/Å^2. ``energy_weight`` is dimensionless; ``force_weight``
+converts the force term into energy-term units (atom^-2 Å^2 or atom^-1 Å^2).
+
+Force training precomputes the features and their position Jacobian once
+(:mod:`atomistic.features.jacobian`) when they fit in ``jacobian_memory`` bytes, so that a step
+costs the networks and one batched contraction, not a featurizer pass and its second derivatives;
+otherwise features are computed on the fly with neighbour lists built once.
+
+A committee (``ensemble > 1``) trains members with seeds ``seed + k`` (and, with ``bootstrap``,
+each on a resample of the training structures with replacement); predictions are the members'
+mean, with their standard deviation as ``energy_std`` and ``forces_std``.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -23,70 +39,84 @@ import torch
 from ase.data import atomic_numbers
 from torch import nn
 
+from atomistic.features.jacobian import feature_jacobians, jacobian_nbytes
 from atomistic.models.base import (
     AtomicData,
     AtomisticModel,
     NeighborCache,
     fit_reference_energies,
+    reference_energy,
     scaled_features_torch,
 )
+from atomistic.models.layers import ACTIVATIONS, mlp
 from atomistic.models.training import History, TrainingConfig, minibatches
 from atomistic.models.training import train as run_training
 
-__all__ = ["NeuralNetwork", "AtomicNetworks"]
+__all__ = ["NeuralNetwork", "AtomicNetworks", "TrainingWarning", "DTYPES"]
 
-_ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "celu": nn.CELU,
-    "silu": nn.SiLU,
-    "softplus": nn.Softplus,
-}
-_PREDICT_CHUNK = 64  # structures per forward pass when predicting
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+ENERGY_NORMALIZATIONS = ("atoms", "sqrt_atoms")
+_PREDICT_CHUNK = 64  # structures per forward pass when predicting forces
+_JACOBIAN_MEMORY = 2 * 1024**3  # default byte budget of precomputed feature Jacobians
+
+
+class TrainingWarning(UserWarning):
+    """A model trained without learning anything useful (best epoch 0, or no better than the
+    per-element reference energies on the validation set)."""
 
 
 class AtomicNetworks(nn.Module):
     """One fully connected network per element (``nn.ModuleDict`` keyed by symbol) with
-    per-element output scale and shift buffers.
+    per-element output scale and shift buffers (float64).
 
-    forward(X (n_atoms, n_features), numbers (n_atoms,), batch (n_atoms,), n_structures)
-    -> energies (n_structures,), eV.
+    ``residual(X, numbers)`` -> scale_Z NN_Z(x_i), shape (n_atoms,), in the networks' dtype;
+    ``forward(X, numbers, batch, n_structures)`` -> energies (n_structures,) float64, eV.
     """
 
     def __init__(
         self,
         elements: tuple[str, ...],
         n_features: int,
-        hiddenlayers: tuple[int, ...],
+        hiddenlayers: dict[str, tuple[int, ...]],
         activation: str,
     ) -> None:
         super().__init__()
         self.elements = tuple(elements)
-        nets = {}
-        for sym in self.elements:
-            layers: list[nn.Module] = []
-            width = n_features
-            for h in hiddenlayers:
-                layers += [nn.Linear(width, h), _ACTIVATIONS[activation]()]
-                width = h
-            layers.append(nn.Linear(width, 1))
-            nets[sym] = nn.Sequential(*layers)
-        self.nets = nn.ModuleDict(nets)
+        self.nets = nn.ModuleDict(
+            {s: mlp([n_features, *hiddenlayers[s], 1], activation) for s in self.elements}
+        )
         self.register_buffer("shift", torch.zeros(len(self.elements), dtype=torch.float64))
         self.register_buffer("scale", torch.ones(len(self.elements), dtype=torch.float64))
         self.register_buffer(
             "z", torch.tensor([atomic_numbers[s] for s in self.elements], dtype=torch.long)
         )
 
-    def atomic_energies(self, X: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
-        """(n_atoms,) E_i, eV."""
-        out = X.new_zeros(X.shape[0])
-        for k, sym in enumerate(self.elements):
-            idx = torch.nonzero(numbers == self.z[k]).squeeze(1)  # shape (n_Z,)
-            if idx.numel():
-                e = self.nets[sym](X[idx]).squeeze(1) * self.scale[k] + self.shift[k]
-                out = out.index_put((idx,), e)
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def residual_sorted(self, X: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """scale_Z NN_Z(x) for rows already grouped by element (``sizes[k]`` rows of element k, in
+        ``self.elements`` order); shape (n_atoms,)."""
+        outs = []
+        for k, (sym, part) in enumerate(zip(self.elements, X.split(sizes), strict=True)):
+            if sizes[k]:
+                outs.append(self.nets[sym](part).squeeze(1) * self.scale[k].to(X.dtype))
+        return torch.cat(outs) if outs else X.new_zeros(0)
+
+    def residual(self, X: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """scale_Z NN_Z(x_i) for rows in any order, shape (n_atoms,)."""
+        kind = torch.searchsorted(self.z, numbers)  # z is sorted by atomic number
+        order = torch.argsort(kind, stable=True)
+        sizes = torch.bincount(kind, minlength=len(self.elements)).tolist()
+        out = torch.empty_like(order, dtype=X.dtype)
+        out[order] = self.residual_sorted(X.index_select(0, order), sizes)
         return out
+
+    def atomic_energies(self, X: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """(n_atoms,) E_i, eV, float64."""
+        kind = torch.searchsorted(self.z, numbers)
+        return self.residual(X.to(self.dtype), numbers).double() + self.shift[kind]
 
     def forward(self, X, numbers, batch, n_structures: int) -> torch.Tensor:
         e = self.atomic_energies(X, numbers)
@@ -94,33 +124,79 @@ class AtomicNetworks(nn.Module):
 
 
 class NeuralNetwork(AtomisticModel):
-    """Behler–Parrinello network potential.
+    """Behler–Parrinello network potential (module docstring; docs/training.md).
 
-    Parameters: ``hiddenlayers`` sizes of the hidden layers of every element's network;
-    ``activation`` one of relu, tanh, celu, silu, softplus (relu gives discontinuous forces:
-    prefer a smooth one for MD); ``force_weight`` weight of the force term of the loss (0 trains on
-    energies only); ``training`` a :class:`TrainingConfig` (or its dict); ``training.seed`` also
-    seeds the weight initialisation.
+    Parameters
+    ----------
+    hiddenlayers : tuple of int, or dict of element symbol -> tuple of int
+        Hidden layer widths of every element's network, or per element (ANI-1x: H (160, 128, 96),
+        C (144, 112, 96), N and O (128, 112, 96)).
+    activation : str
+        One of :data:`atomistic.models.layers.ACTIVATIONS` (relu gives discontinuous forces:
+        prefer a smooth one for MD; ``celu0.1`` is ANI's).
+    force_weight, energy_weight : float
+        Weights of the force and energy terms of the loss (``force_weight`` 0: energies only).
+    energy_normalization : {"atoms", "sqrt_atoms"}
+        Energy error per structure divided by N or by sqrt(N) before squaring.
+    dtype : {"float32", "float64"}
+        Precision of the networks in training and prediction.
+    ensemble : int
+        Committee size; members differ by seed (and resample with ``bootstrap``).
+    bootstrap : bool
+        Train each member on a resample of the training structures with replacement.
+    reference_energies : dict of element symbol -> float, optional
+        Per-element reference energies e_Z (eV); fitted by least squares when None.
+    jacobian_memory : int
+        Byte budget for precomputed feature Jacobians in force training.
+    training : TrainingConfig or dict
+        Optimisation settings; ``training.seed`` also seeds the weight initialisation.
 
-    Learned state: ``module_`` (:class:`AtomicNetworks`), ``reference_`` (eV per element),
-    ``history_``, ``n_features_``.
+    Learned state: ``members_`` (list of :class:`AtomicNetworks`; ``module_`` is the first),
+    ``reference_`` (eV per element), ``history_`` (the first member's), ``histories_``,
+    ``n_features_``.
     """
 
     def __init__(
         self,
-        hiddenlayers: tuple[int, ...] = (10, 10),
+        hiddenlayers: tuple[int, ...] | dict[str, tuple[int, ...]] = (10, 10),
         activation: str = "relu",
         force_weight: float = 0.0,
+        energy_weight: float = 1.0,
+        energy_normalization: str = "atoms",
+        dtype: str = "float32",
+        ensemble: int = 1,
+        bootstrap: bool = False,
+        reference_energies: dict[str, float] | None = None,
+        jacobian_memory: int = _JACOBIAN_MEMORY,
         training: TrainingConfig | dict[str, Any] | None = None,
     ) -> None:
-        self.hiddenlayers = tuple(hiddenlayers)
+        self.hiddenlayers = hiddenlayers
         self.activation = activation
         self.force_weight = force_weight
+        self.energy_weight = energy_weight
+        self.energy_normalization = energy_normalization
+        self.dtype = dtype
+        self.ensemble = ensemble
+        self.bootstrap = bootstrap
+        self.reference_energies = reference_energies
+        self.jacobian_memory = jacobian_memory
         self.training = training
+
+    @property
+    def has_uncertainty(self) -> bool:  # type: ignore[override]
+        return int(self.ensemble) > 1
 
     @classmethod
     def _params_from_json(cls, params: dict[str, Any]) -> dict[str, Any]:
-        return {**params, "hiddenlayers": tuple(params["hiddenlayers"])}
+        h = params["hiddenlayers"]
+        h = {k: tuple(v) for k, v in h.items()} if isinstance(h, dict) else tuple(h)
+        return {**params, "hiddenlayers": h}
+
+    def _json_params(self) -> dict[str, Any]:
+        out = {**super()._json_params(), "training": self._config().to_dict()}
+        if isinstance(self.hiddenlayers, dict):
+            out["hiddenlayers"] = {k: list(v) for k, v in self.hiddenlayers.items()}
+        return out
 
     def _config(self) -> TrainingConfig:
         t = self.training
@@ -128,83 +204,168 @@ class NeuralNetwork(AtomisticModel):
             return TrainingConfig()
         return t if isinstance(t, TrainingConfig) else TrainingConfig(**t)
 
-    def _json_params(self) -> dict[str, Any]:
-        return {**super()._json_params(), "training": self._config().to_dict()}
+    def _layers(self) -> dict[str, tuple[int, ...]]:
+        h = self.hiddenlayers
+        if isinstance(h, dict):
+            missing = sorted(set(self.elements_) - set(h))
+            if missing:
+                raise ValueError(f"hiddenlayers gives no widths for element(s) {missing}")
+            return {s: tuple(int(w) for w in h[s]) for s in self.elements_}
+        return {s: tuple(int(w) for w in h) for s in self.elements_}
+
+    def _check_params(self, data: AtomicData) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.energy_normalization not in ENERGY_NORMALIZATIONS:
+            raise ValueError(
+                f"energy_normalization must be one of {ENERGY_NORMALIZATIONS}, "
+                f"got {self.energy_normalization!r}"
+            )
+        if int(self.ensemble) < 1:
+            raise ValueError(f"ensemble must be >= 1, got {self.ensemble}")
+        for name in ("force_weight", "energy_weight"):
+            v = float(getattr(self, name))
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if self.force_weight > 0:
+            if data.featurizer is None:
+                raise ValueError("force training needs a featurizer (features alone carry no dR)")
+            if data.dataset.forces is None:
+                raise ValueError("force training needs a dataset with forces")
+
+    def _references(self, ds) -> dict[str, float]:
+        if self.reference_energies is None:
+            return fit_reference_energies(ds, self.elements_)
+        missing = sorted(set(self.elements_) - set(self.reference_energies))
+        if missing:
+            raise ValueError(f"reference_energies gives no value for element(s) {missing}")
+        return {s: float(self.reference_energies[s]) for s in self.elements_}
 
     # -- fitting ---------------------------------------------------------------------------------
     def fit(self, train: AtomicData, validation: AtomicData | None = None, callback=None):
         """Train on ``train`` (energies, and forces when ``force_weight > 0``); early stopping and
-        the plateau scheduler watch ``validation`` when given. Returns self."""
-        if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"activation {self.activation!r} is not one of {list(_ACTIVATIONS)}")
-        use_forces = self.force_weight > 0
-        if use_forces and (train.featurizer is None or train.dataset.forces is None):
-            raise ValueError("force training needs a featurizer and a dataset with forces")
+        the schedule watch ``validation`` when given. Returns self."""
+        self._check_params(train)
         config = self._config()
         self._remember_inputs(train)
+        dtype = DTYPES[self.dtype]
         ds = train.dataset
-        torch.manual_seed(config.seed)
-        if use_forces:
-            n_features = int(train.featurizer.n_features)
-        else:
-            X_train = train.scaled_features()
-            n_features = X_train.shape[1]
-        module = AtomicNetworks(self.elements_, n_features, self.hiddenlayers, self.activation)
-        module.double()
-        self.reference_ = fit_reference_energies(ds, self.elements_)
-        self._init_output(module, ds)
-
-        def make_source(data: AtomicData, shuffle: bool):
-            S = data.dataset.n_structures
-            if use_forces:
-                cache = NeighborCache(data.featurizer, data.dataset)
-                fetch = _force_batches(cache, data)
-            else:
-                fetch = _feature_batches(data, X_train if data is train else None)
-            return lambda g: [
-                fetch(i.numpy()) for i in minibatches(S, config.batch_size, g, shuffle=shuffle)
-            ]
-
-        train_source = make_source(train, True)
-        val_source = None if validation is None else make_source(validation, False)
-        self.history_: History = run_training(
-            module, self._loss_fn(use_forces), train_source, val_source, config, callback
-        )
-        self.module_ = module
-        self.n_features_ = n_features
+        self.reference_ = self._references(ds)
+        train_set = _TrainingSet(self, train, dtype)
+        val_set = None if validation is None else _TrainingSet(self, validation, dtype)
+        n_members = int(self.ensemble)
+        member_config = config
+        if config.max_time is not None:
+            member_config = TrainingConfig(
+                **{**config.to_dict(), "max_time": config.max_time / n_members}
+            )
+        self.members_: list[AtomicNetworks] = []
+        self.histories_: list[History] = []
+        for k in range(n_members):
+            cfg = member_config
+            if k:
+                cfg = TrainingConfig(**{**member_config.to_dict(), "seed": config.seed + k})
+                if cfg.checkpoint_dir is not None:
+                    cfg.checkpoint_dir = f"{cfg.checkpoint_dir}/member{k}"
+            torch.manual_seed(cfg.seed)
+            module = AtomicNetworks(
+                self.elements_, train_set.n_features, self._layers(), self.activation
+            ).to(dtype)
+            self._init_output(module, ds)
+            pool = None
+            if self.bootstrap:
+                rng = np.random.default_rng(cfg.seed)
+                pool = rng.integers(0, ds.n_structures, ds.n_structures)
+            history = run_training(
+                module,
+                self._loss_fn(),
+                train_set.source(cfg.batch_size, pool, shuffle=True),
+                None if val_set is None else val_set.source(cfg.batch_size, None, False),
+                cfg,
+                callback,
+            )
+            self.members_.append(module)
+            self.histories_.append(history)
+        self.module_ = self.members_[0]
+        self.history_ = self.histories_[0]
+        self.n_features_ = train_set.n_features
         h = self.history_
         self.metrics_ = {k: v[h.best_epoch] for k, v in h.metrics.items() if k != "lr"}
+        self._warn_if_useless(validation if validation is not None else train)
         return self
 
     def _init_output(self, module: AtomicNetworks, ds) -> None:
-        n = np.diff(ds.offsets)
         refs = np.array([self.reference_[s] for s in self.elements_])
-        per_atom_ref = np.zeros(ds.n_structures)
-        for k, sym in enumerate(self.elements_):
-            per_atom_ref += (
-                np.bincount(ds.batch[ds.numbers == atomic_numbers[sym]], minlength=ds.n_structures)
-                * refs[k]
-            )
-        resid = (ds.energy - per_atom_ref) / n
+        resid = (ds.energy - reference_energy(ds, self.reference_)) / np.diff(ds.offsets)
         scale = float(resid.std()) if ds.n_structures > 1 else 1.0
         module.shift.copy_(torch.as_tensor(refs))
         module.scale.fill_(max(scale, 1e-3))
 
-    def _loss_fn(self, use_forces: bool):
-        fw = float(self.force_weight)
+    def _warn_if_useless(self, data: AtomicData) -> None:
+        """Warn when the best epoch is 0 or the energies are no better than the references."""
+        ds = data.dataset
+        n = np.diff(ds.offsets)
+        base = float(
+            np.sqrt(np.mean(((ds.energy - reference_energy(ds, self.reference_)) / n) ** 2))
+        )
+        pred = self.predict(data)["energy"]
+        rmse = float(np.sqrt(np.mean(((pred - ds.energy) / n) ** 2)))
+        problems = []
+        if self.history_.best_epoch <= 0 and self.history_.epochs_completed > 1:
+            problems.append(f"its best epoch is {self.history_.best_epoch}")
+        if rmse >= base:
+            problems.append(
+                f"its energy RMSE {rmse * 1e3:.3g} meV/atom is no better than the per-element "
+                f"reference energies' {base * 1e3:.3g} meV/atom"
+            )
+        self.metrics_["baseline_energy_rmse_per_atom"] = base
+        if problems:
+            self.metrics_["useless"] = 1.0
+            warnings.warn(
+                f"NeuralNetwork(hiddenlayers={self.hiddenlayers}, force_weight="
+                f"{self.force_weight}) learned nothing useful: {'; '.join(problems)}",
+                TrainingWarning,
+                stacklevel=3,
+            )
+
+    def _loss_fn(self):
+        fw, ew = float(self.force_weight), float(self.energy_weight)
+        sqrt_n = self.energy_normalization == "sqrt_atoms"
         featurizer, scaler = self.featurizer_, self.scaler_
 
         def loss_fn(module: AtomicNetworks, b: dict[str, Any]) -> dict[str, torch.Tensor]:
-            S = len(b["energy"])
-            X = scaled_features_torch(featurizer, scaler, b) if use_forces else b["X"]
-            E = module(X, b["numbers"], b["batch"], S)
-            e_mse = (((E - b["energy"]) / b["n_atoms"]) ** 2).mean()
-            out = {"energy_mse": e_mse, "weight": torch.tensor(float(S))}
-            loss = e_mse
-            if use_forces:
-                (g,) = torch.autograd.grad(E.sum(), b["positions"], create_graph=module.training)
-                f_mse = ((-g - b["forces"]) ** 2).mean()
-                out["force_mse"] = f_mse
+            S = len(b["target"])
+            n = b["n_atoms"]
+            if "nl" in b:  # on-the-fly features
+                X = scaled_features_torch(featurizer, scaler, b).to(module.dtype)
+                e_atom = module.residual(X, b["numbers"])
+                wrt = b["positions"]
+            else:
+                X = b["X"].requires_grad_(fw > 0)
+                e_atom = module.residual_sorted(X, b["sizes"])
+                wrt = X
+            E = e_atom.new_zeros(S).index_add_(0, b["batch"], e_atom)
+            err = (E - b["target"]) / (n.sqrt() if sqrt_n else n)
+            e_mse = (err**2).mean()
+            per_atom = ((E - b["target"]) / n) ** 2
+            out = {
+                "energy_mse": per_atom.mean().detach(),
+                "weight": torch.tensor(float(S)),
+            }
+            loss = ew * e_mse
+            if fw > 0:
+                (g,) = torch.autograd.grad(e_atom.sum(), wrt, create_graph=module.training)
+                if "J" in b:  # dE/dR_(s, a) = sum_(i in s) dE/dx_i . dx_i/dR_(s, a)
+                    J = b["J"]  # shape (atoms, F, n_max * 3)
+                    dEdR = torch.bmm(g.unsqueeze(1), J).squeeze(1)  # shape (atoms, n_max * 3)
+                    dEdR = dEdR.new_zeros((S, J.shape[2])).index_add_(0, b["batch"], dEdR)
+                    diff = (-dEdR - b["forces"]) * b["mask"]
+                    f_mse = (diff**2).sum() / b["mask"].sum()
+                else:
+                    f_mse = ((-g - b["forces"]) ** 2).mean()
+                out["force_mse"] = f_mse.detach()
                 loss = loss + fw * f_mse
             out["loss"] = loss
             return out
@@ -213,35 +374,49 @@ class NeuralNetwork(AtomisticModel):
 
     # -- prediction ------------------------------------------------------------------------------
     def predict(self, data: AtomicData, forces: bool = False) -> dict[str, np.ndarray]:
-        """energy (S,) eV and, with ``forces``, forces (n_atoms, 3) eV/Å."""
+        """energy (S,) eV and, with ``forces``, forces (n_atoms, 3) eV/Å; a committee adds
+        energy_std (S,) eV and forces_std (n_atoms, 3) eV/Å (standard deviation of the members)."""
         self._check_fitted()
         self._check_elements(data.dataset)
         ds = data.dataset
-        module = self.module_
-        E = np.zeros(ds.n_structures)
+        members = self.members_
+        numbers, batch = torch.as_tensor(ds.numbers), torch.as_tensor(ds.batch)
+        E = np.zeros((len(members), ds.n_structures))
         if not forces:
             X = torch.as_tensor(data.scaled_features())
             with torch.no_grad():
-                E[:] = module(
-                    X, torch.as_tensor(ds.numbers), torch.as_tensor(ds.batch), ds.n_structures
-                ).numpy()
-            return {"energy": E}
+                for k, m in enumerate(members):
+                    E[k] = m(X, numbers, batch, ds.n_structures).numpy()
+            return self._combine(E, None)
         featurizer = data.featurizer if data.featurizer is not None else self.featurizer_
         if featurizer is None:
             raise ValueError("forces need a featurizer (none given and none stored)")
         scaler = data.scaler if data.featurizer is not None else self.scaler_
         cache = NeighborCache(featurizer, ds)
-        F = np.zeros((ds.n_atoms, 3))
+        F = np.zeros((len(members), ds.n_atoms, 3))
         for idx in np.array_split(
             np.arange(ds.n_structures), max(1, -(-ds.n_structures // _PREDICT_CHUNK))
         ):
             b = cache.batch(idx)
             X = scaled_features_torch(featurizer, scaler, b)
-            e = module(X, b["numbers"], b["batch"], len(idx))
-            (g,) = torch.autograd.grad(e.sum(), b["positions"])
-            E[idx] = e.detach().numpy()
-            F[b["rows"].numpy()] = -g.numpy()
-        return {"energy": E, "forces": F}
+            rows = b["rows"].numpy()
+            for k, m in enumerate(members):
+                e = m(X, b["numbers"], b["batch"], len(idx))
+                (g,) = torch.autograd.grad(e.sum(), b["positions"], retain_graph=True)
+                E[k, idx] = e.detach().numpy()
+                F[k, rows] = -g.numpy()
+        return self._combine(E, F)
+
+    @staticmethod
+    def _combine(E: np.ndarray, F: np.ndarray | None) -> dict[str, np.ndarray]:
+        out = {"energy": E.mean(0)}
+        if F is not None:
+            out["forces"] = F.mean(0)
+        if len(E) > 1:
+            out["energy_std"] = E.std(0, ddof=1)
+            if F is not None:
+                out["forces_std"] = F.std(0, ddof=1)
+        return out
 
     # -- persistence -----------------------------------------------------------------------------
     def _state(self):
@@ -249,56 +424,124 @@ class NeuralNetwork(AtomisticModel):
             "reference": self.reference_,
             "n_features": self.n_features_,
             "best_epoch": self.history_.best_epoch if hasattr(self, "history_") else None,
+            "members": len(self.members_),
         }
-        return state, {"weights": dict(self.module_.state_dict())}
+        weights = {
+            f"member{k}.{name}": t
+            for k, m in enumerate(self.members_)
+            for name, t in m.state_dict().items()
+        }
+        return state, {"weights": weights}
 
     def _restore(self, state, tensors) -> None:
         self.reference_ = dict(state["reference"])
         self.n_features_ = int(state["n_features"])
-        module = AtomicNetworks(
-            self.elements_, self.n_features_, self.hiddenlayers, self.activation
-        ).double()
-        module.load_state_dict(tensors["weights"])
-        module.eval()
-        self.module_ = module
+        weights = tensors["weights"]
+        self.members_ = []
+        for k in range(int(state.get("members", 1))):
+            module = AtomicNetworks(
+                self.elements_, self.n_features_, self._layers(), self.activation
+            ).to(DTYPES[self.dtype])
+            prefix = f"member{k}."
+            module.load_state_dict(
+                {n.removeprefix(prefix): t for n, t in weights.items() if n.startswith(prefix)}
+            )
+            module.eval()
+            self.members_.append(module)
+        self.module_ = self.members_[0]
 
 
-def _feature_batches(data: AtomicData, X: np.ndarray | None):
-    ds = data.dataset
-    Xt = torch.as_tensor(data.scaled_features() if X is None else X)
-    numbers, energy = torch.as_tensor(ds.numbers), torch.as_tensor(ds.energy)
-    offsets = ds.offsets
+class _TrainingSet:
+    """A dataset prepared for training: tensors in the networks' dtype, residual energy targets
+    (E minus the reference energies, so float32 keeps its precision), and minibatches whose atoms
+    are grouped by element. Force training uses precomputed feature Jacobians when they fit in
+    the model's ``jacobian_memory``, on-the-fly features otherwise."""
 
-    def fetch(idx: np.ndarray) -> dict[str, Any]:
-        counts = offsets[idx + 1] - offsets[idx]
-        rows = torch.as_tensor(
-            np.repeat(offsets[idx] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    def __init__(self, model: NeuralNetwork, data: AtomicData, dtype: torch.dtype) -> None:
+        ds = data.dataset
+        if ds.energy is None:
+            raise ValueError("training needs a dataset with energies")
+        self.ds, self.dtype = ds, dtype
+        self.forces = model.force_weight > 0
+        residual = ds.energy - reference_energy(ds, model.reference_)
+        self.target = torch.as_tensor(residual, dtype=dtype)
+        self.sizes = np.diff(ds.offsets)
+        self.n_atoms = torch.as_tensor(self.sizes, dtype=dtype)
+        self.kind = np.searchsorted([atomic_numbers[s] for s in model.elements_], ds.numbers)
+        self.n_kinds = len(model.elements_)
+        self.cache: NeighborCache | None = None
+        self.X: torch.Tensor | None = None
+        self.J: torch.Tensor | None = None
+        if not self.forces:
+            self.X = torch.as_tensor(data.scaled_features(), dtype=dtype)
+            self.n_features = self.X.shape[1]
+            return
+        f = data.featurizer
+        self.n_features = int(f.n_features)
+        if jacobian_nbytes(self.n_features, ds.offsets, dtype) <= model.jacobian_memory:
+            X, J = feature_jacobians(
+                f, ds.numbers, ds.positions, ds.cell, ds.pbc, ds.offsets, dtype=torch.float64
+            )
+            if data.scaler is not None:
+                scale, _ = data.scaler._rows(ds.numbers, ds.n_atoms)
+                X = torch.as_tensor(data.scaler.transform(X.numpy(), ds.numbers))
+                J *= torch.as_tensor(np.broadcast_to(scale, X.shape)).reshape(*X.shape, 1, 1)
+            self.X = X.to(dtype)
+            self.J = J.reshape(ds.n_atoms, self.n_features, -1).to(dtype)
+            n_max = int(self.sizes.max())
+            local = np.arange(ds.n_atoms) - np.repeat(ds.offsets[:-1], self.sizes)
+            forces = torch.zeros((ds.n_structures, n_max, 3), dtype=dtype)
+            forces[torch.as_tensor(ds.batch), torch.as_tensor(local)] = torch.as_tensor(
+                ds.forces, dtype=dtype
+            )
+            mask = torch.zeros((ds.n_structures, n_max, 1), dtype=dtype)
+            mask[torch.as_tensor(ds.batch), torch.as_tensor(local)] = 1.0
+            self.padded_forces = forces.reshape(ds.n_structures, -1)
+            self.mask = mask.expand(-1, -1, 3).reshape(ds.n_structures, -1)
+        else:
+            self.cache = NeighborCache(f, ds)
+            self.all_forces = torch.as_tensor(ds.forces, dtype=torch.float64)
+
+    def batch(self, idx: np.ndarray) -> dict[str, Any]:
+        """The tensors of structures ``idx`` (a 1-D integer array)."""
+        ds = self.ds
+        t_idx = torch.as_tensor(idx)
+        common = {"target": self.target[t_idx], "n_atoms": self.n_atoms[t_idx]}
+        if self.cache is not None:
+            b = self.cache.batch(idx)
+            b["forces"] = self.all_forces[b["rows"]].to(self.dtype)
+            return {**b, **common}
+        counts = self.sizes[idx]
+        rows = np.repeat(ds.offsets[idx] - np.cumsum(counts) + counts, counts) + np.arange(
+            counts.sum()
         )
-        return {
-            "X": Xt[rows],
-            "numbers": numbers[rows],
-            "batch": torch.repeat_interleave(torch.arange(len(idx)), torch.as_tensor(counts)),
-            "n_atoms": torch.as_tensor(counts, dtype=torch.float64),
-            "energy": energy[torch.as_tensor(idx)],
+        local_batch = np.repeat(np.arange(len(idx)), counts)
+        order = np.argsort(self.kind[rows], kind="stable")
+        rows, local_batch = rows[order], local_batch[order]
+        t_rows = torch.as_tensor(rows)
+        b = {
+            **common,
+            "X": self.X.index_select(0, t_rows),
+            "sizes": np.bincount(self.kind[rows], minlength=self.n_kinds).tolist(),
+            "batch": torch.as_tensor(local_batch),
         }
+        if self.J is not None:
+            b["J"] = self.J.index_select(0, t_rows)
+            b["forces"] = self.padded_forces[t_idx]
+            b["mask"] = self.mask[t_idx]
+        return b
 
-    return fetch
+    def source(self, batch_size: int, pool: np.ndarray | None, shuffle: bool):
+        """A batch source for :func:`~atomistic.models.training.train`: structures ``pool`` (all
+        when None) in minibatches, reshuffled every epoch; a fixed order is built once."""
+        pool = np.arange(self.ds.n_structures) if pool is None else np.asarray(pool)
+        if not shuffle:
+            return [
+                self.batch(pool[i.numpy()]) for i in minibatches(len(pool), batch_size, None, False)
+            ]
 
+        def make(generator: torch.Generator):
+            for i in minibatches(len(pool), batch_size, generator, shuffle=True):
+                yield self.batch(pool[i.numpy()])
 
-def _force_batches(cache: NeighborCache, data: AtomicData):
-    ds = data.dataset
-    energy, forces = torch.as_tensor(ds.energy), torch.as_tensor(ds.forces)
-    memo: dict[tuple[int, ...], dict[str, Any]] = {}
-
-    def fetch(idx: np.ndarray) -> dict[str, Any]:
-        key = tuple(idx.tolist())
-        if key not in memo:  # a fixed (unshuffled) batch is sliced once
-            b = cache.batch(idx)
-            b["energy"] = energy[torch.as_tensor(idx)]
-            b["forces"] = forces[b["rows"]]
-            memo[key] = b
-            if len(memo) > 64:
-                memo.pop(next(iter(memo)))
-        return memo[key]
-
-    return fetch
+        return make

@@ -16,6 +16,7 @@ def _nn(**kw):
     return NeuralNetwork(
         hiddenlayers=(8, 8),
         activation=kw.pop("activation", "tanh"),
+        dtype=kw.pop("dtype", "float64"),  # finite differences and 1e-10 comparisons
         training=TrainingConfig(**cfg),
         **kw,
     )
