@@ -3,6 +3,7 @@
 calc = AtompipeCalculator("workspace/models/<key>")
 atoms.calc = calc
 atoms.get_potential_energy(); atoms.get_forces(); calc.results.get("energy_std")
+calc.results.get("forces_std")   # GaussianProcess(forces=True)
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ __all__ = ["AtompipeCalculator"]
 
 class AtompipeCalculator(Calculator):
     """Energy (eV), free energy (= energy), forces (eV/Å) and, for models with uncertainty
-    (GaussianProcess), ``energy_std`` (eV) from a saved model directory or a fitted model."""
+    (GaussianProcess), ``energy_std`` (eV) and, when trained on forces, ``forces_std``
+    (n_atoms, 3) eV/Å, from a saved model directory or a fitted model."""
 
     def __init__(self, model: str | Path | AtomisticModel, **kwargs: Any) -> None:
         self.model = model if isinstance(model, AtomisticModel) else load_model(model)
@@ -28,6 +30,8 @@ class AtompipeCalculator(Calculator):
         self.implemented_properties = ["energy", "free_energy", "forces"]
         if self.model.has_uncertainty:
             self.implemented_properties.append("energy_std")
+            if getattr(self.model, "forces", False):  # sparse GP on forces: forces_std too
+                self.implemented_properties.append("forces_std")
         super().__init__(**kwargs)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
@@ -41,3 +45,5 @@ class AtompipeCalculator(Calculator):
         }
         if "energy_std" in out:
             self.results["energy_std"] = float(out["energy_std"][0])
+        if "forces_std" in out:  # (n_atoms, 3) eV/Å, one structure
+            self.results["forces_std"] = np.asarray(out["forces_std"], dtype=np.float64)

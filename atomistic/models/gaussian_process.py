@@ -15,6 +15,14 @@ profiled out, a^2 = y^T A^-1 y / n, i.e.
 by L-BFGS-B over (log sigma, log g) with the analytic gradient
     d log p / d theta = n/2 (alpha^T dA alpha) / (y^T alpha) - 1/2 tr(A^-1 dA),  alpha = A^-1 y.
 With ``optimize=False`` the given sigma, noise and amplitude are used as they are.
+
+With ``forces=True`` the GP is the sparse projected-process (DTC) model on energies and forces
+of :mod:`atomistic.models.sparse_kernel` (GAP; Quiñonero-Candela & Rasmussen 2005): weights
+w (M,) with precision A = K_MM / a^2 + Phi^T Lambda^-1 Phi, and for every energy and force
+component the DTC predictive variance a^2 (k** - phi K_MM^-1 phi^T) + phi A^-1 phi^T + noise.
+``optimize`` then takes sigma from {sigma/2, sigma, 2 sigma} and the noise-to-amplitude ratios
+of energies and forces by the DTC log marginal likelihood (a^2 profiled), on at most
+``optimize_max_structures`` structures; the final fit uses all of them.
 """
 
 from __future__ import annotations
@@ -30,6 +38,12 @@ from atomistic.metrics import calibration
 from atomistic.models.base import AtomicData
 from atomistic.models.kernelridge import _KernelModel, _validation_metrics
 from atomistic.models.kernels import DEFAULT_BUDGET, structure_self_kernel
+from atomistic.models.sparse_kernel import (
+    design_blocks,
+    log_marginal_likelihood,
+    optimize_noise,
+    solve,
+)
 
 __all__ = ["GaussianProcess", "calibration"]
 
@@ -43,8 +57,16 @@ class GaussianProcess(_KernelModel):
     ``optimize_max_structures`` largest random training subset used for the search (the final
     fit uses all structures); ``seed`` for that subset; ``baseline`` "lstsq" or None.
 
+    Sparse energies-and-forces GP (``forces=True``, rbf only): ``n_sparse``,
+    ``sparse_method``, ``energy_noise`` (eV per atom, std), ``force_noise`` (eV/Å, std) as in
+    :class:`~atomistic.models.kernelridge.KernelRidge`; ``amplitude`` a (eV) is the prior std of
+    a local energy; ``noise`` is unused. ``predict`` then also returns ``forces_std``
+    (n_atoms, 3) eV/Å when forces are asked for.
+
     Learned state: ``sigma_``, ``noise_``, ``amplitude_``, ``alpha_`` (S,), ``cholesky_`` (S, S)
-    lower factor of K0 + (noise/a^2) I, ``log_marginal_likelihood_``.
+    lower factor of K0 + (noise/a^2) I, ``log_marginal_likelihood_``; sparse: ``alpha_`` (M,),
+    ``cholesky_`` (M, M) lower factor of A, ``cholesky_mm_`` (M, M) of K_MM,
+    ``energy_noise_``, ``force_noise_`` (``noise_`` = energy_noise_^2).
     """
 
     has_uncertainty = True
@@ -60,6 +82,11 @@ class GaussianProcess(_KernelModel):
         seed: int = 0,
         baseline: str | None = "lstsq",
         budget: int = DEFAULT_BUDGET,
+        forces: bool = False,
+        n_sparse: int = 1000,
+        sparse_method: str = "cur",
+        energy_noise: float = 0.005,
+        force_noise: float = 0.05,
     ) -> None:
         self.kernel = kernel
         self.sigma = sigma
@@ -70,11 +97,18 @@ class GaussianProcess(_KernelModel):
         self.seed = seed
         self.baseline = baseline
         self.budget = budget
+        self.forces = forces
+        self.n_sparse = n_sparse
+        self.sparse_method = sparse_method
+        self.energy_noise = energy_noise
+        self.force_noise = force_noise
 
     # -- fitting ---------------------------------------------------------------------------------
     def fit(self, train: AtomicData, validation: AtomicData | None = None, callback=None):
         """Fit hyperparameters (if ``optimize``) and the posterior. Returns self."""
         y = self._prepare(train)
+        if self._sparse:
+            return self._fit_sparse(train, y, validation, callback)
         sigma, g = float(self.sigma), float(self.noise) / float(self.amplitude) ** 2
         if self.optimize:
             sigma, g = self._optimize(y, sigma, g, callback)
@@ -170,9 +204,126 @@ class GaussianProcess(_KernelModel):
         self.X_train_, self.numbers_train_, self.batch_train_, self.n_train_ = full
         return math.exp(res.x[0]), math.exp(res.x[1])
 
+    def _fit_sparse(self, train: AtomicData, y: np.ndarray, validation, callback):
+        """Sparse DTC fit on energies and forces (module docstring). Returns self."""
+        amp = float(self.amplitude)
+        rE, rF = float(self.energy_noise) / amp, float(self.force_noise) / amp
+        sigma = float(self.sigma)
+        if self.optimize:
+            n_all = len(y)
+            keep = np.arange(n_all)
+            if n_all > self.optimize_max_structures:
+                rng = np.random.default_rng(self.seed)
+                keep = np.sort(rng.choice(n_all, self.optimize_max_structures, replace=False))
+            sub = AtomicData(
+                train.dataset.subset(keep),
+                None,
+                train.featurizer,
+                train.scaler,
+            )
+            best = None
+            for step, s in enumerate((sigma / 2, sigma, 2 * sigma)):
+                trial = type(self)(**{**self.get_params(), "optimize": False})
+                trial._prepare(sub)
+                trial._choose_sparse(sub)
+                ne = trial._normal_equations(sub, y[keep], s)
+                r_e, r_f, _, lml = optimize_noise(ne, rE, rF)
+                if callback is not None:
+                    callback(step, {"log_marginal_likelihood": lml, "sigma": s})
+                if best is None or lml > best[0]:
+                    best = (lml, s, r_e, r_f)
+            _, sigma, rE, rF = best
+        self._choose_sparse(train)
+        ne = self._normal_equations(train, y, sigma)
+        if self.optimize:
+            lml, _, a2 = log_marginal_likelihood(ne, 2 * math.log(rE), 2 * math.log(rF))
+        else:
+            a2 = amp**2
+            lml, _, _ = log_marginal_likelihood(ne, 2 * math.log(rE), 2 * math.log(rF), amp)
+        self.sigma_ = sigma
+        self.amplitude_ = math.sqrt(a2)
+        self.energy_noise_ = rE * self.amplitude_
+        self.force_noise_ = rF * self.amplitude_
+        self.noise_ = self.energy_noise_**2
+        self.alpha_, self.cholesky_ = solve(
+            ne, self.energy_noise_, self.force_noise_, self.amplitude_
+        )
+        self.cholesky_mm_ = np.linalg.cholesky(ne.K_MM)
+        self.log_marginal_likelihood_ = lml
+        self.metrics_ = _validation_metrics(self, validation)
+        self.metrics_.update(
+            sigma=self.sigma_,
+            energy_noise=self.energy_noise_,
+            force_noise=self.force_noise_,
+            amplitude=self.amplitude_,
+            log_marginal_likelihood=lml,
+        )
+        return self
+
     # -- prediction ------------------------------------------------------------------------------
+    def predict(self, data: AtomicData, forces: bool = False) -> dict[str, np.ndarray]:
+        """energy (S,) eV and energy_std (S,) eV; with ``forces`` forces (n_atoms, 3) eV/Å and,
+        for the sparse model, forces_std (n_atoms, 3) eV/Å (std of a new force label)."""
+        if not (forces and self._sparse):
+            return super().predict(data, forces)
+        self._check_fitted()
+        self._check_elements(data.dataset)
+        ds = data.dataset
+        featurizer = data.featurizer if data.featurizer is not None else self.featurizer_
+        if featurizer is None:
+            raise ValueError("forces need a featurizer (none given and none stored)")
+        scaler = data.scaler if data.featurizer is not None else self.scaler_
+        E, varE = np.zeros(ds.n_structures), np.zeros(ds.n_structures)
+        F, varF = np.zeros(3 * ds.n_atoms), np.zeros(3 * ds.n_atoms)
+        counts = np.diff(ds.offsets)
+        blocks = design_blocks(
+            data,
+            self.X_train_,
+            self.numbers_train_,
+            self.sigma_,
+            forces=True,
+            prior=True,
+            budget=self.budget,
+            featurizer=featurizer,
+            scaler=scaler,
+        )
+        with torch.no_grad():
+            for d in blocks:
+                E[d.idx] = d.KE.numpy() @ self.alpha_
+                varE[d.idx] = self._sparse_variance(d.KE.numpy(), d.kEE.numpy())
+                varE[d.idx] += self.energy_noise_**2 * counts[d.idx]
+                cols = (3 * d.rows[:, None] + np.arange(3)).reshape(-1)
+                F[cols] = d.KF.numpy() @ self.alpha_
+                varF[cols] = self._sparse_variance(d.KF.numpy(), d.kFF.numpy())
+                varF[cols] += self.force_noise_**2
+        return {
+            "energy": E + self._baseline(ds),
+            "forces": F.reshape(-1, 3),
+            "energy_std": np.sqrt(varE),
+            "forces_std": np.sqrt(varF).reshape(-1, 3),
+        }
+
+    def _sparse_variance(self, Phi: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        """Latent DTC variance of rows Phi (n, M) with prior variances ``prior`` (n,), eV^2."""
+        v1 = scipy.linalg.solve_triangular(self.cholesky_mm_, Phi.T, lower=True)
+        v2 = scipy.linalg.solve_triangular(self.cholesky_, Phi.T, lower=True)
+        projected = np.clip(prior - (v1 * v1).sum(0), 0.0, None)
+        return self.amplitude_**2 * projected + (v2 * v2).sum(0)
+
     def _extra_outputs(self, K: torch.Tensor, data: AtomicData, X: torch.Tensor) -> dict:
         ds = data.dataset
+        if self._sparse:
+            kee = structure_self_kernel(
+                X,
+                torch.as_tensor(ds.numbers),
+                torch.as_tensor(ds.batch),
+                ds.n_structures,
+                self.kernel,
+                self.sigma_,
+            ).numpy()
+            var = self._sparse_variance(K.numpy(), kee)
+            var += self.energy_noise_**2 * np.diff(ds.offsets)
+            return {"energy_std": np.sqrt(var)}
         kuu = structure_self_kernel(
             X,
             torch.as_tensor(ds.numbers),
@@ -195,6 +346,9 @@ class GaussianProcess(_KernelModel):
             log_marginal_likelihood=self.log_marginal_likelihood_,
         )
         tensors["training"]["cholesky"] = torch.as_tensor(self.cholesky_)
+        if self._sparse:
+            state.update(energy_noise=self.energy_noise_, force_noise=self.force_noise_)
+            tensors["training"]["cholesky_mm"] = torch.as_tensor(self.cholesky_mm_)
         return state, tensors
 
     def _restore(self, state, tensors) -> None:
@@ -203,3 +357,7 @@ class GaussianProcess(_KernelModel):
         self.amplitude_ = float(state["amplitude"])
         self.log_marginal_likelihood_ = float(state["log_marginal_likelihood"])
         self.cholesky_ = tensors["training"]["cholesky"].numpy().astype(np.float64)
+        if state.get("sparse"):
+            self.energy_noise_ = float(state["energy_noise"])
+            self.force_noise_ = float(state["force_noise"])
+            self.cholesky_mm_ = tensors["training"]["cholesky_mm"].numpy().astype(np.float64)

@@ -13,6 +13,11 @@ features are constants). E_ref is the least-squares per-element reference energy
 (``baseline="lstsq"``, :func:`~atomistic.models.base.fit_reference_energies`) or 0
 (``baseline=None``; then a linear kernel on one-atom structures is exactly scikit-learn's
 ``KernelRidge(alpha=lamda, kernel="linear")``).
+
+With ``forces=True`` the model is instead the sparse (projected-process) model of GAP over
+``n_sparse`` representative environments per element, fitted on energies and forces together
+(:mod:`atomistic.models.sparse_kernel`): "training" then means the representatives, each its own
+one-atom "structure", and ``alpha_`` their weights w, so the prediction code above is unchanged.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from atomistic.models.base import (
     scaled_features_torch,
 )
 from atomistic.models.kernels import DEFAULT_BUDGET, KERNELS, structure_kernel
+from atomistic.models.sparse_kernel import SPARSE_METHODS, accumulate, select_sparse, solve
 
 __all__ = ["KernelRidge"]
 
@@ -52,6 +58,38 @@ class _KernelModel(AtomisticModel):
             raise ValueError(f"kernel {self.kernel!r} is not one of {KERNELS}")
         if self.baseline not in _BASELINES:
             raise ValueError(f"baseline {self.baseline!r} is not one of {_BASELINES}")
+        if self._sparse:
+            if self.kernel != "rbf":
+                raise ValueError(f"forces=True needs kernel='rbf', not {self.kernel!r}")
+            if self.sparse_method not in SPARSE_METHODS:
+                raise ValueError(
+                    f"sparse_method {self.sparse_method!r} is not one of {SPARSE_METHODS}"
+                )
+
+    @property
+    def _sparse(self) -> bool:
+        return bool(getattr(self, "forces", False))
+
+    def _choose_sparse(self, train: AtomicData) -> None:
+        """Replace the stored training atoms by the representatives (forces=True)."""
+        if train.featurizer is None:
+            raise ValueError(
+                "forces=True needs a differentiable featurizer (latent features have none)"
+            )
+        if train.dataset.forces is None:
+            raise ValueError("forces=True needs a training set with forces")
+        X = self.X_train_.numpy()
+        numbers = train.dataset.numbers
+        rows = select_sparse(X, numbers, int(self.n_sparse), self.sparse_method, int(self.seed))
+        self.X_train_ = torch.as_tensor(X[rows])
+        self.numbers_train_ = torch.as_tensor(numbers[rows])
+        self.batch_train_ = torch.arange(len(rows))
+        self.n_train_ = len(rows)
+
+    def _normal_equations(self, train: AtomicData, y: np.ndarray, sigma: float):
+        return accumulate(
+            train, y, self.X_train_, self.numbers_train_, sigma, forces=True, budget=self.budget
+        )
 
     def _prepare(self, train: AtomicData) -> np.ndarray:
         """Store the training features; return the targets y (S,) eV."""
@@ -144,7 +182,12 @@ class _KernelModel(AtomisticModel):
 
     # persistence ------------------------------------------------------------------------------
     def _state(self):
-        state = {"reference": self.reference_, "sigma": self.sigma_, "n_train": self.n_train_}
+        state = {
+            "reference": self.reference_,
+            "sigma": self.sigma_,
+            "n_train": self.n_train_,
+            "sparse": self._sparse,
+        }
         tensors = {
             "training": {
                 "features": self.X_train_,
@@ -175,8 +218,17 @@ class KernelRidge(_KernelModel):
     (eV-free: K is dimensionless); ``baseline`` "lstsq" (per-element least-squares reference
     energies subtracted before fitting) or None; ``budget`` kernel entries per block.
 
-    Learned state: ``alpha_`` (S_train,), ``X_train_`` (N_train, F), ``numbers_train_``,
-    ``batch_train_``, ``reference_`` (eV per element), ``sigma_``.
+    Sparse energies-and-forces model (``forces=True``, rbf kernel only; GAP, Bartók & Csányi
+    2015; :mod:`atomistic.models.sparse_kernel`): ``n_sparse`` representative environments per
+    element chosen by ``sparse_method`` "cur" (leverage sampling, seeded by ``seed``) or "fps"
+    (farthest points); weights from the regularised least squares on energies and forces with
+    noise ``energy_noise`` (eV per atom; a structure's energy noise is energy_noise * sqrt(n))
+    and ``force_noise`` (eV/Å), kernel amplitude 1 eV (only the noise-to-amplitude ratios
+    matter for the mean); ``lamda`` is then unused.
+
+    Learned state: ``alpha_`` (S_train,) or (M,) weights, ``X_train_`` (N_train, F) or the
+    representatives (M, F), ``numbers_train_``, ``batch_train_``, ``reference_`` (eV per
+    element), ``sigma_``.
     """
 
     def __init__(
@@ -186,20 +238,39 @@ class KernelRidge(_KernelModel):
         lamda: float = 1e-5,
         baseline: str | None = "lstsq",
         budget: int = DEFAULT_BUDGET,
+        forces: bool = False,
+        n_sparse: int = 1000,
+        sparse_method: str = "cur",
+        energy_noise: float = 0.005,
+        force_noise: float = 0.05,
+        seed: int = 0,
     ) -> None:
         self.kernel = kernel
         self.sigma = sigma
         self.lamda = lamda
         self.baseline = baseline
         self.budget = budget
+        self.forces = forces
+        self.n_sparse = n_sparse
+        self.sparse_method = sparse_method
+        self.energy_noise = energy_noise
+        self.force_noise = force_noise
+        self.seed = seed
 
     def fit(self, train: AtomicData, validation: AtomicData | None = None, callback=None):
-        """Solve (K + lamda I) alpha = E - E_ref by Cholesky. Returns self.
+        """Solve (K + lamda I) alpha = E - E_ref by Cholesky (or, with ``forces``, the sparse
+        normal equations on energies and forces). Returns self.
 
         ``validation`` only adds validation errors to ``metrics_``; ``callback`` is unused
         (accepted for a uniform model interface)."""
         y = self._prepare(train)
         self.sigma_ = float(self.sigma)
+        if self._sparse:
+            self._choose_sparse(train)
+            ne = self._normal_equations(train, y, self.sigma_)
+            self.alpha_, _ = solve(ne, float(self.energy_noise), float(self.force_noise))
+            self.metrics_ = _validation_metrics(self, validation)
+            return self
         K, _ = self._train_kernel(self.sigma_)
         K[np.diag_indices_from(K)] += self.lamda
         try:
