@@ -23,12 +23,13 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 from ase.neighborlist import neighbor_list
 
-from atomistic.storage import Store, content_hash, file_sha256
+from atomistic.storage import CorruptionError, Store, content_hash, file_sha256, read_verified
 
 __all__ = [
     "DataError",
     "Dataset",
     "read_structures",
+    "file_format",
     "load_files",
     "expand_paths",
     "write_dataset",
@@ -205,6 +206,20 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def file_format(path: str | Path, format: str | None = None) -> str:
+    """The ASE format a file is read as: ``format`` when given, else what ASE infers from the
+    name and the first bytes (the same inference :func:`read_structures` relies on). Part of
+    the ingest cache key: the same bytes named ``.traj`` and ``.extxyz`` read differently."""
+    if format:
+        return format
+    from ase.io.formats import filetype
+
+    try:
+        return str(filetype(str(path), read=True))
+    except Exception:  # unknown or unreadable: the read itself will name the problem
+        return "unknown:" + Path(path).suffix.lower()
+
+
 def read_structures(path: str | Path, format: str | None = None) -> list[Atoms]:
     """All structures of one ASE-readable file; errors name the file."""
     path = Path(path)
@@ -353,11 +368,13 @@ def write_dataset(
 ) -> tuple[str, bool]:
     """Store ``ds`` under ``datasets/<key>`` with its default split; returns (key, written).
 
-    Content already present is found by its key and nothing is written.
+    Content already present is found by its key and nothing is written; a stored copy that no
+    longer matches its checksums is an error naming the key.
     """
     store = store if isinstance(store, Store) else Store(store)
     key = ds.key
     if store.has("datasets", key):
+        read_dataset(store, key)  # the stored copy still matches its checksums (else: error)
         return key, False
     with store.writing("datasets", key) as group:
         for name in _ARRAYS:
@@ -382,11 +399,24 @@ def write_dataset(
 
 
 def read_dataset(store: Store | str, key: str) -> Dataset:
-    """The Dataset stored under ``datasets/<key>``."""
+    """The Dataset stored under ``datasets/<key>``, every array checked against its checksum.
+
+    A dataset is source data (it cannot be recomputed): a missing or damaged chunk raises
+    :class:`~atomistic.storage.CorruptionError` naming the store and the key. A group written
+    before checksums existed is checked against its content key instead.
+    """
     store = store if isinstance(store, Store) else Store(store)
     group = store.open("datasets", key)
-    arrays = {name: (group[name][...] if name in group else None) for name in _ARRAYS}
-    return Dataset(**arrays, sources=tuple(group.attrs.get("sources", ())))
+    stored = group.attrs.get("checksums")
+    names = [n for n in _ARRAYS if (n in stored if stored is not None else n in group)]
+    arrays = {name: read_verified(group, name, store.url) for name in names}
+    ds = Dataset(**arrays, sources=tuple(group.attrs.get("sources", ())))
+    if stored is None and ds.key != key:
+        raise CorruptionError(
+            f"{store.url}: datasets/{key}: its arrays no longer hash to its key (a chunk file "
+            "was deleted, truncated or changed)"
+        )
+    return ds
 
 
 def read_split(
@@ -404,6 +434,6 @@ def read_split(
         sid = split_id(fractions or (0.8, 0.1, 0.1), 0 if seed is None else seed)
     path = f"splits/{sid}"
     if path in group:
-        return {name: group[f"{path}/{name}"][...] for name in SPLIT_NAMES}
+        return {name: read_verified(group, f"{path}/{name}", store.url) for name in SPLIT_NAMES}
     n = group["offsets"].shape[0] - 1
     return make_split(n, fractions or (0.8, 0.1, 0.1), 0 if seed is None else seed)

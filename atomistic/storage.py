@@ -24,13 +24,76 @@ from typing import Any
 import numpy as np
 import zarr
 
-__all__ = ["Store", "content_hash", "file_sha256", "StoreError"]
+__all__ = [
+    "Store",
+    "content_hash",
+    "file_sha256",
+    "StoreError",
+    "CorruptionError",
+    "chunk_digest",
+    "read_verified",
+]
 
 KINDS = ("datasets", "features", "latent")
 
 
 class StoreError(RuntimeError):
     """A store that cannot be opened or written; the message names the store and the key."""
+
+
+class CorruptionError(StoreError):
+    """Stored bytes that no longer match the checksum written with them: a chunk file deleted
+    (Zarr would read it back as its fill value), truncated or changed. Names the store, the
+    group's key and the array."""
+
+
+def chunk_digest(data: np.ndarray) -> int:
+    """A 64-bit checksum (blake2b) of an array's dtype, shape and little-endian bytes; never 0,
+    so that a checksum chunk read back as Zarr's fill value (0) matches nothing."""
+    a = np.ascontiguousarray(data)
+    a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{a.dtype.str}:{a.shape}".encode())
+    h.update(a.tobytes())
+    return int.from_bytes(h.digest(), "little") or 1
+
+
+def _arrays(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array]]:
+    for name, node in sorted(group.members()):
+        if isinstance(node, zarr.Array):
+            yield prefix + name, node
+        else:
+            yield from _arrays(node, f"{prefix}{name}/")
+
+
+def seal(group: zarr.Group) -> None:
+    """Record a checksum of every array of ``group`` in its ``checksums`` attribute."""
+    group.attrs["checksums"] = {
+        name: f"{chunk_digest(arr[...]):016x}" for name, arr in _arrays(group)
+    }
+
+
+def read_verified(group: zarr.Group, name: str, store_url: str = "") -> np.ndarray:
+    """The whole array ``name`` of a sealed group, checked against its recorded checksum.
+
+    Raises :class:`CorruptionError` naming the store, the group and the array when the array
+    is gone or its bytes differ (a deleted chunk file reads back as zeros without this check).
+    Groups written before checksums existed (no ``checksums`` attribute) are read unchecked.
+    """
+    where = f"{store_url}: {group.path}" if store_url else group.path
+    try:
+        data = group[name][...]
+    except (KeyError, ValueError, OSError) as exc:
+        raise CorruptionError(f"{where}: array {name} is missing or unreadable ({exc})") from exc
+    expected = group.attrs.get("checksums")
+    if expected is None:
+        return data
+    if name not in expected or f"{chunk_digest(data):016x}" != expected[name]:
+        raise CorruptionError(
+            f"{where}: array {name} does not match its checksum (a chunk file was deleted, "
+            "truncated or changed)"
+        )
+    return data
 
 
 def content_hash(*parts: Any) -> str:
@@ -137,6 +200,7 @@ class Store:
             group = self.root.require_group(staging)
             try:
                 yield group
+                seal(group)
                 group.attrs["complete"] = True
                 target = self.path / kind / key
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +228,7 @@ class Store:
             try:
                 group = self.root.require_group(staging)
                 yield group
+                seal(group)
                 group.attrs["complete"] = True
                 self._ensure_parent_group(kind)
                 meta = f"{src}/zarr.json"

@@ -22,8 +22,9 @@ from tasks.caching import submit_cached
 from tasks.models import (
     encoder_exists,
     evaluate_model,
-    evaluation_exists,
+    evaluation_done,
     model_exists,
+    model_key,
     train_encoder,
     train_model,
 )
@@ -114,15 +115,15 @@ class _Run:
             or any(getattr(cfg.features[o], "source", None) == n for o in only)
         }
         direct = {n: f for n, f in wanted.items() if not isinstance(f, LatentFeatures)}
-        needed = not all(
-            featurize_exists(datasets[f.dataset], f.type, f.featurizer_params())
-            for f in direct.values()
-        )
-        with self._scheduler(needed) as address:
+        exists = {  # each group checked once, every chunk against its checksum
+            n: featurize_exists(datasets[f.dataset], f.type, f.featurizer_params())
+            for n, f in direct.items()
+        }
+        with self._scheduler(not all(exists.values())) as address:
             futures = {
                 name: submit_cached(
                     featurize,
-                    featurize_exists,
+                    lambda *_, done=exists[name], **__: done,
                     datasets[feat.dataset],
                     feat.type,
                     feat.featurizer_params(),
@@ -183,9 +184,15 @@ class _Run:
             )
         for name, fut in trained.items():
             fset = cfg.models[name].features
+            key = model_key(
+                features[fset], scalers[fset], cfg.models[name].model_dump(mode="json"), self.split
+            )
+            done = evaluation_done(
+                Path(cfg.workspace) / "models" / key, cfg.evaluation.split, cfg.evaluation.plots
+            )
             evaluated[name] = submit_cached(
                 evaluate_model,
-                evaluation_exists,
+                lambda *_, done=done, **__: done,  # the files, not Prefect's record of them
                 fut,
                 features[fset],
                 scalers[fset],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -86,6 +88,56 @@ def _load(campaign: Path, overrides: list[str] | None = None):
         _fail(str(exc))
 
 
+INTERRUPTED = 130  # the shell's status for a command stopped by SIGINT
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM ask the work to stop at its next safe point (a featurization chunk,
+    a training batch: :mod:`atomistic.interrupt`) instead of killing it mid-write; what is
+    complete stays and a rerun resumes from it. A second signal stops at once."""
+    import signal
+
+    from atomistic import interrupt
+
+    def handler(signum: int, frame: object) -> None:
+        if interrupt.stop_requested():  # impatient: the default behaviour from now on
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        interrupt.request_stop()
+
+    interrupt.clear()
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    try:
+        previous = {sig: signal.signal(sig, handler) for sig in sigs}
+    except ValueError:  # not the main thread (an embedding application): leave its handlers
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _stopped(exc: BaseException) -> bool:
+    """The failure is a stop request (or came after one: a server that died of the signal)."""
+    from atomistic import interrupt
+
+    name = type(exc).__name__
+    return interrupt.stop_requested() or name in ("Interrupted", "TerminationSignal")
+
+
+def _exit_interrupted(what: str) -> NoReturn:
+    typer.secho(
+        f"interrupted: {what} stopped; nothing partial was published, run the same command "
+        "again to resume",
+        fg=typer.colors.YELLOW,
+        err=True,
+    )
+    raise typer.Exit(code=INTERRUPTED)
+
+
 def _no_failure_traceback(record) -> bool:
     name = record.name
     return not (record.exc_info and name.startswith(("prefect.flow_runs", "prefect.task_runs")))
@@ -142,10 +194,15 @@ def run(
         _fail(f"{campaign}: tracking.uri: {exc}")
     _quiet_failure_tracebacks()
     try:
-        summary = run_campaign(
-            cfg, show_progress=not quiet, features_only=features_only, models=model or None
-        )
-    except Exception as exc:  # the flow failed: one clear line, non-zero exit
+        with _stop_on_signals():
+            summary = run_campaign(
+                cfg, show_progress=not quiet, features_only=features_only, models=model or None
+            )
+    except BaseException as exc:  # the flow failed: one clear line, non-zero exit
+        if _stopped(exc):
+            _exit_interrupted(f"campaign {cfg.name}")
+        if not isinstance(exc, Exception):
+            raise
         _fail(f"campaign {cfg.name} failed: {exc}")
     if features_only:
         for name, key in summary["features"].items():
@@ -180,12 +237,16 @@ def featurize(
     if features not in ("gaussian", "aev"):
         _fail(f"--features {features!r}: expected gaussian or aev")
     try:
-        with dask_client(scheduler, workers) as client:
+        with _stop_on_signals(), dask_client(scheduler, workers) as client:
             ref = featurize_dataset(
                 store, dataset, features, params, client=client, rows_per_chunk=rows_per_chunk
             )
     except (KeyError, ValueError, TypeError, StoreError, ClusterError) as exc:
         _fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc))
+    except BaseException as exc:
+        if _stopped(exc):
+            _exit_interrupted(f"featurization of {dataset}")
+        raise
     typer.echo(f"features {ref['key']}")
     typer.echo(f"  chunks computed {ref['computed_chunks']} of {ref['n_chunks']}")
 

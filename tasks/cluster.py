@@ -25,9 +25,17 @@ class ClusterError(RuntimeError):
 
 
 def _worker_setup() -> None:  # runs on every worker: one thread per process for torch
+    import signal
+    import threading
+
     import torch
 
     torch.set_num_threads(1)
+    # Ctrl-C in a terminal reaches the whole process group, workers included: a worker dying
+    # of it mid-chunk prints a traceback and loses the scheduler. The campaign process stops
+    # its workers itself (it cancels their chunks and closes the cluster).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextmanager

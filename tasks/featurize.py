@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from distributed import Client, as_completed
+from distributed import Client, wait
 
+from atomistic import interrupt
 from atomistic.data import read_dataset
 from atomistic.features import featurizer_from_params
 from atomistic.features.store import compute_chunk, finish_feature_group, plan_feature_group
@@ -97,6 +98,7 @@ def featurize_dataset(
     if plan.todo:
         if client is None:
             for chunk in plan.todo:
+                interrupt.check()  # a stop request: the finished chunks stay, resumable
                 _run_chunk(store_url, dataset_key, plan.key, chunk, name, params_json)
                 finished += 1
                 if on_chunk:
@@ -112,11 +114,24 @@ def featurize_dataset(
                 [params_json] * len(plan.todo),
                 pure=False,
             )
-            for future in as_completed(futures):
-                future.result()  # re-raise a chunk's error here, naming nothing half-done
-                finished += 1
-                if on_chunk:
-                    on_chunk(finished, total)
+            pending = set(futures)
+            try:
+                while pending:
+                    interrupt.check()
+                    try:
+                        wait(list(pending), timeout=0.2, return_when="FIRST_COMPLETED")
+                    except TimeoutError:  # nothing finished yet: check for a stop again
+                        continue
+                    done = {f for f in pending if f.done()}
+                    pending -= done
+                    for future in done:
+                        future.result()  # re-raise a chunk's error here, nothing half-done
+                        finished += 1
+                        if on_chunk:
+                            on_chunk(finished, total)
+            except BaseException:
+                client.cancel(list(pending))  # a stop or an error: no chunk starts after it
+                raise
         try:
             finish_feature_group(store, plan.key)
         except OSError as exc:

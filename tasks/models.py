@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from atomistic import interrupt
 from atomistic.data import read_dataset, read_split
 from atomistic.features.scaling import Scaler
 from atomistic.features.store import read_features, write_feature_array
 from atomistic.storage import Store, content_hash
 from tasks.caching import stage_task
 
-__all__ = ["train_encoder", "train_model", "evaluate_model", "model_key"]
+__all__ = ["train_encoder", "train_model", "evaluate_model", "model_key", "evaluation_done"]
 
 _MODEL_TYPES = {
     "neuralnetwork": "NeuralNetwork",
@@ -86,10 +87,12 @@ def encoder_exists(features, scaler, settings, split, workspace, **_: Any) -> bo
     if not card.exists():
         return False
     from atomistic.features.latent import latent_key
+    from atomistic.features.store import repair_feature_group
     from atomistic.models.autoencoders import load_autoencoder
 
     enc = load_autoencoder(card.parent)
-    return Store(features["store"]).has("latent", latent_key(features["key"], enc.encoder_key))
+    store, lkey = Store(features["store"]), latent_key(features["key"], enc.encoder_key)
+    return store.has("latent", lkey) and repair_feature_group(store, lkey, "latent")
 
 
 def _annealing(settings: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -158,6 +161,7 @@ def train_encoder(
             callback=on_epoch,
             feature_key=features["key"],
         )
+        interrupt.check()  # a fit cut short by a stop request is never published
         build = _staging(workspace, key)
         encoder.save(build)
         history = getattr(encoder, "history_", None)
@@ -214,9 +218,29 @@ def model_exists(name, features, scaler, config, split, workspace, **_: Any) -> 
     return (Path(workspace) / "models" / key / "card.json").exists()
 
 
-def evaluation_exists(model: Any, *_: Any, **__: Any) -> bool:
-    """Always True for a model still being trained (a future): it is evaluated afresh then."""
-    return not isinstance(model, dict) or (Path(model["dir"]) / "evaluation.json").exists()
+def evaluation_done(directory: str | Path, which: str = "test", plots: bool = True) -> bool:
+    """The model folder holds an evaluation on split ``which`` (and its energy parity plot when
+    plots are asked for): the artifacts themselves, not Prefect's record of having made them."""
+    path = Path(directory) / "evaluation.json"
+    try:
+        done = json.loads(path.read_text()).get("split") == which
+    except (OSError, ValueError, AttributeError):
+        return False
+    return done and (not plots or (Path(directory) / "parity_energy.png").exists())
+
+
+def evaluation_exists(
+    model: Any,
+    features: Any = None,
+    scaler: Any = None,
+    split: Any = None,
+    which: str = "test",
+    plots: bool = True,
+    **_: Any,
+) -> bool:
+    """:func:`evaluation_done` for a trained model's reference; False for a model still being
+    trained (a future), whose folder may be new."""
+    return isinstance(model, dict) and evaluation_done(model["dir"], which, plots)
 
 
 @stage_task("train-model")
@@ -268,6 +292,7 @@ def train_model(
     else:
         model.fit(train)
     fit_time = time.perf_counter() - t0
+    interrupt.check()  # a fit cut short by a stop request is never published
     build = _staging(workspace, key)
     model.save(build, metrics={"fit_time_s": fit_time})
     history = getattr(model, "history_", None)

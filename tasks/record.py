@@ -23,7 +23,7 @@ from prefect.context import get_run_context
 from flows.config import flatten
 from tasks.caching import stage_task
 
-__all__ = ["record_campaign", "check_tracking", "TrackingError"]
+__all__ = ["record_campaign", "check_tracking", "TrackingError", "follow_moved_workspace"]
 
 _MODEL_CODE = str(Path(__file__).resolve().parents[1] / "flows" / "mlflow_model.py")
 
@@ -175,6 +175,9 @@ def record_campaign(
     results: dict[str, Any],
 ) -> dict[str, Any]:
     """Log the campaign to MLflow; returns the run ids and the champion model version."""
+    from atomistic import interrupt
+
+    interrupt.check()  # a stopped campaign registers nothing
     ws = Path(config["workspace"])
     uri = (config.get("tracking") or {}).get("uri") or f"sqlite:///{(ws / 'mlflow.db').resolve()}"
     check_tracking(uri)
@@ -182,14 +185,74 @@ def record_campaign(
         return _record(config, datasets, features, results, uri)
 
 
+# columns of MLflow's sqlite schema that hold absolute artifact locations
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+    ("model_versions", "source"),
+)
+
+
+def follow_moved_workspace(uri: str, experiment: str, workspace: Path) -> str | None:
+    """Point a sqlite tracking database at the workspace it now sits in.
+
+    MLflow stores an experiment's ``artifact_location`` (and each run's artifact URI) as an
+    absolute path, so a campaign folder that was moved or copied would write its new artifacts
+    into the old folder. When the database lies in ``workspace`` (or the old folder is gone),
+    locations under the old ``<workspace>/mlartifacts`` are rewritten to the new one (the copy
+    holds the same artifacts there). Returns the old location when it rewrote something.
+    """
+    import sqlite3
+
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///") :])
+    if not db.exists():
+        return None
+    new = (workspace / "mlartifacts").resolve().as_uri()
+    with sqlite3.connect(db, timeout=60) as con:
+        try:
+            row = con.execute(
+                "SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)
+            ).fetchone()
+        except sqlite3.DatabaseError:
+            return None  # no MLflow tables yet (or not a database: MLflow names the file)
+        old = row[0] if row else None
+        if (
+            not old
+            or old == new
+            or not old.startswith("file://")
+            or not old.endswith("/mlartifacts")
+        ):
+            return None
+        old_path = Path(old[len("file://") :])
+        if not db.resolve().is_relative_to(workspace.resolve()) and old_path.exists():
+            return None  # a database shared by several workspaces: leave it as it is
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table, column in _LOCATION_COLUMNS:
+            if table not in tables:
+                continue
+            columns = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+            if column in columns:
+                con.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608
+                    f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                    (new, len(old) + 1, old, len(old) + 1, old + "/"),
+                )
+    return old
+
+
 def _record(config, datasets, features, results, uri) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 
     ws = Path(config["workspace"])
+    name = (config.get("tracking") or {}).get("experiment") or config["name"]
+    follow_moved_workspace(uri, name, ws)  # a moved or copied campaign writes in its own folder
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    name = (config.get("tracking") or {}).get("experiment") or config["name"]
     exp = client.get_experiment_by_name(name)
     exp_id = (
         exp.experiment_id

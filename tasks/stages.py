@@ -14,6 +14,7 @@ from typing import Any
 from atomistic.data import (
     DataError,
     expand_paths,
+    file_format,
     load_files,
     make_split,
     read_dataset,
@@ -21,7 +22,7 @@ from atomistic.data import (
     write_dataset,
 )
 from atomistic.features.scaling import Scaler
-from atomistic.features.store import feature_key, read_features
+from atomistic.features.store import feature_key, read_features, repair_feature_group
 from atomistic.storage import Store, StoreError, content_hash
 from tasks.caching import stage_task
 from tasks.featurize import build_featurizer, featurize_dataset
@@ -46,12 +47,13 @@ def ingest_exists(paths, store_url, fractions=(0.8, 0.1, 0.1), seed=0, format=No
 
 
 def _ingest_content_key(parameters: dict[str, Any]) -> str:
-    digests = [
-        hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    fmt = parameters.get("format")
+    digests = [  # each file's bytes and the format ASE reads it as (inferred from its suffix)
+        [hashlib.sha256(Path(path).read_bytes()).hexdigest(), file_format(path, fmt)]
         for path in expand_paths(parameters["paths"])
     ]
     params = {k: v for k, v in parameters.items() if k != "paths"}
-    return "atompipe-ingest-" + content_hash("ingest", 1, digests, params)
+    return "atompipe-ingest-" + content_hash("ingest", 2, digests, params)
 
 
 @stage_task("ingest", _ingest_key)
@@ -94,10 +96,12 @@ def ingest(
 
 
 def featurize_exists(dataset: dict[str, Any], name: str, params: dict[str, Any], **_: Any) -> bool:
+    """The feature group is complete and every chunk matches its checksum; damaged chunks are
+    marked to be computed again (features are derived data)."""
     f = build_featurizer(name, params, tuple(dataset["summary"]["elements"]))
-    return Store(dataset["store"]).has(
-        "features", feature_key(dataset["key"], f.name, f.get_params())
-    )
+    store = Store(dataset["store"])
+    key = feature_key(dataset["key"], f.name, f.get_params())
+    return store.has("features", key) and repair_feature_group(store, key, "features")
 
 
 @stage_task("featurize")

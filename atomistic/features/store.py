@@ -2,8 +2,14 @@
 
 ``features/<key>/`` holds ``values`` (n_atoms, n_features) float64 and ``offsets``
 (n_structures + 1,) (atoms of structure ``s`` are rows ``offsets[s]:offsets[s+1]``), plus
-``done`` (n_chunks,) bool, one Zarr chunk per element, so that concurrent workers each mark their
-own work chunk without touching another's bytes.
+``done`` (n_chunks,) bool and ``sums`` (n_chunks,) uint64, one Zarr chunk per element, so that
+concurrent workers each mark their own work chunk without touching another's bytes.
+
+Every work chunk's rows carry a checksum (``sums``, :func:`atomistic.storage.chunk_digest`)
+written after the rows and before the chunk is marked done, and checked on every read: a chunk
+file that was deleted (Zarr reads it back as zeros), truncated or changed never passes for
+features. :func:`verify_feature_group` finds such chunks and :func:`plan_feature_group` computes
+them again (features are derived data); :func:`read_features` refuses them, naming the key.
 
 Work chunks are row ranges aligned to the Zarr chunks of ``values`` — two workers never write
 the same stored chunk. Rows are chosen as a multiple of the typical structure size so that a
@@ -22,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from atomistic import interrupt
 from atomistic.data import Dataset
-from atomistic.storage import Store, content_hash
+from atomistic.storage import CorruptionError, Store, chunk_digest, content_hash
 
 __all__ = [
     "FORMAT_VERSION",
@@ -34,6 +41,8 @@ __all__ = [
     "finish_feature_group",
     "read_features",
     "write_feature_array",
+    "verify_feature_group",
+    "repair_feature_group",
 ]
 
 FORMAT_VERSION = 1
@@ -91,12 +100,16 @@ def plan_feature_group(
     n_features = featurizer.n_features
     if n_features == 0:
         raise ValueError(f"featurizer {featurizer.name} {params} gives zero feature columns")
-    if store.has(kind, key):
+    if store.has(kind, key) and repair_feature_group(store, key, kind):
         group = store.open(kind, key)
         return FeaturePlan(key, int(group.attrs["rows_per_chunk"]), dataset.n_atoms, ())
     group = store.require(kind, key)
-    if "values" in group and group.attrs.get("dataset") == dataset.key:
+    same = group.attrs.get("dataset") == dataset.key
+    bad = verify_feature_group(store, key, kind) if same else None
+    if bad is not None:  # resume; a done chunk whose rows were lost is done again
         rows = int(group.attrs["rows_per_chunk"])
+        for c in bad:
+            group["done"][c] = False
         done = group["done"][...]
     else:
         rows = _rows_per_chunk(dataset.offsets, n_features, rows_per_chunk)
@@ -114,6 +127,9 @@ def plan_feature_group(
         group.create_array(
             "done", shape=(n_chunks,), dtype="bool", chunks=(1,), fill_value=False, overwrite=True
         )
+        group.create_array(
+            "sums", shape=(n_chunks,), dtype="uint64", chunks=(1,), fill_value=0, overwrite=True
+        )
         group.attrs.update(
             {
                 "format_version": FORMAT_VERSION,
@@ -123,6 +139,7 @@ def plan_feature_group(
                 "elements": list(featurizer.elements),
                 "labels": [_jsonable(lab) for lab in featurizer.labels],
                 "rows_per_chunk": rows,
+                "checksums": {"offsets": f"{chunk_digest(dataset.offsets):016x}"},
                 "complete": False,
             }
         )
@@ -166,7 +183,9 @@ def compute_chunk(
         dsg["pbc"][s0:s1],
         sub_offsets,
     )
-    group["values"][lo:hi] = np.asarray(values, dtype=np.float64)[lo - a0 : hi - a0]
+    rows_out = np.asarray(values, dtype=np.float64)[lo - a0 : hi - a0]
+    group["values"][lo:hi] = rows_out
+    group["sums"][chunk] = chunk_digest(rows_out)  # rows first, then their checksum, then done
     group["done"][chunk] = True
     return hi - lo
 
@@ -187,6 +206,7 @@ def featurize_to_store(
     """Serial featurization into the store (no executor); returns (key, chunks computed)."""
     plan = plan_feature_group(store, dataset, featurizer, rows_per_chunk=rows_per_chunk)
     for chunk in plan.todo:
+        interrupt.check()  # a stop request: the finished chunks stay, resumable
         compute_chunk(store.url, dataset.key, plan.key, chunk, featurizer)
     if plan.todo:
         finish_feature_group(store, plan.key)
@@ -203,18 +223,101 @@ def read_features(
     """
     store = store if isinstance(store, Store) else Store(store)
     group = store.open(kind, key)
-    offsets = group["offsets"][...]
+    offsets = _verified_offsets(store, group, key, kind)
     if structures is None:
-        return group["values"][...], offsets
+        return _verified_rows(store, group, key, kind, 0, int(offsets[-1])), offsets
     idx = np.asarray(structures, dtype=np.int64)
     counts = np.diff(offsets)[idx]
     new_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     if idx.size == 0:
         return np.zeros((0, group["values"].shape[1])), new_offsets
     lo, hi = int(offsets[idx.min()]), int(offsets[idx.max() + 1])
-    block = group["values"][lo:hi]  # one read of the covering range, then a gather
+    block = _verified_rows(store, group, key, kind, lo, hi)  # one read, then a gather
     rows = np.concatenate([np.arange(offsets[s], offsets[s + 1]) for s in idx]) - lo
     return block[rows], new_offsets
+
+
+def _layout_ok(group: Any) -> bool:
+    return all(name in group for name in ("values", "offsets", "done", "sums"))
+
+
+def _verified_offsets(store: Store, group: Any, key: str, kind: str) -> np.ndarray:
+    from atomistic.storage import read_verified
+
+    if "checksums" in group.attrs:
+        return read_verified(group, "offsets", store.url)
+    try:
+        return group["offsets"][...]
+    except (KeyError, ValueError, OSError) as exc:
+        raise CorruptionError(f"{store.url}: {kind}/{key}: offsets unreadable ({exc})") from exc
+
+
+def _bad_chunks(group: Any, lo: int, hi: int) -> tuple[np.ndarray, list[int]]:
+    """Rows lo:hi read as whole work chunks, and the chunks whose checksum does not match."""
+    rows = int(group.attrs["rows_per_chunk"])
+    n_atoms = group["values"].shape[0]
+    c0, c1 = lo // rows, -(-hi // rows) if hi > lo else lo // rows
+    block = group["values"][c0 * rows : min(c1 * rows, n_atoms)]
+    sums = group["sums"][c0:c1]
+    bad = [
+        c
+        for c in range(c0, c1)
+        if chunk_digest(block[(c - c0) * rows : (c - c0 + 1) * rows]) != int(sums[c - c0])
+    ]
+    return block[lo - c0 * rows : hi - c0 * rows], bad
+
+
+def _verified_rows(store: Store, group: Any, key: str, kind: str, lo: int, hi: int) -> np.ndarray:
+    try:
+        if not _layout_ok(group):
+            raise KeyError("values, offsets, done or sums missing")
+        block, bad = _bad_chunks(group, lo, hi)
+    except (KeyError, ValueError, OSError) as exc:
+        raise CorruptionError(f"{store.url}: {kind}/{key}: unreadable ({exc})") from exc
+    if bad:
+        raise CorruptionError(
+            f"{store.url}: {kind}/{key}: chunk(s) {bad[:10]} of values do not match their "
+            "checksums (a chunk file was deleted, truncated or changed); run the campaign "
+            "again to recompute them"
+        )
+    return block
+
+
+def verify_feature_group(store: Store, key: str, kind: str = "features") -> list[int] | None:
+    """Work chunks marked done whose rows no longer match their checksum; None when the group's
+    layout itself is damaged (an array or its metadata gone)."""
+    try:
+        group = store.require(kind, key)
+        if not _layout_ok(group) or "rows_per_chunk" not in group.attrs:
+            return None
+        done = group["done"][...]
+        n_atoms = group["values"].shape[0]
+        _, bad = _bad_chunks(group, 0, n_atoms)
+        if "checksums" in group.attrs:
+            from atomistic.storage import read_verified
+
+            read_verified(group, "offsets", store.url)
+    except (KeyError, ValueError, OSError, CorruptionError):
+        return None
+    return [c for c in bad if done[c]]
+
+
+def repair_feature_group(store: Store, key: str, kind: str = "features") -> bool:
+    """Check a feature group's stored rows; True when sound. Damaged work chunks of a feature
+    group are marked to do again (and the group incomplete), so the next featurization
+    recomputes just those; a latent group, or a group whose layout is damaged, is deleted
+    (its stage makes it again)."""
+    bad = verify_feature_group(store, key, kind)
+    if bad == []:
+        return True
+    if bad is None or kind != "features":
+        store.delete(kind, key)
+        return False
+    group = store.require(kind, key)
+    group.attrs["complete"] = False
+    for c in bad:
+        group["done"][c] = False
+    return False
 
 
 def write_feature_array(
@@ -226,13 +329,16 @@ def write_feature_array(
     kind: str = "latent",
 ) -> bool:
     """Write a whole per-atom array in one go (latent features); returns False if present."""
-    if store.has(kind, key):
+    if store.has(kind, key) and repair_feature_group(store, key, kind):
         return False
+    values = np.asarray(values, dtype=np.float64)
     with store.writing(kind, key) as group:
         rows = _rows_per_chunk(offsets, values.shape[1], None)
-        group.create_array(
-            "values", data=np.asarray(values, dtype=np.float64), chunks=(rows, values.shape[1])
-        )
+        n_chunks = max(1, -(-len(values) // rows))
+        group.create_array("values", data=values, chunks=(rows, values.shape[1]))
         group.create_array("offsets", data=offsets, chunks=offsets.shape)
-        group.attrs.update({"format_version": FORMAT_VERSION, **attrs})
+        sums = [chunk_digest(values[c * rows : (c + 1) * rows]) for c in range(n_chunks)]
+        group.create_array("sums", data=np.asarray(sums, dtype=np.uint64), chunks=(1,))
+        group.create_array("done", data=np.ones(n_chunks, dtype=bool), chunks=(1,))
+        group.attrs.update({"format_version": FORMAT_VERSION, "rows_per_chunk": rows, **attrs})
     return True

@@ -88,3 +88,29 @@ def run_atompipe(args: list[str], cwd: Path, env: dict[str, str], **kw: Any):
     return subprocess.run(
         atompipe_cmd(*args), cwd=str(cwd), env=env, capture_output=True, text=True, **kw
     )
+
+
+def cli(args: list, capfd) -> tuple[int, str]:
+    """Run the ``atompipe`` typer app in this process (flows use the test's Prefect API);
+    returns the exit status and what it wrote to stderr."""
+    from flows.cli import app
+
+    capfd.readouterr()
+    try:
+        code = app([str(a) for a in args], prog_name="atompipe", standalone_mode=False)
+    except SystemExit as exc:  # pragma: no cover - typer exits this way on usage errors
+        code = exc.code
+    _, err = capfd.readouterr()
+    return int(code or 0), err
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def copy_campaign(src: Path, dst: Path) -> Path:
+    """A copy of a campaign folder (files, workspace, MLflow database) at ``dst``."""
+    import shutil
+
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
