@@ -1,6 +1,6 @@
 """ANI atomic environment vectors (J. S. Smith, O. Isayev, A. E. Roitberg, Chem. Sci. 8, 3192
 (2017)), equal to TorchANI 2.9's ``AEVComputer`` for the same constants (its 0.25 radial factor and
-0.95 cosine scaling included). Conventions: /work/shared/FEATURES.md ("AEV").
+0.95 cosine scaling included). Conventions: docs/features.md ("AEV").
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from .base import Featurizer
 from .terms import ANIAngular, ANIRadial
 
-__all__ = ["AEV"]
+__all__ = ["AEV", "ANI1X", "ANI2X"]
 
 ANI1X = {
     "Rcr": 5.2,
@@ -24,6 +24,21 @@ ANI1X = {
     "ShfA": [0.9, 1.55, 2.2, 2.85],
     "ShfZ": [math.pi / 16 + k * math.pi / 8 for k in range(8)],
 }
+
+# ANI-2x (Devereux et al., J. Chem. Theory Comput. 16, 4192 (2020)): H, C, N, O, F, S, Cl;
+# shifts cover [start, cutoff) linearly, as TorchANI's AEVComputer.like_2x
+ANI2X = {
+    "Rcr": 5.1,
+    "EtaR": 19.7,
+    "ShfR": [0.8 + (5.1 - 0.8) / 16 * k for k in range(16)],
+    "Rca": 3.5,
+    "EtaA": 12.5,
+    "Zeta": 14.1,
+    "ShfA": [0.8 + (3.5 - 0.8) / 8 * k for k in range(8)],
+    "ShfZ": [math.pi / 8 + k * math.pi / 4 for k in range(4)],
+}
+ANI2X_ELEMENTS = ("H", "C", "N", "O", "F", "S", "Cl")
+PRESETS = {"ani1x": ANI1X, "ani2x": ANI2X}
 
 
 class AEV(Featurizer):
@@ -74,6 +89,11 @@ class AEV(Featurizer):
     def like_ani1x(cls, elements: Iterable[Any] = ("H", "C", "N", "O")) -> AEV:
         """The ANI-1x AEV (384 columns for H, C, N, O)."""
         return cls(elements=elements, **ANI1X)
+
+    @classmethod
+    def like_ani2x(cls, elements: Iterable[Any] = ANI2X_ELEMENTS) -> AEV:
+        """The ANI-2x AEV (1008 columns for H, C, N, O, F, S, Cl); other elements may be given."""
+        return cls(elements=elements, **ANI2X)
 
     def get_params(self) -> dict:
         """JSON-serialisable constructor arguments; ``AEV(**f.get_params())`` rebuilds f."""

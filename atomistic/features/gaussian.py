@@ -1,7 +1,7 @@
 """Gaussian (Behler-Parrinello) atom-centred symmetry functions, ML4Chem's ``Gaussian``.
 
 J. Behler, J. Chem. Phys. 134, 074106 (2011); weighted variant (wACSF): M. Gastegger et al.,
-J. Chem. Phys. 148, 241709 (2018). Exact conventions: /work/shared/FEATURES.md ("Gaussian").
+J. Chem. Phys. 148, 241709 (2018). Exact conventions: docs/features.md ("Gaussian").
 """
 
 from __future__ import annotations
@@ -14,13 +14,44 @@ import numpy as np
 from .base import Featurizer
 from .terms import BehlerAngular, BehlerRadial
 
-__all__ = ["Gaussian"]
+__all__ = ["Gaussian", "dense_parameters"]
 
 DEFAULT_G2 = {
     "etas": [float(e) for e in np.logspace(np.log10(0.05), np.log10(5.0), 4)],
     "Rs": [0.0],
 }
 DEFAULT_ANGULAR = {"etas": [0.005], "zetas": [1, 4], "gammas": [1.0, -1.0]}
+
+
+def dense_parameters(
+    cutoff: float = 6.5,
+    n_radial: int = 12,
+    r_min: float = 0.8,
+    angular_etas: tuple[float, ...] = (0.005, 0.05, 0.2),
+    zetas: tuple[int, ...] = (1, 2, 4, 8, 16),
+) -> dict:
+    """A dense, systematic Behler set as ``custom`` parameters of a normalized :class:`Gaussian`.
+
+    Radial: ``n_radial`` Gaussians shifted on a grid R_s = r_min + k d, d = (R_c - r_min) /
+    n_radial, each of standard deviation d (eta = R_c^2 / (2 d^2) in the normalized form), which
+    covers the neighbour shell evenly (Imbalzano et al., J. Chem. Phys. 148, 241730 (2018);
+    the shifted sets of n2p2). Angular: zeta in ``zetas``, lambda = +-1, and ``angular_etas``
+    in Å^-2 (multiplied by R_c^2 for the normalized form).
+    """
+    if n_radial < 1 or not 0 <= r_min < cutoff:
+        raise ValueError("dense_parameters needs n_radial >= 1 and 0 <= r_min < cutoff")
+    d = (cutoff - r_min) / n_radial
+    return {
+        "G2": {
+            "etas": [cutoff**2 / (2 * d * d)],
+            "Rs": [r_min + k * d for k in range(n_radial)],
+        },
+        "G3": {
+            "etas": [e * cutoff**2 for e in angular_etas],
+            "zetas": list(zetas),
+            "gammas": [1.0, -1.0],
+        },
+    }
 
 
 def _as_list(values: Any, key: str) -> list:
@@ -131,6 +162,19 @@ class Gaussian(Featurizer):
             ang["gammas"],
             normalized=self.normalized,
             include_jk=angular_type == "G3",
+        )
+
+    @classmethod
+    def dense(cls, cutoff: float = 6.5, elements: Iterable[Any] | None = None, **kwargs: Any):
+        """The dense systematic set of :func:`dense_parameters` (G2 on a shifted grid, G3 with
+        zeta 1..16, lambda +-1, three widths): 12 radial columns per element and 30 angular
+        columns per element pair with the defaults."""
+        return cls(
+            cutoff=cutoff,
+            normalized=True,
+            angular_type="G3",
+            elements=elements,
+            custom=dense_parameters(cutoff, **kwargs),
         )
 
     def get_params(self) -> dict:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "activation", "mlp"]
+__all__ = ["ACTIVATIONS", "ACTIVATION_NAMES", "activation", "mlp"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
@@ -24,6 +24,8 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
     "linear": nn.Identity,
 }
+
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
 
 
 def activation(name: str) -> nn.Module:

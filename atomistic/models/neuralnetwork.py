@@ -31,6 +31,7 @@ mean, with their standard deviation as ``energy_std`` and ``forces_std``.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Any
 
@@ -146,10 +147,15 @@ class NeuralNetwork(AtomisticModel):
         Train each member on a resample of the training structures with replacement.
     reference_energies : dict of element symbol -> float, optional
         Per-element reference energies e_Z (eV); fitted by least squares when None.
+    refit_shift : bool
+        After training, correct the per-element output shifts by least squares on the training
+        residuals (the networks are unchanged; energies move by a constant per composition).
     jacobian_memory : int
         Byte budget for precomputed feature Jacobians in force training.
     training : TrainingConfig or dict
-        Optimisation settings; ``training.seed`` also seeds the weight initialisation.
+        Optimisation settings; ``training.seed`` also seeds the weight initialisation, and
+        ``training.max_time`` bounds the whole fit (feature Jacobians included; a committee's
+        members share it equally).
 
     Learned state: ``members_`` (list of :class:`AtomicNetworks`; ``module_`` is the first),
     ``reference_`` (eV per element), ``history_`` (the first member's), ``histories_``,
@@ -167,6 +173,7 @@ class NeuralNetwork(AtomisticModel):
         ensemble: int = 1,
         bootstrap: bool = False,
         reference_energies: dict[str, float] | None = None,
+        refit_shift: bool = True,
         jacobian_memory: int = _JACOBIAN_MEMORY,
         training: TrainingConfig | dict[str, Any] | None = None,
     ) -> None:
@@ -179,6 +186,7 @@ class NeuralNetwork(AtomisticModel):
         self.ensemble = ensemble
         self.bootstrap = bootstrap
         self.reference_energies = reference_energies
+        self.refit_shift = refit_shift
         self.jacobian_memory = jacobian_memory
         self.training = training
 
@@ -247,6 +255,7 @@ class NeuralNetwork(AtomisticModel):
     def fit(self, train: AtomicData, validation: AtomicData | None = None, callback=None):
         """Train on ``train`` (energies, and forces when ``force_weight > 0``); early stopping and
         the schedule watch ``validation`` when given. Returns self."""
+        start = time.perf_counter()
         self._check_params(train)
         config = self._config()
         self._remember_inputs(train)
@@ -256,19 +265,16 @@ class NeuralNetwork(AtomisticModel):
         train_set = _TrainingSet(self, train, dtype)
         val_set = None if validation is None else _TrainingSet(self, validation, dtype)
         n_members = int(self.ensemble)
-        member_config = config
-        if config.max_time is not None:
-            member_config = TrainingConfig(
-                **{**config.to_dict(), "max_time": config.max_time / n_members}
-            )
         self.members_: list[AtomicNetworks] = []
         self.histories_: list[History] = []
         for k in range(n_members):
-            cfg = member_config
-            if k:
-                cfg = TrainingConfig(**{**member_config.to_dict(), "seed": config.seed + k})
-                if cfg.checkpoint_dir is not None:
-                    cfg.checkpoint_dir = f"{cfg.checkpoint_dir}/member{k}"
+            changes: dict[str, Any] = {"seed": config.seed + k}
+            if config.max_time is not None:  # the budget covers the whole fit, shared equally
+                left = config.max_time - (time.perf_counter() - start)
+                changes["max_time"] = max(left / (n_members - k), 1e-3)
+            if k and config.checkpoint_dir is not None:
+                changes["checkpoint_dir"] = f"{config.checkpoint_dir}/member{k}"
+            cfg = TrainingConfig(**{**config.to_dict(), **changes})
             torch.manual_seed(cfg.seed)
             module = AtomicNetworks(
                 self.elements_, train_set.n_features, self._layers(), self.activation
@@ -286,6 +292,8 @@ class NeuralNetwork(AtomisticModel):
                 cfg,
                 callback,
             )
+            if self.refit_shift:
+                self._refit_shift(module, train, train_set)
             self.members_.append(module)
             self.histories_.append(history)
         self.module_ = self.members_[0]
@@ -302,6 +310,32 @@ class NeuralNetwork(AtomisticModel):
         scale = float(resid.std()) if ds.n_structures > 1 else 1.0
         module.shift.copy_(torch.as_tensor(refs))
         module.scale.fill_(max(scale, 1e-3))
+
+    def _refit_shift(self, module: AtomicNetworks, data: AtomicData, ts: _TrainingSet) -> None:
+        """Least-squares correction of the per-element shifts to the trained networks' residuals
+        on the training set (what TorchANI's EnergyShifter and MACE's E0s do before training, done
+        after it: a force-dominated loss fixes energies only up to a constant per composition)."""
+        ds = data.dataset
+        X = ts.X if ts.X is not None and ts.cache is None else None
+        if X is None:
+            X = torch.as_tensor(data.scaled_features(), dtype=module.dtype)
+            numbers = torch.as_tensor(ds.numbers)
+            with torch.no_grad():
+                e = module.residual(X, numbers).double()
+        else:
+            with torch.no_grad():
+                e = module.residual(X, torch.as_tensor(ds.numbers)).double()
+        pred = e.new_zeros(ds.n_structures).index_add_(0, torch.as_tensor(ds.batch), e)
+        resid = ds.energy - reference_energy(ds, self.reference_) - pred.numpy()
+        counts = np.stack(
+            [
+                np.bincount(ds.batch[ds.numbers == atomic_numbers[s]], minlength=ds.n_structures)
+                for s in self.elements_
+            ],
+            axis=1,
+        ).astype(float)
+        delta, *_ = np.linalg.lstsq(counts, resid, rcond=None)
+        module.shift += torch.as_tensor(delta)
 
     def _warn_if_useless(self, data: AtomicData) -> None:
         """Warn when the best epoch is 0 or the energies are no better than the references."""
@@ -485,7 +519,9 @@ class _TrainingSet:
             if data.scaler is not None:
                 scale, _ = data.scaler._rows(ds.numbers, ds.n_atoms)
                 X = torch.as_tensor(data.scaler.transform(X.numpy(), ds.numbers))
-                J *= torch.as_tensor(np.broadcast_to(scale, X.shape)).reshape(*X.shape, 1, 1)
+                J *= torch.as_tensor(np.array(np.broadcast_to(scale, X.shape))).reshape(
+                    *X.shape, 1, 1
+                )
             self.X = X.to(dtype)
             self.J = J.reshape(ds.n_atoms, self.n_features, -1).to(dtype)
             n_max = int(self.sizes.max())

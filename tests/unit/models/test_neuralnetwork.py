@@ -43,7 +43,7 @@ def test_fast_path_equals_on_the_fly(cu_data):
 
 
 def test_output_shift_is_reference_energy(mol_data):
-    model = _nn(training={"epochs": 0}).fit(mol_data)
+    model = _nn(training={"epochs": 0}, refit_shift=False).fit(mol_data)
     shift = dict(zip(model.elements_, model.module_.shift.tolist(), strict=True))
     assert shift == pytest.approx(model.reference_)
     # least squares on a fixed composition reproduces the mean energy
@@ -95,3 +95,14 @@ def test_unfitted_and_bad_arguments(cu_data):
     model = _nn(training={"epochs": 1}).fit(no_forces)
     with pytest.raises(ValueError, match="without a featurizer"):
         model.predict_atoms(cu_images(1))
+
+
+def test_refit_shift_centres_training_residuals(mol_data):
+    """After the least-squares shift refit, the training residuals of one composition have zero
+    mean (the normal equation of the shift), whatever the networks learned."""
+    model = _nn(training={"epochs": 3}).fit(mol_data)
+    ds = mol_data.dataset
+    resid = model.predict(mol_data)["energy"] - ds.energy
+    assert abs(resid.mean()) < 1e-9
+    raw = _nn(training={"epochs": 3}, refit_shift=False).fit(mol_data)
+    assert abs((raw.predict(mol_data)["energy"] - ds.energy).mean()) > 1e-6

@@ -1,0 +1,289 @@
+"""Force-trained network potentials side by side: atompipe's NeuralNetwork against a plain
+TorchANI training loop, same data, split, features, network sizes, dtype, threads and wall clock.
+
+Data: the first 600 frames of a shipped GFN2-xTB set (ethanol, malonaldehyde), atompipe's seeded
+80/10/10 split (480 training, 60 validation, 60 test structures).
+
+Both sides: ANI-1x AEVs (TorchANI's ``AEVComputer.like_1x``; atompipe's ``AEV.like_ani1x``, equal
+to it), per-element networks H [160, 128, 96], C [144, 112, 96], N and O [128, 112, 96], CELU(0.1),
+float32, AdamW, batches of 32, energies and forces in the loss, validation after every epoch and
+the best validation weights kept, ``--threads`` torch threads, one process at a time, and the
+same budget of ``--budget`` seconds of wall clock from raw structures to a trained model.
+
+* TorchANI loop (its force-training example): per-element reference energies by least squares
+  (its ``EnergyShifter``), loss = (dE)^2/sqrt(N) + 0.1 sum_(i,c) (dF)^2 / N, AdamW lr 1e-3 (weight
+  decay 1e-4, 1e-5, 1e-6, 0 by layer as in the example), ReduceLROnPlateau(0.5, patience 25) on
+  the validation loss, AEVs recomputed at every step as ``Sequential(aev_computer, networks)``.
+* atompipe: ``NeuralNetwork`` with the defaults of data/campaigns/molecules.yaml's ``nn_forces``
+  (precomputed feature Jacobians, warm-up, cosine decay over the budget, EMA of the weights).
+
+Prints the test energy MAE (meV per structure) and force MAE (meV/Å) of both, their ratios
+(atompipe / TorchANI, < 1 is better), and the training throughput (structures per second of
+training steps). Several ``--repeats`` give medians and the spread (max - min).
+
+    python -m benchmarks.nn_accuracy                      # 300 s per side and molecule
+    python -m benchmarks.nn_accuracy --budget 60 --molecules ethanol
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.common import RESULTS, load_frames, table
+
+ANI_LAYERS = {
+    "H": (160, 128, 96),
+    "C": (144, 112, 96),
+    "N": (128, 112, 96),
+    "O": (128, 112, 96),
+}
+SPECIES = ("H", "C", "N", "O")
+BATCH = 32
+
+# atompipe's settings (data/campaigns/molecules.yaml, nn_forces)
+ATOMPIPE = {
+    "activation": "celu0.1",
+    "force_weight": 1.0,
+    "energy_weight": 1.0,
+    "energy_normalization": "atoms",
+    "dtype": "float32",
+}
+ATOMPIPE_TRAINING = {
+    "epochs": 100000,
+    "batch_size": BATCH,
+    "optimizer": "adamw",
+    "lr": 2e-3,
+    "weight_decay": 1e-5,
+    "scheduler": "cosine",
+    "min_lr": 1e-5,
+    "warmup_epochs": 5,
+    "ema_decay": 0.99,
+    "grad_clip": 10.0,
+    "patience": None,
+    "seed": 0,
+}
+
+
+def split_frames(name: str, n: int = 600, seed: int = 0):
+    from atomistic.data import make_split
+
+    frames = load_frames(name, n)
+    split = make_split(len(frames), (0.8, 0.1, 0.1), seed)
+    return {k: [frames[i] for i in v] for k, v in split.items()}
+
+
+def _mae(pred: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(pred) - np.asarray(ref))))
+
+
+# -- the plain TorchANI loop ---------------------------------------------------------------------
+def torchani_loop(parts: dict, budget: float, seed: int = 0) -> dict:
+    """Train TorchANI's AEVComputer + ANINetworks for ``budget`` s; test errors and throughput."""
+    import torchani
+    from torchani.nn import ANINetworks, AtomicNetwork
+
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    dt = torch.float32
+    aev = torchani.aev.AEVComputer.like_1x(num_species=4).to(dt)
+    n_feat = aev.out_dim
+
+    def net(sym):
+        return AtomicNetwork([n_feat, *ANI_LAYERS[sym], 1], torch.nn.CELU(0.1), bias=True)
+
+    nets = ANINetworks({s: net(s) for s in SPECIES}).to(dt)
+    index = {z: k for k, z in enumerate((1, 6, 7, 8))}
+
+    def tensors(frames):
+        sp = torch.tensor([[index[z] for z in a.numbers] for a in frames])
+        xyz = torch.tensor(np.stack([a.positions for a in frames]), dtype=dt)
+        e = np.array([a.get_potential_energy() for a in frames])
+        f = torch.tensor(np.stack([a.get_forces() for a in frames]), dtype=dt)
+        return sp, xyz, e, f
+
+    tr, va, te = (tensors(parts[k]) for k in ("train", "validation", "test"))
+    # per-element self energies by least squares (TorchANI's EnergyShifter)
+    counts = np.stack([np.bincount(s.numpy(), minlength=4) for s in tr[0]]).astype(float)
+    self_e, *_ = np.linalg.lstsq(counts, tr[2], rcond=None)
+
+    def shifted(t):
+        c = np.stack([np.bincount(s.numpy(), minlength=4) for s in t[0]]).astype(float)
+        return torch.tensor(t[2] - c @ self_e, dtype=dt), c @ self_e
+
+    (e_tr, _), (e_va, _), (e_te, base_te) = shifted(tr), shifted(va), shifted(te)
+    decay = (1e-4, 1e-5, 1e-6, 0.0)  # per linear layer, as TorchANI's training example
+    groups: list[dict] = [{"params": [], "weight_decay": d} for d in decay]
+    for atomic in nets.atomics.values() if hasattr(nets, "atomics") else nets.children():
+        linears = [m for m in atomic.modules() if isinstance(m, torch.nn.Linear)]
+        for k, lin in enumerate(linears):
+            groups[min(k, 3)]["params"].extend(lin.parameters())
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=25, threshold=0)
+    n_atoms = tr[0].shape[1]
+
+    def loss_of(sp, xyz, e, f, create_graph):
+        xyz = xyz.clone().requires_grad_(True)
+        pred = nets(sp, aev(sp, xyz))
+        (g,) = torch.autograd.grad(pred.sum(), xyz, create_graph=create_graph)
+        e_loss = (((pred - e) ** 2) / n_atoms**0.5).mean()
+        f_loss = (((-g - f) ** 2).sum(dim=(1, 2)) / n_atoms).mean()
+        return e_loss + 0.1 * f_loss, pred.detach(), -g.detach()
+
+    gen = torch.Generator().manual_seed(seed)
+    best, best_state = float("inf"), None
+    steps, step_time, epochs = 0, 0.0, 0
+    while time.perf_counter() - t_start < budget:
+        t0 = time.perf_counter()
+        for idx in torch.split(torch.randperm(len(e_tr), generator=gen), BATCH):
+            opt.zero_grad()
+            loss, _, _ = loss_of(tr[0][idx], tr[1][idx], e_tr[idx], tr[3][idx], True)
+            loss.backward()
+            opt.step()
+            steps += len(idx)
+            if time.perf_counter() - t_start >= budget:
+                break
+        step_time += time.perf_counter() - t0
+        epochs += 1
+        val, _, _ = loss_of(va[0], va[1], e_va, va[3], False)
+        sched.step(float(val))
+        if float(val) < best:
+            best = float(val)
+            best_state = {k: v.detach().clone() for k, v in nets.state_dict().items()}
+    nets.load_state_dict(best_state)
+    _, e_pred, f_pred = loss_of(te[0], te[1], e_te, te[3], False)
+    e_ref = np.array([a.get_potential_energy() for a in parts["test"]])
+    f_ref = np.stack([a.get_forces() for a in parts["test"]])
+    return {
+        "energy_mae_meV": 1e3 * _mae(e_pred.double().numpy() + base_te, e_ref),
+        "force_mae_meV_A": 1e3 * _mae(f_pred.double().numpy(), f_ref),
+        "epochs": epochs,
+        "structures_per_s": steps / step_time,
+        "wall_s": time.perf_counter() - t_start,
+    }
+
+
+# -- atompipe ------------------------------------------------------------------------------------
+def atompipe_fit(parts: dict, budget: float, settings: dict | None = None) -> dict:
+    """Train atompipe's NeuralNetwork for ``budget`` s (all preparation included)."""
+    from atomistic.data import Dataset
+    from atomistic.features import AEV
+    from atomistic.features.scaling import Scaler
+    from atomistic.metrics import evaluate
+    from atomistic.models import AtomicData, NeuralNetwork, TrainingConfig
+
+    t_start = time.perf_counter()
+    f = AEV.like_ani1x()
+    ds = {k: Dataset.from_atoms(v, require_energy=True) for k, v in parts.items()}
+    d = ds["train"]
+    scaler = Scaler().fit(f.featurize_arrays(d.numbers, d.positions, d.cell, d.pbc, d.offsets))
+    data = {k: AtomicData(v, None, f, scaler) for k, v in ds.items()}
+    settings = {**ATOMPIPE, **(settings or {})}
+    training = {**ATOMPIPE_TRAINING, **settings.pop("training", {})}
+    spent = time.perf_counter() - t_start
+    training["max_time"] = budget - spent
+    layers = {s: ANI_LAYERS[s] for s in d.elements}
+    model = NeuralNetwork(layers, training=TrainingConfig(**training), **settings)
+    model.fit(data["train"], data["validation"])
+    h = model.history_
+    n_train = d.n_structures
+    step_time = sum(h.metrics["epoch_time"])
+    errors = evaluate(ds["test"], model.predict(data["test"], forces=True))
+    return {
+        "energy_mae_meV": 1e3 * errors["energy_mae"],
+        "force_mae_meV_A": 1e3 * errors["force_mae"],
+        "epochs": h.epochs_completed,
+        "best_epoch": h.best_epoch,
+        "structures_per_s": n_train * h.epochs_completed / step_time,
+        "wall_s": time.perf_counter() - t_start,
+    }
+
+
+def _summary(values: list[float]) -> tuple[float, float]:
+    return statistics.median(values), (max(values) - min(values)) if len(values) > 1 else 0.0
+
+
+def run(
+    quick: bool = False,
+    device: str = "cpu",
+    budget: float | None = None,
+    molecules=("ethanol", "malonaldehyde"),
+    repeats: int = 1,
+    threads: int = 2,
+) -> dict:
+    """Both sides on each molecule, ``repeats`` times; medians, spreads and ratios."""
+    if device != "cpu":
+        raise SystemExit("nn_accuracy compares CPU training at equal threads; --device cpu only")
+    budget = budget if budget is not None else (20.0 if quick else 300.0)
+    torch.set_num_threads(threads)
+    rows, raw = [], {}
+    for name in molecules:
+        parts = split_frames(name)
+        runs: dict[str, list[dict]] = {"atompipe": [], "torchani": []}
+        for _ in range(repeats):
+            runs["torchani"].append(torchani_loop(parts, budget))
+            runs["atompipe"].append(atompipe_fit(parts, budget))
+        raw[name] = runs
+        med = {
+            side: {k: _summary([r[k] for r in rs]) for k in rs[0] if k != "best_epoch"}
+            for side, rs in runs.items()
+        }
+        a, t = med["atompipe"], med["torchani"]
+        rows.append(
+            (
+                name,
+                f"{a['energy_mae_meV'][0]:.2f} ± {a['energy_mae_meV'][1]:.2f}",
+                f"{t['energy_mae_meV'][0]:.2f} ± {t['energy_mae_meV'][1]:.2f}",
+                a["energy_mae_meV"][0] / t["energy_mae_meV"][0],
+                f"{a['force_mae_meV_A'][0]:.1f} ± {a['force_mae_meV_A'][1]:.1f}",
+                f"{t['force_mae_meV_A'][0]:.1f} ± {t['force_mae_meV_A'][1]:.1f}",
+                a["force_mae_meV_A"][0] / t["force_mae_meV_A"][0],
+                f"{a['structures_per_s'][0]:.0f}",
+                f"{t['structures_per_s'][0]:.0f}",
+                a["structures_per_s"][0] / t["structures_per_s"][0],
+            )
+        )
+    print(
+        table(
+            f"Force-trained NN, test errors after {budget:.0f} s each ({threads} threads, float32,"
+            f" median of {repeats}, ± = max - min)",
+            [
+                "molecule",
+                "E MAE atompipe (meV)",
+                "E MAE TorchANI (meV)",
+                "E ratio",
+                "F MAE atompipe (meV/Å)",
+                "F MAE TorchANI (meV/Å)",
+                "F ratio",
+                "atompipe structures/s",
+                "TorchANI structures/s",
+                "speed ratio",
+            ],
+            rows,
+            "ratios = atompipe / TorchANI loop: < 1 is better for errors, > 1 faster for speed",
+        ),
+        flush=True,
+    )
+    return {"budget_s": budget, "threads": threads, "repeats": repeats, "runs": raw, "table": rows}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.nn_accuracy", description=__doc__)
+    p.add_argument("--budget", type=float, default=300.0, help="seconds per side and molecule")
+    p.add_argument("--molecules", nargs="+", default=["ethanol", "malonaldehyde"])
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(RESULTS / "nn_accuracy.json"))
+    args = p.parse_args(argv)
+    result = run(False, "cpu", args.budget, args.molecules, args.repeats, args.threads)
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=1, default=float)
+
+
+if __name__ == "__main__":
+    main()
