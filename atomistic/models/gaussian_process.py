@@ -65,7 +65,8 @@ class GaussianProcess(_KernelModel):
 
     Learned state: ``sigma_``, ``noise_``, ``amplitude_``, ``alpha_`` (S,), ``cholesky_`` (S, S)
     lower factor of K0 + (noise/a^2) I, ``log_marginal_likelihood_``; sparse: ``alpha_`` (M,),
-    ``cholesky_`` (M, M) lower factor of A, ``cholesky_mm_`` (M, M) of K_MM,
+    ``cholesky_mm_`` (M, M) lower factor L_K of K_MM, ``cholesky_`` (M, M) lower factor of
+    C = L_K^-1 A L_K^-T a^2 (:func:`~atomistic.models.sparse_kernel.solve`),
     ``energy_noise_``, ``force_noise_`` (``noise_`` = energy_noise_^2).
     """
 
@@ -248,7 +249,7 @@ class GaussianProcess(_KernelModel):
         self.alpha_, self.cholesky_ = solve(
             ne, self.energy_noise_, self.force_noise_, self.amplitude_
         )
-        self.cholesky_mm_ = np.linalg.cholesky(ne.K_MM)
+        self.cholesky_mm_ = ne.L_K
         self.log_marginal_likelihood_ = lml
         self.metrics_ = _validation_metrics(self, validation)
         self.metrics_.update(
@@ -305,10 +306,10 @@ class GaussianProcess(_KernelModel):
 
     def _sparse_variance(self, Phi: np.ndarray, prior: np.ndarray) -> np.ndarray:
         """Latent DTC variance of rows Phi (n, M) with prior variances ``prior`` (n,), eV^2."""
-        v1 = scipy.linalg.solve_triangular(self.cholesky_mm_, Phi.T, lower=True)
-        v2 = scipy.linalg.solve_triangular(self.cholesky_, Phi.T, lower=True)
+        v1 = scipy.linalg.solve_triangular(self.cholesky_mm_, Phi.T, lower=True)  # L_K^-1 phi
+        v2 = scipy.linalg.solve_triangular(self.cholesky_, v1, lower=True)  # L_C^-1 L_K^-1 phi
         projected = np.clip(prior - (v1 * v1).sum(0), 0.0, None)
-        return self.amplitude_**2 * projected + (v2 * v2).sum(0)
+        return self.amplitude_**2 * (projected + (v2 * v2).sum(0))
 
     def _extra_outputs(self, K: torch.Tensor, data: AtomicData, X: torch.Tensor) -> dict:
         ds = data.dataset

@@ -279,26 +279,30 @@ def design_blocks(
 # -- normal equations --------------------------------------------------------------------------
 @dataclass
 class NormalEquations:
-    """The M x M statistics of a training set (unit noise, unit amplitude):
-    G_E = Phi_E^T N^-1 Phi_E, c_E = Phi_E^T N^-1 y_E, yy_E = y_E^T N^-1 y_E (N = diag(n_s), atoms
-    per structure), G_F = Phi_F^T Phi_F, c_F = Phi_F^T f, yy_F = f^T f; n_E structures, n_F force
-    components, log_counts = sum_s log n_s; K_MM with JITTER."""
+    """The M x M statistics of a training set (unit noise, unit amplitude), whitened by the
+    Cholesky factor of K_MM = L_K L_K^T (with JITTER):
+
+    Gw_E = W_E W_E^T, W_E = L_K^-1 Phi_E^T N^-1/2;  cw_E = L_K^-1 Phi_E^T N^-1 y_E;
+    Gw_F = W_F W_F^T, W_F = L_K^-1 Phi_F^T;         cw_F = L_K^-1 Phi_F^T f;
+
+    yy_E = y_E^T N^-1 y_E, yy_F = f^T f (N = diag(n_s), atoms per structure); n_E structures,
+    n_F force components, log_counts = sum_s log n_s. Accumulating whitened rows keeps every Gw
+    positive semi-definite to rounding (forming Phi^T Phi first and whitening afterwards does
+    not: K_MM is often ill-conditioned and the noise small), so that
+    A = L_K (I / delta^2 + Gw_E / sigma_E^2 + Gw_F / sigma_F^2) L_K^T is factorised through a
+    matrix whose eigenvalues are >= 1 / delta^2."""
 
     K_MM: np.ndarray
-    G_E: np.ndarray
-    c_E: np.ndarray
+    L_K: np.ndarray
+    Gw_E: np.ndarray
+    cw_E: np.ndarray
     yy_E: float
     n_E: int
     log_counts: float
-    G_F: np.ndarray
-    c_F: np.ndarray
+    Gw_F: np.ndarray
+    cw_F: np.ndarray
     yy_F: float
     n_F: int
-    logdet_K: float = 0.0
-
-    def __post_init__(self) -> None:
-        L = scipy.linalg.cholesky(self.K_MM, lower=True)
-        self.logdet_K = float(2.0 * np.log(np.diag(L)).sum())
 
 
 def accumulate(
@@ -317,32 +321,35 @@ def accumulate(
     if forces and ds.forces is None:
         raise ValueError("fitting on forces needs a dataset with forces")
     counts = np.diff(ds.offsets).astype(np.float64)
-    G_E, G_F = np.zeros((M, M)), np.zeros((M, M))
-    c_E, c_F = np.zeros(M), np.zeros(M)
+    with torch.no_grad():
+        K_MM = rbf_kernel_mm(XM, numbers_M, sigma).numpy()
+    L = scipy.linalg.cholesky(K_MM, lower=True)
+    Gw_E, Gw_F = np.zeros((M, M)), np.zeros((M, M))
+    cw_E, cw_F = np.zeros(M), np.zeros(M)
     yy_F, n_F = 0.0, 0
     with torch.no_grad():
         for d in design_blocks(data, XM, numbers_M, sigma, forces=forces, budget=budget):
-            KE = d.KE.numpy()
-            wE = 1.0 / counts[d.idx]
-            G_E += KE.T @ (KE * wE[:, None])
-            c_E += KE.T @ (y[d.idx] * wE)
+            r = 1.0 / np.sqrt(counts[d.idx])
+            W = scipy.linalg.solve_triangular(L, (d.KE.numpy() * r[:, None]).T, lower=True)
+            Gw_E += W @ W.T
+            cw_E += W @ (y[d.idx] * r)
             if forces:
-                KF = d.KF.numpy()
+                W = scipy.linalg.solve_triangular(L, d.KF.numpy().T, lower=True)
                 f = np.asarray(ds.forces, dtype=np.float64)[d.rows].reshape(-1)
-                G_F += KF.T @ KF
-                c_F += KF.T @ f
+                Gw_F += W @ W.T
+                cw_F += W @ f
                 yy_F += float(f @ f)
                 n_F += f.size
-        K_MM = rbf_kernel_mm(XM, numbers_M, sigma).numpy()
     return NormalEquations(
         K_MM=K_MM,
-        G_E=0.5 * (G_E + G_E.T),
-        c_E=c_E,
+        L_K=L,
+        Gw_E=0.5 * (Gw_E + Gw_E.T),
+        cw_E=cw_E,
         yy_E=float((y**2 / counts).sum()),
         n_E=len(y),
         log_counts=float(np.log(counts).sum()),
-        G_F=0.5 * (G_F + G_F.T),
-        c_F=c_F,
+        Gw_F=0.5 * (Gw_F + Gw_F.T),
+        cw_F=cw_F,
         yy_F=yy_F,
         n_F=n_F,
     )
@@ -351,21 +358,26 @@ def accumulate(
 def solve(
     ne: NormalEquations, energy_noise: float, force_noise: float, amplitude: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean weights w (M,) and the lower Cholesky factor (M, M) of the precision
-    A = K_MM / delta^2 + G_E / sigma_E^2 + G_F / sigma_F^2 (module docstring)."""
-    A = ne.K_MM / amplitude**2 + ne.G_E / energy_noise**2
-    rhs = ne.c_E / energy_noise**2
+    """Posterior mean weights w (M,) and the lower Cholesky factor L_C (M, M) of
+    C = I + delta^2 (Gw_E / sigma_E^2 + Gw_F / sigma_F^2), so that the precision is
+    A = L_K C L_K^T / delta^2 (module docstring; L_K = ``ne.L_K``) and
+    w = delta^2 L_K^-T C^-1 (cw_E / sigma_E^2 + cw_F / sigma_F^2)."""
+    d2 = amplitude**2
+    C = ne.Gw_E * (d2 / energy_noise**2)
+    rhs = ne.cw_E / energy_noise**2
     if ne.n_F:
-        A = A + ne.G_F / force_noise**2
-        rhs = rhs + ne.c_F / force_noise**2
+        C = C + ne.Gw_F * (d2 / force_noise**2)
+        rhs = rhs + ne.cw_F / force_noise**2
+    C[np.diag_indices_from(C)] += 1.0
     try:
-        L = scipy.linalg.cholesky(A, lower=True, check_finite=True)
+        L = scipy.linalg.cholesky(C, lower=True, check_finite=True)
     except np.linalg.LinAlgError as exc:
         raise np.linalg.LinAlgError(
             "the sparse normal equations are not positive definite; raise energy_noise / "
             "force_noise or lower n_sparse"
         ) from exc
-    return scipy.linalg.cho_solve((L, True), rhs), L
+    u = d2 * scipy.linalg.cho_solve((L, True), rhs)
+    return scipy.linalg.solve_triangular(ne.L_K, u, lower=True, trans="T"), L
 
 
 def log_marginal_likelihood(
@@ -376,14 +388,15 @@ def log_marginal_likelihood(
     D)^-1 y / n; the gradient is then that of the profiled likelihood). Returns (lml, grad,
     delta^2).
 
-    log|Q + D| = log|D| + log|K_MM + Phi^T D^-1 Phi| - log|K_MM|;
-    y^T (Q + D)^-1 y = y^T D^-1 y - c^T A'^-1 c,  A' = K_MM + Phi^T D^-1 Phi, c = Phi^T D^-1 y.
+    In whitened form (C = I + Gw_E / r_E^2 + Gw_F / r_F^2, cw = cw_E / r_E^2 + cw_F / r_F^2):
+    log|Q + D| = log|D| + log|C|;  y^T (Q + D)^-1 y = y^T D^-1 y - cw^T C^-1 cw.
     """
     sE, sF = math.exp(-log_rE2), math.exp(-log_rF2) if ne.n_F else 0.0
     n = ne.n_E + ne.n_F
-    A = ne.K_MM + sE * ne.G_E + sF * ne.G_F
-    L = scipy.linalg.cholesky(A, lower=True)
-    c = sE * ne.c_E + sF * ne.c_F
+    C = sE * ne.Gw_E + sF * ne.Gw_F
+    C[np.diag_indices_from(C)] += 1.0
+    L = scipy.linalg.cholesky(C, lower=True)
+    c = sE * ne.cw_E + sF * ne.cw_F
     v = scipy.linalg.cho_solve((L, True), c)
     quad = sE * ne.yy_E + sF * ne.yy_F - float(c @ v)
     logdet = (
@@ -391,15 +404,12 @@ def log_marginal_likelihood(
         + ne.log_counts
         + (ne.n_F * log_rF2 if ne.n_F else 0.0)
         + 2.0 * np.log(np.diag(L)).sum()
-        - ne.logdet_K
     )
-    Ainv = scipy.linalg.cho_solve((L, True), np.eye(len(A)))
+    Cinv = scipy.linalg.cho_solve((L, True), np.eye(len(C)))
     grads = []
-    for s, G, cc, yy, nn in (
-        (sE, ne.G_E, ne.c_E, ne.yy_E, ne.n_E),
-        (sF, ne.G_F, ne.c_F, ne.yy_F, ne.n_F),
-    ):
-        dlogdet = nn - s * float(np.sum(Ainv * G))
+    groups = ((sE, ne.Gw_E, ne.cw_E, ne.yy_E, ne.n_E), (sF, ne.Gw_F, ne.cw_F, ne.yy_F, ne.n_F))
+    for s, G, cc, yy, nn in groups:
+        dlogdet = nn - s * float(np.sum(Cinv * G))
         dquad = -s * yy + 2.0 * s * float(cc @ v) - s * float(v @ G @ v)
         grads.append((dlogdet, dquad))
     if amplitude is None:

@@ -89,8 +89,9 @@ def test_sparse_with_every_environment_equals_dense_normal_equations(tiny):
     np.testing.assert_allclose(pred["forces"].ravel(), PhiF @ w, rtol=0, atol=1e-8)
     # the blocked accumulation equals the dense products
     ne = accumulate(tiny, ds.energy - model._baseline(ds), XM, zM, SIGMA, budget=300)
-    np.testing.assert_allclose(ne.G_F, PhiF.T @ PhiF, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(ne.G_E, PhiE.T @ (PhiE / n[:, None]), rtol=1e-10, atol=1e-10)
+    L = ne.L_K
+    np.testing.assert_allclose(L @ ne.Gw_F @ L.T, PhiF.T @ PhiF, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(L @ ne.Gw_E @ L.T, PhiE.T @ (PhiE / n[:, None]), atol=1e-9)
 
 
 @pytest.mark.parametrize("cls", [KernelRidge, GaussianProcess])
