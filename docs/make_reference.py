@@ -82,12 +82,16 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     "TrainingSettings": {
         "epochs": "maximum number of epochs",
         "batch_size": "minibatch size: structures for a neural network, atoms for an autoencoder",
-        "optimizer": "`adam`, or `lbfgs` (one step per epoch over all batches)",
-        "lr": "learning rate",
-        "weight_decay": "L2 weight decay of the optimizer",
+        "optimizer": (
+            "`adam`, `adamw` (decoupled weight decay), or `lbfgs` (one step per epoch over all "
+            "batches)"
+        ),
+        "lr": "learning rate (the peak rate after warm-up)",
+        "weight_decay": "weight decay: L2 for `adam`, decoupled for `adamw`",
+        "min_lr": "the floor of the cosine and plateau schedules",
         "scheduler": (
-            "learning-rate schedule: reduce on plateau, cosine annealing, step decay, or `null` "
-            "for a constant rate"
+            "learning-rate schedule: reduce on plateau, cosine annealing (over `epochs` or "
+            "`max_time`, whichever is nearer), step decay, or `null` for a constant rate"
         ),
         "patience": (
             "epochs without improvement of the validation loss (training loss without a "
@@ -123,7 +127,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "dataset": "name of an entry of `datasets`",
         "preset": (
             "the constant set that `params` override: ANI-1x (Smith et al., Chem. Sci. 8, 3192 "
-            "(2017)), the only preset; an empty `params` gives exactly it"
+            "(2017)) or ANI-2x (Devereux et al., JCTC 16, 4192 (2020)); an empty `params` gives "
+            "exactly it"
         ),
         "elements": "element symbols fixing the columns; default: the dataset's elements",
     },
@@ -152,9 +157,22 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
             "atomic outputs, forces by autograd"
         ),
         "features": "name of an entry of `features`",
-        "hiddenlayers": "hidden layer widths of each element's network",
-        "activation": "activation function",
-        "training": "optimisation settings; `batch_size` counts structures",
+        "activation": "activation function (`celu0.1`: ANI's CELU with α = 0.1)",
+        "energy_weight": "weight of the energy term of the loss (docs/training.md)",
+        "energy_normalization": (
+            "energy error per structure divided by N (`atoms`: per-atom MSE, as NequIP/MACE) or "
+            "by √N (`sqrt_atoms`: (ΔE)²/N, as TorchANI) before squaring"
+        ),
+        "dtype": "precision of the networks in training and prediction",
+        "bootstrap": "each committee member trains on a resample of the training structures",
+        "refit_shift": (
+            "after training, refit the per-element output shifts by least squares on the "
+            "training residuals"
+        ),
+        "training": (
+            "optimisation settings; `batch_size` counts structures; defaults: the recipe of "
+            "docs/training.md"
+        ),
     },
     "KernelRidgeConfig": {
         "type": "kernel ridge regression over atomic kernels (Rupp 2015)",
@@ -359,9 +377,17 @@ def allowed_text(info: FieldInfo) -> str:
     return "; ".join(parts)
 
 
+def _listed(model: type[BaseModel], name: str) -> str | None:
+    """The DESCRIPTIONS entry of a field, looked up on the model and then on its bases."""
+    for klass in model.__mro__:
+        if name in DESCRIPTIONS.get(klass.__name__, {}):
+            return DESCRIPTIONS[klass.__name__][name]
+    return None
+
+
 def description(model: type[BaseModel], name: str) -> str | None:
     info = model.model_fields[name]
-    return info.description or DESCRIPTIONS.get(model.__name__, {}).get(name)
+    return info.description or _listed(model, name)
 
 
 def _cell(text: str) -> str:
@@ -393,9 +419,10 @@ def tables() -> str:
 def problems() -> list[str]:
     """Fields without a meaning and stale DESCRIPTIONS entries (empty when all is well)."""
     found = []
-    fields = {(s.model.__name__, n): i for s in sections() for n, i in s.model.model_fields.items()}
+    models = {s.model.__name__: s.model for s in sections()}
+    fields = {(c, n): i for c, m in models.items() for n, i in m.model_fields.items()}
     for (cls, name), info in fields.items():
-        if not info.description and name not in DESCRIPTIONS.get(cls, {}):
+        if not info.description and _listed(models[cls], name) is None:
             found.append(f"{cls}.{name}: no description= in flows/config.py nor in DESCRIPTIONS")
     for cls, name in ((c, n) for c, names in DESCRIPTIONS.items() for n in names):
         if (cls, name) not in fields:

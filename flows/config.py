@@ -22,7 +22,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from atomistic.models.layers import ACTIVATION_NAMES
 
 __all__ = [
     "CampaignConfig",
@@ -66,19 +76,51 @@ class ScalerConfig(_Strict):
 
 
 class TrainingSettings(_Strict):
+    """Optimisation settings (atomistic.models.training.TrainingConfig; docs/training.md)."""
+
     epochs: int = Field(200, ge=1)
+    max_time: float | None = Field(
+        None, gt=0, description="seconds; the first of epochs and max_time ends training"
+    )
     batch_size: int = Field(32, ge=1)
-    optimizer: Literal["adam", "lbfgs"] = "adam"
+    optimizer: Literal["adam", "adamw", "lbfgs"] = "adam"
     lr: float = Field(1e-2, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["plateau", "cosine", "step"] | None = "plateau"
+    min_lr: float = Field(0.0, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up")
+    ema_decay: float | None = Field(
+        None, ge=0, lt=1, description="exponential moving average of the weights"
+    )
+    grad_clip: float | None = Field(None, gt=0, description="maximum gradient norm")
     patience: int | None = Field(30, ge=1)
     seed: int = 0
+
+
+class NetworkTrainingSettings(TrainingSettings):
+    """The defaults of the potential-fitting recipe measured on the shipped molecules
+    (docs/training.md): AdamW, warm-up, cosine decay over epochs or max_time, weight EMA."""
+
+    epochs: int = Field(1000, ge=1)
+    optimizer: Literal["adam", "adamw", "lbfgs"] = "adamw"
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    scheduler: Literal["plateau", "cosine", "step"] | None = "cosine"
+    min_lr: float = Field(1e-5, ge=0)
+    warmup_epochs: float = Field(5.0, ge=0, description="linear learning-rate warm-up")
+    ema_decay: float | None = Field(
+        0.99, ge=0, lt=1, description="exponential moving average of the weights"
+    )
+    grad_clip: float | None = Field(10.0, gt=0, description="maximum gradient norm")
+    patience: int | None = Field(None, ge=1)
 
 
 class GaussianFeatures(_Strict):
     type: Literal["gaussian"] = "gaussian"
     dataset: str
+    preset: Literal["ml4chem", "dense"] = Field(
+        "ml4chem", description="ML4Chem's default set, or a dense shifted set (docs/features.md)"
+    )
     cutoff: float | dict[str, float] = 6.5
     normalized: bool = True
     angular_type: Literal["G3", "G4"] = "G3"
@@ -94,22 +136,36 @@ class GaussianFeatures(_Strict):
             raise ValueError(f"cutoff {v} must be > 0")
         return v
 
+    @model_validator(mode="after")
+    def _preset_alone(self) -> GaussianFeatures:
+        if self.preset == "dense" and (self.custom is not None or isinstance(self.cutoff, dict)):
+            raise ValueError("preset: dense sets its own parameters: leave out custom, one cutoff")
+        return self
+
     def featurizer_params(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"type", "dataset"}, exclude_none=True)
+        out = self.model_dump(exclude={"type", "dataset", "preset"}, exclude_none=True)
+        if self.preset == "dense":
+            from atomistic.features.gaussian import dense_parameters
+
+            out["custom"] = dense_parameters(float(self.cutoff))  # type: ignore[arg-type]
+            out["angular_type"], out["normalized"] = "G3", True
+        return out
 
 
 class AEVFeatures(_Strict):
     type: Literal["aev"] = "aev"
     dataset: str
-    preset: Literal["ani1x"] = "ani1x"
+    preset: Literal["ani1x", "ani2x"] = "ani1x"
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="AEV constants (Rcr, EtaR, ShfR, Rca, EtaA, Zeta, ShfA, ShfZ)",
+        description="AEV constants (Rcr, EtaR, ShfR, Rca, EtaA, Zeta, ShfA, ShfZ) over the preset",
     )
     elements: list[str] | None = None
 
     def featurizer_params(self) -> dict[str, Any]:
-        out = dict(self.params)
+        from atomistic.features.aev import PRESETS
+
+        out = {**(PRESETS[self.preset] if self.preset != "ani1x" else {}), **self.params}
         if self.elements:
             out["elements"] = self.elements
         return out
@@ -126,7 +182,7 @@ class AnnealingSettings(_Strict):
 class AutoEncoderSettings(_Strict):
     kind: Literal["autoencoder", "vae"] = "autoencoder"
     hiddenlayers: dict[str, tuple[int, ...]] = {"encoder": (20, 10, 4), "decoder": (4, 10, 20)}
-    activation: Literal["tanh", "relu", "celu", "silu", "softplus"] = "tanh"
+    activation: Literal[ACTIVATION_NAMES] = "tanh"  # type: ignore[valid-type]
     variant: Literal["multivariate", "bernoulli"] = "multivariate"
     beta: float = Field(1.0, ge=0)
     annealing: AnnealingSettings | None = Field(
@@ -166,30 +222,125 @@ FeatureConfig = Annotated[
 ]
 
 
+Widths = tuple[Annotated[int, Field(ge=1)], ...]
+
+
 class NeuralNetworkConfig(_Strict):
     type: Literal["neuralnetwork"] = "neuralnetwork"
     features: str
-    hiddenlayers: tuple[int, ...] = (10, 10)
-    activation: Literal["relu", "tanh", "celu", "silu", "softplus"] = "relu"
-    force_weight: float = Field(0.0, ge=0, description="> 0 trains on forces too")
-    training: TrainingSettings = TrainingSettings()
+    hiddenlayers: Widths | dict[str, Widths] = Field(
+        (10, 10), description="hidden widths, for every element or per element symbol"
+    )
+    activation: Literal[ACTIVATION_NAMES] = "relu"  # type: ignore[valid-type]
+    force_weight: float = Field(0.0, ge=0, description="> 0 trains on forces too, Å² per atom²")
+    energy_weight: float = Field(1.0, ge=0)
+    energy_normalization: Literal["atoms", "sqrt_atoms"] = "atoms"
+    dtype: Literal["float32", "float64"] = "float32"
+    ensemble: int = Field(1, ge=1, description="committee size (uncertainties when > 1)")
+    bootstrap: bool = False
+    reference_energies: dict[str, float] | None = Field(
+        None, description="eV per element; fitted by least squares when absent"
+    )
+    refit_shift: bool = True
+    training: NetworkTrainingSettings = NetworkTrainingSettings()
+
+    @field_validator("hiddenlayers")
+    @classmethod
+    def _non_empty(cls, v: Any) -> Any:
+        for widths in v.values() if isinstance(v, dict) else [v]:
+            if len(widths) == 0:
+                raise ValueError("at least one hidden layer is needed")
+        return v
 
 
-class KernelRidgeConfig(_Strict):
+_Forces = Annotated[
+    bool,
+    Field(
+        description=(
+            "fit energies and forces together with a sparse kernel model over `n_sparse` "
+            "representative environments per element (GAP-style; rbf kernel only; needs a "
+            "featurizer, not latent features); false: the dense energy-only model (ML4Chem's)"
+        )
+    ),
+]
+_NSparse = Annotated[
+    int, Field(ge=1, description="with `forces`: representative environments per element")
+]
+_SparseMethod = Annotated[
+    Literal["cur", "fps"],
+    Field(
+        description=(
+            "with `forces`: how representatives are chosen, CUR leverage sampling or "
+            "farthest-point sampling"
+        )
+    ),
+]
+_EnergyNoise = Annotated[
+    float,
+    Field(
+        gt=0,
+        description=(
+            "with `forces`: energy noise, eV per atom (a structure's is this times "
+            "sqrt(atoms)); the GP's starting point when `optimize`"
+        ),
+    ),
+]
+_ForceNoise = Annotated[
+    float,
+    Field(
+        gt=0,
+        description="with `forces`: force noise, eV/Å; the GP's starting point when `optimize`",
+    ),
+]
+_SPARSE_KEYS = ("forces", "n_sparse", "sparse_method", "energy_noise", "force_noise")
+
+
+class _SparseKernelKeys(_Strict):
+    """Checks shared by ``kernelridge`` and ``gaussianprocess`` for their sparse
+    energies-and-forces keys. With ``forces: false`` those keys are left out of the dumped
+    configuration, so an energy-only model's cache key is what it was before they existed."""
+
+    @model_validator(mode="after")
+    def _sparse_needs_rbf(self) -> _SparseKernelKeys:
+        kernel = getattr(self, "kernel", "rbf")
+        if getattr(self, "forces", False) and kernel != "rbf":
+            raise ValueError(f"forces: true needs kernel: rbf, not {kernel!r}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _drop_sparse_defaults(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        if not getattr(self, "forces", False):
+            for name in _SPARSE_KEYS:
+                out.pop(name, None)
+        return out
+
+
+class KernelRidgeConfig(_SparseKernelKeys):
     type: Literal["kernelridge"] = "kernelridge"
     features: str
     kernel: Literal["rbf", "laplacian", "exponential", "linear"] = "rbf"
     sigma: float = Field(1.0, gt=0)
     lamda: float = Field(1e-5, gt=0)
+    forces: _Forces = False
+    n_sparse: _NSparse = 1000
+    sparse_method: _SparseMethod = "cur"
+    energy_noise: _EnergyNoise = 0.001
+    force_noise: _ForceNoise = 0.01
 
 
-class GaussianProcessConfig(_Strict):
+class GaussianProcessConfig(_SparseKernelKeys):
     type: Literal["gaussianprocess"] = "gaussianprocess"
     features: str
     kernel: Literal["rbf", "laplacian", "exponential", "linear"] = "rbf"
     sigma: float = Field(1.0, gt=0)
     noise: float = Field(1e-5, gt=0)
     optimize: bool = True
+    forces: _Forces = False
+    n_sparse: _NSparse = 1000
+    sparse_method: _SparseMethod = "cur"
+    energy_noise: _EnergyNoise = 0.001
+    force_noise: _ForceNoise = 0.01
 
 
 ModelConfig = Annotated[
