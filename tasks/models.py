@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,16 @@ def model_key(
     features: dict[str, Any], scaler: dict[str, Any], config: dict[str, Any], split: dict[str, Any]
 ) -> str:
     return content_hash("atompipe-model", 1, features["key"], scaler["key"], config, split)
+
+
+def _warn(message: str) -> None:
+    """A warning line for the user: the Prefect run log inside a flow, stderr outside."""
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().warning(message)
+    except Exception:  # no active run context
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def _publish_dir(build: Path, target: Path) -> None:
@@ -287,10 +299,17 @@ def train_model(
         }
     model = klass(**params)
     t0 = time.perf_counter()
-    if config["type"] == "neuralnetwork":
-        model.fit(train, val, callback=on_epoch)
-    else:
-        model.fit(train)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", models.TrainingWarning)
+        if config["type"] == "neuralnetwork":
+            model.fit(train, val, callback=on_epoch)
+        else:
+            model.fit(train)
+    for w in caught:  # name the campaign's model; it will not be registered as champion
+        if issubclass(w.category, models.TrainingWarning):
+            _warn(f"model {name!r}: {w.message}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     fit_time = time.perf_counter() - t0
     interrupt.check()  # a fit cut short by a stop request is never published
     build = _staging(workspace, key)
@@ -342,6 +361,15 @@ def evaluate_model(
     if "energy_std" in pred:
         z = (ds.energy - pred["energy"]) / pred["energy_std"]
         out.update({f"z_within_{k}sigma": float(np.mean(np.abs(z) <= k)) for k in (1, 2, 3)})
+    if want_forces and "forces_std" in pred:  # sparse GP on forces: are its force stds calibrated
+        from scipy.stats import spearmanr
+
+        f_err = np.abs(ds.forces - pred["forces"]).ravel()
+        f_std = np.asarray(pred["forces_std"]).ravel()
+        for k in (1, 2, 3):
+            out[f"force_within_{k}sigma"] = float(np.mean(f_err <= k * f_std))
+        out["force_std_mean"] = float(f_std.mean())
+        out["force_std_error_spearman"] = float(spearmanr(f_std, f_err).statistic)
     artifacts = []
     if plots:
         from atomistic.plots import learning_curve, parity_plot

@@ -318,10 +318,14 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
                 pip_requirements=["atompipe"],
             )
         client.set_terminated(rid)
+        # a model that learned nothing useful (atomistic's TrainingWarning) never becomes champion
+        useless = bool(json.loads((directory / "card.json").read_text())["metrics"].get("useless"))
+        if useless:
+            client.set_tag(rid, "atompipe.useless", "true")
         children[mname] = {
             "run_id": rid,
             "model_uri": info.model_uri,
-            "score": res["metrics"].get(metric),
+            "score": None if useless else res["metrics"].get(metric),
         }
     for fname, ref in features.items():
         if ref.get("kind") == "latent" and "encoder_dir" in ref:

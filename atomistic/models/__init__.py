@@ -6,7 +6,7 @@ from .base import AtomicData, AtomisticModel, NotFittedError, load_model
 from .gaussian_process import GaussianProcess
 from .io import ModelFileError
 from .kernelridge import KernelRidge
-from .neuralnetwork import NeuralNetwork
+from .neuralnetwork import NeuralNetwork, TrainingWarning
 from .training import History, TrainingConfig, train
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "NeuralNetwork",
     "NotFittedError",
     "TrainingConfig",
+    "TrainingWarning",
     "load_model",
     "train",
 ]
