@@ -86,8 +86,8 @@ class GaussianProcess(_KernelModel):
         forces: bool = False,
         n_sparse: int = 1000,
         sparse_method: str = "cur",
-        energy_noise: float = 0.005,
-        force_noise: float = 0.05,
+        energy_noise: float = 0.001,
+        force_noise: float = 0.01,
     ) -> None:
         self.kernel = kernel
         self.sigma = sigma

@@ -241,8 +241,8 @@ class KernelRidge(_KernelModel):
         forces: bool = False,
         n_sparse: int = 1000,
         sparse_method: str = "cur",
-        energy_noise: float = 0.005,
-        force_noise: float = 0.05,
+        energy_noise: float = 0.001,
+        force_noise: float = 0.01,
         seed: int = 0,
     ) -> None:
         self.kernel = kernel
