@@ -1,6 +1,6 @@
 """Datasets: ingestion of ASE-readable files, validation, content keys and Zarr storage.
 
-A :class:`Dataset` holds structures as flat per-atom arrays plus offsets (DESIGN.md): the atoms
+A :class:`Dataset` holds structures as flat per-atom arrays plus offsets (docs/architecture.md): the atoms
 of structure ``s`` are rows ``offsets[s]:offsets[s + 1]``. Units are Å and eV (forces eV/Å).
 
 Its key is the sha256 of the canonical arrays (numbers, positions, cell, pbc, offsets, energy,

@@ -1,6 +1,6 @@
 """The Zarr v3 store: content-addressed groups, published only once complete.
 
-Layout (DESIGN.md): ``<store>/<kind>/<key>/`` with ``kind`` in ``datasets``, ``features``,
+Layout (docs/architecture.md): ``<store>/<kind>/<key>/`` with ``kind`` in ``datasets``, ``features``,
 ``latent``. A group is *complete* when its ``complete`` attribute is true; readers ignore
 anything else. On a local store a new group is written under ``<store>/.staging/`` and moved
 into place with one ``os.rename`` (atomic on POSIX), so a crash or a concurrent writer can

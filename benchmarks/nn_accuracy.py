@@ -19,7 +19,7 @@ same budget of ``--budget`` seconds of wall clock from raw structures to a train
 
 Prints the test energy MAE (meV per structure) and force MAE (meV/Å) of both, their ratios
 (atompipe / TorchANI, < 1 is better), and the training throughput (structures per second of
-training steps). Several ``--repeats`` give medians and the spread (max - min).
+epochs, validation included, on both sides). Several ``--repeats`` give medians and the spread (max - min).
 
     python -m benchmarks.nn_accuracy                      # 300 s per side and molecule
     python -m benchmarks.nn_accuracy --budget 60 --molecules ethanol
@@ -148,12 +148,13 @@ def torchani_loop(parts: dict, budget: float, seed: int = 0) -> dict:
             steps += len(idx)
             if time.perf_counter() - t_start >= budget:
                 break
-        step_time += time.perf_counter() - t0
         epochs += 1
         val, _, _ = loss_of(va[0], va[1], e_va, va[3], False)
-        sched.step(float(val))
-        if float(val) < best:
-            best = float(val)
+        val = float(val.detach())
+        step_time += time.perf_counter() - t0  # training and validation, as atompipe's epochs
+        sched.step(val)
+        if val < best:
+            best = val
             best_state = {k: v.detach().clone() for k, v in nets.state_dict().items()}
     nets.load_state_dict(best_state)
     _, e_pred, f_pred = loss_of(te[0], te[1], e_te, te[3], False)

@@ -1,7 +1,7 @@
 """Atom-centred features: Gaussian symmetry functions (Behler-Parrinello) and ANI AEVs.
 
 Every featurizer is a ``torch.nn.Module`` (``forward(numbers, positions, cells, batch, nl)``) with
-numpy conveniences (``featurize(images)``, ``featurize_arrays(...)``); see FEATURES.md.
+numpy conveniences (``featurize(images)``, ``featurize_arrays(...)``); see docs/features.md.
 """
 
 from .aev import AEV

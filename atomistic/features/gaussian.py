@@ -119,7 +119,7 @@ class Gaussian(Featurizer):
         elements: symbols (or atomic numbers); None to fix them later (fit_elements/featurize).
         custom: ML4Chem-style parameter sets, e.g. {"G2": {"etas": [...], "Rs": [...]},
             "G3": {"etas": [...], "zetas": [...], "gammas": [...]}}; full product grids; a term
-            left out keeps the defaults (FEATURES.md).
+            left out keeps the defaults (docs/features.md).
         weighted: wACSF.
 
     Output of ``forward``/``featurize``: (n_atoms, n_features), dimensionless.

@@ -2,7 +2,7 @@
 
 An encoder trained without labels on scaled atomic features maps each atom's features
 (n_atoms, n_features) to a code (n_atoms, latent_dim); these codes are a feature set like any
-other and feed every supervised model (DESIGN.md, "Atomic latent features").
+other and feed every supervised model (docs/architecture.md, "Atomic latent features").
 
 The content key of a latent feature set combines the key of the input features, the encoder's key
 (:attr:`atomistic.models.autoencoders.AutoEncoder.encoder_key`, which covers its hyperparameters,

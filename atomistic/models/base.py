@@ -6,7 +6,7 @@ atomic features aligned with its atoms (the fast path; the pipeline reads them f
 or a featurizer and scaler that compute them (needed for forces, and for predicting from
 ``ase.Atoms``). Models keep the featurizer and scaler they were fitted with.
 
-Contract (scikit-learn's, STYLE.md 5): hyperparameters are stored by ``__init__`` only; ``fit``
+Contract (scikit-learn's): hyperparameters are stored by ``__init__`` only; ``fit``
 returns ``self``; learned state ends in ``_``; ``predict`` on an unfitted model raises
 :class:`NotFittedError`; ``save(directory)`` and ``load_model(directory)`` never pickle.
 """

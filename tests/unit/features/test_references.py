@@ -1,6 +1,6 @@
 """Values against independent implementations: DScribe 2.1 ACSF and TorchANI 2.9 AEVComputer.
 
-Mappings are FEATURES.md's: our G2(eta, Rs) = DScribe g2 [eta / Rc^2, Rs], our G3 = DScribe g4,
+Mappings are docs/features.md's: our G2(eta, Rs) = DScribe g2 [eta / Rc^2, Rs], our G3 = DScribe g4,
 our G4 = DScribe g5 (normalized=True); DScribe per species [G1, g2...], then per species pair
 a >= b (index a(a+1)/2 + b) [g4..., g5...].
 """
