@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 
 DEFAULT_STORE = "workspace/store.zarr"
+T = TypeVar("T")
 
 
 @app.callback()
@@ -120,6 +121,31 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _stoppable(fn: Callable[[], T]) -> T:
+    """``fn()`` in a worker thread while this (the main) thread waits with the stop handlers
+    installed. Prefect swaps in its own SIGTERM handler for a flow run in the main thread (it
+    aborts the flow where it stands, training threads still running); a flow in a worker thread
+    leaves ours in place, so SIGTERM stops at a safe point exactly as SIGINT does."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the main thread below
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="atompipe-run", daemon=True)
+    with _stop_on_signals():
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def _stopped(exc: BaseException) -> bool:
     """The failure is a stop request (or came after one: a server that died of the signal)."""
     from atomistic import interrupt
@@ -194,10 +220,11 @@ def run(
         _fail(f"{campaign}: tracking.uri: {exc}")
     _quiet_failure_tracebacks()
     try:
-        with _stop_on_signals():
-            summary = run_campaign(
+        summary = _stoppable(
+            lambda: run_campaign(
                 cfg, show_progress=not quiet, features_only=features_only, models=model or None
             )
+        )
     except BaseException as exc:  # the flow failed: one clear line, non-zero exit
         if _stopped(exc):
             _exit_interrupted(f"campaign {cfg.name}")

@@ -103,9 +103,12 @@ def test_a_deleted_dataset_chunk_is_an_error_naming_the_key(good, tmp_path, capf
     code, err = cli(["run", c.file, "--quiet", "--set", "models.krr.sigma=2.0"], capfd)
     assert code == 1, err[-3000:]
     (line,) = error_lines(err)
-    assert re.search(rf"datasets/{c.dataset_key}: array positions does not match its checksum", line)
+    assert re.search(
+        rf"datasets/{c.dataset_key}: array positions does not match its checksum", line
+    )
     assert "Traceback" not in err
-    print(f"\nCASE deleted dataset chunk exit {code}: {line}")
+    with capfd.disabled():
+        print(f"\nCASE deleted dataset chunk exit {code}: {line}")
     assert snapshot(c.store, c.models) == before
 
 
@@ -120,7 +123,8 @@ def test_the_ingest_key_covers_the_format_asE_infers_from_the_suffix(good, capfd
     assert code == 1, err[-3000:]
     (line,) = error_lines(err)
     assert re.search(r"cu\.traj: cannot read as a structure file", line), line
-    print(f"\nCASE extxyz bytes named .traj exit {code}: {line}")
+    with capfd.disabled():
+        print(f"\nCASE extxyz bytes named .traj exit {code}: {line}")
     assert snapshot(good.store, good.models) == before
 
 

@@ -1,0 +1,114 @@
+"""Ctrl-C (issue 15): SIGINT sent to the whole process group of ``atompipe run`` (as a terminal
+sends it: the campaign process and its Dask workers) during featurization and again during
+training. Each time the command must exit within 10 s with status 130 and one last line that
+says it was interrupted, publish nothing partial, and the next run must resume (finished
+chunks are not computed again; training continues from its checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+from reliability_support import atompipe_env, cli, write_campaign, write_cu
+from test_faults import (
+    _checkpoint_epochs,
+    _chunk_files,
+    _done,
+    _feature_key,
+    _kill_group,
+    _start,
+    _wait_until,
+)
+
+EPOCHS = 80
+
+
+def _interrupt(proc: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[float, str]:
+    """Send ``sig`` to the process group; the seconds until the command exited, its stderr."""
+    t0 = time.monotonic()
+    os.killpg(proc.pid, sig)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    return time.monotonic() - t0, err.decode()
+
+
+def _assert_stopped(proc: subprocess.Popen, seconds: float, err: str, what: str, capfd) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130, err[-3000:]
+    assert seconds < 10, f"{what}: exited {seconds:.1f} s after SIGINT"
+    assert lines and lines[-1].startswith("interrupted: campaign rel stopped"), err[-3000:]
+    assert "Traceback" not in err and "Connection refused" not in err, err[-3000:]
+    with capfd.disabled():
+        print(f"\nCASE SIGINT during {what}: exit 130 after {seconds:.1f} s: {lines[-1]}")
+
+
+def test_sigint_during_featurization_and_training_stops_and_resumes(prefect_api, tmp_path, capfd):
+    data = write_cu(tmp_path / "cu.extxyz", n=32)
+    _, fkey, _ = _feature_key(data, {"cutoff": 6.5})
+    nn = {
+        "type": "neuralnetwork",
+        "features": "g",
+        "hiddenlayers": [8],
+        "activation": "tanh",
+        "training": {"epochs": EPOCHS, "batch_size": 8, "scheduler": None, "patience": None},
+    }
+    campaign = write_campaign(
+        tmp_path, **{"features.g.cutoff": 6.5, "models": {"nn": nn}, "dask.n_workers": 1}
+    )
+    work = tmp_path / "workspace"
+    store = work / "store.zarr"
+    env = atompipe_env(prefect_api)
+
+    # 1. SIGINT during featurization
+    first = _start(campaign, env)
+
+    def some_chunks_done():
+        done = _done(store, fkey)
+        return done if done is not None and 2 <= done.sum() <= len(done) - 8 else None
+
+    _wait_until(first, some_chunks_done, "a few feature chunks were done")
+    seconds, err = _interrupt(first)
+    _assert_stopped(first, seconds, err, "featurization", capfd)
+    done_at_stop = _done(store, fkey)
+    group = zarr.open_group(str(store), mode="r", path=f"features/{fkey}")
+    assert not group.attrs.get("complete", False) and 0 < done_at_stop.sum() < len(done_at_stop)
+    files_at_stop = _chunk_files(store, fkey)
+    assert not list(work.glob("models/*/card.json"))
+
+    # 2. the rerun finishes the features only where they were not done; SIGINT in training
+    second = _start(campaign, env)
+
+    def some_epochs_done() -> Path | None:
+        for ckpt in work.glob("checkpoints/*/last.pt"):
+            epochs = _checkpoint_epochs(ckpt)
+            if epochs is not None and 3 <= epochs <= EPOCHS - 40:
+                return ckpt
+        return None
+
+    ckpt = _wait_until(second, some_epochs_done, "some training epochs were checkpointed")
+    seconds, err = _interrupt(second)
+    _assert_stopped(second, seconds, err, "training", capfd)
+    k = _checkpoint_epochs(ckpt)
+    assert k is not None and k < EPOCHS
+    assert not list(work.glob("models/*/card.json"))  # nothing partial published
+    assert zarr.open_group(str(store), mode="r", path=f"features/{fkey}").attrs["complete"]
+    files_now = _chunk_files(store, fkey)
+    rewritten = {c for c in files_now if files_at_stop.get(c) != files_now[c]}
+    assert not rewritten & {f"{c}/0" for c in np.flatnonzero(done_at_stop)}
+
+    # 3. the third run resumes training from the checkpoint and completes the campaign
+    code, err = cli(["run", campaign, "--quiet"], capfd)
+    assert code == 0, err[-3000:]
+    (model_dir,) = [p.parent for p in work.glob("models/*/card.json")]
+    history = json.loads((model_dir / "history.json").read_text())
+    assert history["resumed_from"] >= k
+    assert history["epochs_completed"] == EPOCHS
