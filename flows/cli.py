@@ -126,6 +126,7 @@ def _stoppable(fn: Callable[[], T]) -> T:
     installed. Prefect swaps in its own SIGTERM handler for a flow run in the main thread (it
     aborts the flow where it stands, training threads still running); a flow in a worker thread
     leaves ours in place, so SIGTERM stops at a safe point exactly as SIGINT does."""
+    import contextvars
     import threading
 
     box: dict[str, Any] = {}
@@ -136,7 +137,8 @@ def _stoppable(fn: Callable[[], T]) -> T:
         except BaseException as exc:  # handed to the main thread below
             box["error"] = exc
 
-    worker = threading.Thread(target=target, name="atompipe-run", daemon=True)
+    context = contextvars.copy_context()  # Prefect's settings (API URL) travel with it
+    worker = threading.Thread(target=context.run, args=(target,), name="atompipe-run", daemon=True)
     with _stop_on_signals():
         worker.start()
         while worker.is_alive():
