@@ -19,10 +19,15 @@ same budget of ``--budget`` seconds of wall clock from raw structures to a train
 
 Prints the test energy MAE (meV per structure) and force MAE (meV/Å) of both, their ratios
 (atompipe / TorchANI, < 1 is better), and the training throughput (structures per second of
-epochs, validation included, on both sides). Several ``--repeats`` give medians and the spread (max - min).
+epochs, validation included, on both sides). Several ``--repeats`` give medians and the spread
+(max - min).
 
     python -m benchmarks.nn_accuracy                      # 300 s per side and molecule
-    python -m benchmarks.nn_accuracy --budget 60 --molecules ethanol
+    python -m benchmarks.nn_accuracy --budget 60 --molecules ethanol --committee 0
+
+With ``--committee N`` (default 4) a committee of N networks then trains on the first molecule
+within the same budget, and its force standard deviation is compared with its force errors on the
+test split (Spearman correlation, fraction of errors within 1, 2, 3 sigma).
 """
 
 from __future__ import annotations
@@ -205,6 +210,46 @@ def atompipe_fit(parts: dict, budget: float, settings: dict | None = None) -> di
     }
 
 
+def committee_calibration(parts: dict, budget: float, members: int = 4) -> dict:
+    """A committee of ``members`` networks trained within ``budget`` s in all: how well the
+    spread of its force predictions tells the size of its force errors on the test split."""
+    from scipy.stats import spearmanr
+
+    from atomistic.data import Dataset
+    from atomistic.features import AEV
+    from atomistic.features.scaling import Scaler
+    from atomistic.models import AtomicData, NeuralNetwork, TrainingConfig
+
+    t_start = time.perf_counter()
+    f = AEV.like_ani1x()
+    ds = {k: Dataset.from_atoms(v, require_energy=True) for k, v in parts.items()}
+    d = ds["train"]
+    scaler = Scaler().fit(f.featurize_arrays(d.numbers, d.positions, d.cell, d.pbc, d.offsets))
+    data = {k: AtomicData(v, None, f, scaler) for k, v in ds.items()}
+    training = {**ATOMPIPE_TRAINING, "max_time": budget - (time.perf_counter() - t_start)}
+    layers = {s: ANI_LAYERS[s] for s in d.elements}
+    model = NeuralNetwork(
+        layers, training=TrainingConfig(**training), ensemble=members, **ATOMPIPE
+    ).fit(data["train"], data["validation"])
+    out = model.predict(data["test"], forces=True)
+    err = np.abs(out["forces"] - ds["test"].forces).ravel()
+    std = out["forces_std"].ravel()
+    e_err = np.abs(out["energy"] - ds["test"].energy)
+    return {
+        "members": members,
+        "force_mae_meV_A": 1e3 * float(err.mean()),
+        "energy_mae_meV": 1e3 * float(e_err.mean()),
+        "force_std_error_spearman": float(spearmanr(std, err).statistic),
+        **{f"force_within_{k}sigma": float(np.mean(err <= k * std)) for k in (1, 2, 3)},
+        "energy_std_error_spearman": float(spearmanr(out["energy_std"], e_err).statistic),
+        **{
+            f"energy_within_{k}sigma": float(np.mean(e_err <= k * out["energy_std"]))
+            for k in (1, 2, 3)
+        },
+        "wall_s": time.perf_counter() - t_start,
+    }
+
+
 def _summary(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), (max(values) - min(values)) if len(values) > 1 else 0.0
 
@@ -216,6 +261,7 @@ def run(
     molecules=("ethanol", "malonaldehyde"),
     repeats: int = 1,
     threads: int = 2,
+    committee: int = 0,
 ) -> dict:
     """Both sides on each molecule, ``repeats`` times; medians, spreads and ratios."""
     if device != "cpu":
@@ -270,7 +316,27 @@ def run(
         ),
         flush=True,
     )
-    return {"budget_s": budget, "threads": threads, "repeats": repeats, "runs": raw, "table": rows}
+    result = {
+        "budget_s": budget,
+        "threads": threads,
+        "repeats": repeats,
+        "runs": raw,
+        "table": rows,
+    }
+    if committee:
+        cal = committee_calibration(split_frames(molecules[0]), budget, committee)
+        result["committee"] = cal
+        print(
+            table(
+                f"Committee of {committee} on {molecules[0]} ({budget:.0f} s in all): force std "
+                "against force error on the test split",
+                ["quantity", "value"],
+                [(k, f"{v:.3f}") for k, v in cal.items()],
+                "Gaussian errors would give 0.683 / 0.954 / 0.997 within 1 / 2 / 3 sigma",
+            ),
+            flush=True,
+        )
+    return result
 
 
 def main(argv=None) -> None:
@@ -279,9 +345,12 @@ def main(argv=None) -> None:
     p.add_argument("--molecules", nargs="+", default=["ethanol", "malonaldehyde"])
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--committee", type=int, default=4, help="committee size (0: none)")
     p.add_argument("--out", default=str(RESULTS / "nn_accuracy.json"))
     args = p.parse_args(argv)
-    result = run(False, "cpu", args.budget, args.molecules, args.repeats, args.threads)
+    result = run(
+        False, "cpu", args.budget, args.molecules, args.repeats, args.threads, args.committee
+    )
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1, default=float)
 

@@ -301,6 +301,7 @@ class NeuralNetwork(AtomisticModel):
         self.n_features_ = train_set.n_features
         h = self.history_
         self.metrics_ = {k: v[h.best_epoch] for k, v in h.metrics.items() if k != "lr"}
+        self.metrics_.update(best_epoch=h.best_epoch, epochs_completed=h.epochs_completed)
         self._warn_if_useless(validation if validation is not None else train)
         return self
 
