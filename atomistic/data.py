@@ -1,7 +1,8 @@
 """Datasets: ingestion of ASE-readable files, validation, content keys and Zarr storage.
 
-A :class:`Dataset` holds structures as flat per-atom arrays plus offsets (docs/architecture.md): the atoms
-of structure ``s`` are rows ``offsets[s]:offsets[s + 1]``. Units are Å and eV (forces eV/Å).
+A :class:`Dataset` holds structures as flat per-atom arrays plus offsets
+(docs/architecture.md): the atoms of structure ``s`` are rows ``offsets[s]:offsets[s + 1]``.
+Units are Å and eV (forces eV/Å).
 
 Its key is the sha256 of the canonical arrays (numbers, positions, cell, pbc, offsets, energy,
 forces) and a format version: it depends on content only, never on file names or times.
@@ -36,6 +37,7 @@ __all__ = [
     "read_dataset",
     "make_split",
     "read_split",
+    "neighbour_estimate",
     "split_id",
     "SPLIT_NAMES",
 ]
@@ -157,12 +159,25 @@ class Dataset:
             sources=self.sources,
         )
 
+    def structure_groups(self) -> np.ndarray:
+        """(n_structures,) int64: the index of the first structure with the same atoms (numbers,
+        positions, cell, periodicity, bit for bit); a structure's own index when it is unique.
+        Copies share a group, and :func:`make_split` keeps a group within one split."""
+        first: dict[str, int] = {}
+        groups = np.empty(self.n_structures, dtype=np.int64)
+        for s in range(self.n_structures):
+            lo, hi = self.offsets[s], self.offsets[s + 1]
+            h = content_hash(self.numbers[lo:hi], self.positions[lo:hi], self.cell[s], self.pbc[s])
+            groups[s] = first.setdefault(h, s)
+        return groups
+
     def summary(self) -> dict[str, Any]:
         """Counts and label statistics, JSON-able."""
         n = self.atoms_per_structure
         out: dict[str, Any] = {
             "key": self.key,
             "structures": self.n_structures,
+            "duplicates": int(self.n_structures - len(np.unique(self.structure_groups()))),
             "atoms": self.n_atoms,
             "atoms_per_structure": [int(n.min()), int(n.max())] if n.size else [0, 0],
             "elements": list(self.elements),
@@ -244,11 +259,18 @@ def read_structures(path: str | Path, format: str | None = None) -> list[Atoms]:
 
 
 def load_files(
-    paths: Iterable[str | Path], *, require_energy: bool = True, format: str | None = None
+    paths: Iterable[str | Path],
+    *,
+    require_energy: bool = True,
+    format: str | None = None,
+    energy_key: str = "energy",
+    forces_key: str = "forces",
 ) -> Dataset:
     """Read and validate files, globs or folders into one Dataset (structures in file order).
 
     ``require_energy=False`` accepts unlabelled structures (prediction-only sets).
+    ``energy_key`` and ``forces_key`` name the labels: a calculator result or an ``info`` entry
+    (energy), a calculator result or a per-atom array (forces), e.g. ``forces_key="force"``.
     """
     records: list[tuple[str, int, Atoms]] = []
     sources = []
@@ -258,15 +280,27 @@ def load_files(
         sources.append({"path": str(path), "sha256": file_sha256(path), "structures": len(images)})
     if not records:
         raise DataError("no structures given")
-    ds = _pack(records, require_energy)
+    ds = _pack(records, require_energy, energy_key, forces_key)
     return Dataset(**{**ds.__dict__, "sources": tuple(sources)})
 
 
-def _labels(atoms: Atoms) -> tuple[float | None, np.ndarray | None]:
+def _labels(
+    atoms: Atoms, energy_key: str = "energy", forces_key: str = "forces"
+) -> tuple[Any, Any]:
     results = atoms.calc.results if atoms.calc is not None else {}
-    energy = results.get("energy", atoms.info.get("energy"))
-    forces = results.get("forces", atoms.arrays.get("forces"))
+    energy = results.get(energy_key, atoms.info.get(energy_key))
+    forces = results.get(forces_key, atoms.arrays.get(forces_key))
     return energy, forces
+
+
+def _number(where: str, label: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: {label} {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise DataError(f"{where}: {label} is NaN or inf")
+    return number
 
 
 def _validate(where: str, atoms: Atoms, energy: Any, forces: Any) -> None:
@@ -286,10 +320,19 @@ def _validate(where: str, atoms: Atoms, energy: Any, forces: Any) -> None:
             raise DataError(
                 f"{where}: pbc is True along axis {axis} but cell vector {axis} is zero"
             )
-    if energy is not None and not math.isfinite(float(energy)):
-        raise DataError(f"{where}: energy is NaN or inf")
+    periodic = cell[atoms.pbc]
+    if len(periodic) and np.linalg.matrix_rank(periodic, tol=1e-6) < len(periodic):
+        raise DataError(
+            f"{where}: the periodic cell has zero volume (cell vectors "
+            f"{np.flatnonzero(atoms.pbc).tolist()} are linearly dependent)"
+        )
+    if energy is not None:
+        _number(where, "energy", energy)
     if forces is not None:
-        forces = np.asarray(forces)
+        try:
+            forces = np.asarray(forces, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: forces are not numbers") from None
         if forces.shape != (len(atoms), 3):
             raise DataError(
                 f"{where}: forces have shape {forces.shape}, expected ({len(atoms)}, 3)"
@@ -306,13 +349,18 @@ def _validate(where: str, atoms: Atoms, energy: Any, forces: Any) -> None:
             )
 
 
-def _pack(records: Sequence[tuple[str, int, Atoms]], require_energy: bool) -> Dataset:
+def _pack(
+    records: Sequence[tuple[str, int, Atoms]],
+    require_energy: bool,
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+) -> Dataset:
     if not records:
         raise DataError("no structures given")
     energies, forces_list = [], []
     for source, index, atoms in records:
         where = f"{source}, structure {index}"
-        e, f = _labels(atoms)
+        e, f = _labels(atoms, energy_key, forces_key)
         _validate(where, atoms, e, f)
         if e is None and require_energy:
             raise DataError(f"{where}: no energy label (training needs energies)")
@@ -340,17 +388,39 @@ def _pack(records: Sequence[tuple[str, int, Atoms]], require_energy: bool) -> Da
 
 # -- splits ----------------------------------------------------------------------------------
 def make_split(
-    n_structures: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+    n_structures: int,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """A seeded random split by structure: {"train", "validation", "test"} -> sorted indices."""
+    """A seeded random split by structure: {"train", "validation", "test"} -> sorted indices.
+
+    ``groups`` (n_structures,), e.g. :meth:`Dataset.structure_groups`, keeps the structures of
+    one group (copies of one structure) within one split, so that no copy of a training
+    structure is tested on; whole groups are dealt in a seeded random order until each split
+    holds its share. Without repeated groups the split is the plain one.
+    """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1):
         raise ValueError(
             f"split fractions {tuple(fractions)} must be three non-negative numbers summing to 1"
         )
-    perm = np.random.default_rng(seed).permutation(n_structures)
     n_train = int(round(fractions[0] * n_structures))
     n_val = int(round(fractions[1] * n_structures))
-    parts = np.split(perm, [n_train, n_train + n_val])
+    if groups is None or len(np.unique(groups)) == n_structures:
+        perm = np.random.default_rng(seed).permutation(n_structures)
+        parts = np.split(perm, [n_train, n_train + n_val])
+    else:
+        labels, inverse = np.unique(groups, return_inverse=True)
+        order = np.random.default_rng(seed).permutation(len(labels))
+        members = [np.flatnonzero(inverse == g) for g in order]
+        sizes = np.cumsum([len(m) for m in members])
+        # a group goes to the split its first structure would fall in
+        starts = sizes - np.array([len(m) for m in members])
+        which = np.searchsorted([n_train, n_train + n_val], starts, side="right")
+        parts = [
+            np.concatenate([m for m, w in zip(members, which, strict=True) if w == k] or [[]])
+            for k in range(3)
+        ]
     return {name: np.sort(p).astype(np.int64) for name, p in zip(SPLIT_NAMES, parts, strict=True)}
 
 
@@ -381,7 +451,7 @@ def write_dataset(
             arr = getattr(ds, name)
             if arr is not None:
                 group.create_array(name, data=arr, chunks=arr.shape or (1,))
-        parts = make_split(ds.n_structures, split, seed)
+        parts = make_split(ds.n_structures, split, seed, ds.structure_groups())
         sid = split_id(split, seed)
         for name, idx in parts.items():
             group.create_array(f"splits/{sid}/{name}", data=idx, chunks=(max(len(idx), 1),))
@@ -419,6 +489,32 @@ def read_dataset(store: Store | str, key: str) -> Dataset:
     return ds
 
 
+def neighbour_estimate(store: Store | str, key: str, cutoff: float) -> tuple[float, int, float]:
+    """The largest expected number of neighbours per atom within ``cutoff`` (Å) over the
+    structures of ``datasets/<key>``, the structure that has it, and that structure's cell
+    width (Å, the smallest distance between opposite faces; inf for a molecule).
+
+    A periodic structure of n atoms in a cell of volume V has about n / V * 4/3 pi rc^3
+    neighbours per atom (its images included); a molecule has at most n - 1. Reads only the
+    cells, periodicity and offsets.
+    """
+    store = store if isinstance(store, Store) else Store(store)
+    group = store.open("datasets", key)
+    cell, pbc = read_verified(group, "cell", store.url), read_verified(group, "pbc", store.url)
+    counts = np.diff(read_verified(group, "offsets", store.url))
+    volume = np.abs(np.linalg.det(cell))
+    periodic = pbc.any(axis=1) & (volume > 0)
+    sphere = 4.0 / 3.0 * math.pi * float(cutoff) ** 3
+    with np.errstate(divide="ignore", invalid="ignore"):
+        estimate = np.where(periodic, counts / np.where(periodic, volume, 1.0) * sphere, counts - 1)
+    s = int(np.argmax(estimate))
+    width = math.inf
+    if periodic[s]:
+        normals = np.cross(cell[s][[1, 2, 0]], cell[s][[2, 0, 1]])
+        width = float(volume[s] / np.linalg.norm(normals, axis=1).max())
+    return float(estimate[s]), s, width
+
+
 def read_split(
     store: Store | str,
     key: str,
@@ -435,5 +531,6 @@ def read_split(
     path = f"splits/{sid}"
     if path in group:
         return {name: read_verified(group, f"{path}/{name}", store.url) for name in SPLIT_NAMES}
-    n = group["offsets"].shape[0] - 1
-    return make_split(n, fractions or (0.8, 0.1, 0.1), 0 if seed is None else seed)
+    ds = read_dataset(store, key)
+    fractions = fractions or (0.8, 0.1, 0.1)
+    return make_split(ds.n_structures, fractions, seed or 0, ds.structure_groups())

@@ -1,12 +1,12 @@
 """The Zarr v3 store: content-addressed groups, published only once complete.
 
-Layout (docs/architecture.md): ``<store>/<kind>/<key>/`` with ``kind`` in ``datasets``, ``features``,
-``latent``. A group is *complete* when its ``complete`` attribute is true; readers ignore
-anything else. On a local store a new group is written under ``<store>/.staging/`` and moved
-into place with one ``os.rename`` (atomic on POSIX), so a crash or a concurrent writer can
-never leave a torn group behind. An object store (any fsspec URL: ``s3://``, ``gs://``,
-``memory://``) has no rename: the staged group is copied into place with its ``zarr.json``
-written last, which is when a Zarr v3 group starts to exist for readers.
+Layout (docs/architecture.md): ``<store>/<kind>/<key>/`` with ``kind`` in ``datasets``,
+``features``, ``latent``. A group is *complete* when its ``complete`` attribute is true;
+readers ignore anything else. On a local store a new group is written under
+``<store>/.staging/`` and moved into place with one ``os.rename`` (atomic on POSIX), so a crash
+or a concurrent writer can never leave a torn group behind. An object store (any fsspec URL:
+``s3://``, ``gs://``, ``memory://``) has no rename: the staged group is copied into place with
+its ``zarr.json`` written last, which is when a Zarr v3 group starts to exist for readers.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.config import CampaignConfig, LatentFeatures
+from flows.limits import check_against_data, no_forces_error
 from flows.progress import CampaignProgress
 from tasks.caching import submit_cached
 from tasks.models import (
@@ -53,8 +54,26 @@ class _Run:
     def states(self) -> dict[str, str]:
         return {label: fut.state.name for label, fut in self.stages.items()}
 
+    def root_cause(self, exc: BaseException) -> BaseException:
+        """The error of the first stage that failed (stages are kept upstream first), not the
+        "Run is in PENDING state" of a downstream stage that never ran because of it."""
+        for fut in self.stages.values():
+            try:
+                state = fut.state
+                if not (state.is_failed() or state.is_crashed()):
+                    continue
+                fut.result()
+            except Exception as cause:  # the stage's own exception
+                if "PENDING state" not in str(cause) and "did not reach" not in str(cause):
+                    return cause
+        return exc
+
+    def check_data(self, datasets: dict[str, Any], models: list[str]) -> None:
+        """Limits that depend on the data, before any featurization or training starts."""
+        check_against_data(self.cfg, datasets, models)
+
     # -- 1. datasets ------------------------------------------------------------------------
-    def ingest(self) -> dict[str, Any]:
+    def ingest(self, models: list[str] = ()) -> dict[str, Any]:
         cfg, split = self.cfg, self.split
         for name in cfg.datasets:  # what the globs and folders hold now stays inside the root
             cfg.dataset_files(name)
@@ -67,6 +86,9 @@ class _Run:
                 tuple(split["fractions"]),
                 split["seed"],
                 ds.format,
+                ds.energy_key,
+                ds.forces_key,
+                no_forces_error(cfg, name, list(models)),  # refused before it is stored
             )
             for name, ds in cfg.datasets.items()
         }
@@ -75,6 +97,14 @@ class _Run:
         for name, ref in datasets.items():
             n = ref["summary"]["structures"]
             self.logger.info("dataset %s: %s (%d structures)", name, ref["key"][:12], n)
+            copies = ref["summary"].get("duplicates", 0)
+            if copies:  # kept within one split each, so they cannot leak into the test set
+                self.logger.warning(
+                    "dataset %s: %d structure(s) are copies of another; each stays in the "
+                    "split of its original",
+                    name,
+                    copies,
+                )
         return datasets
 
     # -- 2.-4. features, scalers, latent features -------------------------------------------
@@ -182,6 +212,8 @@ class _Run:
                 cfg.workspace,
                 on_epoch=progress.epoch_callback(f"model {name}", epochs),
             )
+        for fut in trained.values():  # a failed fit is the error, not its evaluation's
+            fut.wait()
         for name, fut in trained.items():
             fset = cfg.models[name].features
             key = model_key(
@@ -248,9 +280,16 @@ def campaign(config: dict[str, Any], show_progress: bool = True) -> dict[str, An
 def featurize_flow(config: dict[str, Any], show_progress: bool = True) -> dict[str, Any]:
     """Datasets, feature sets, scalers and latent feature sets of a campaign; no models."""
     run = _Run(CampaignConfig.model_validate(config), show_progress)
-    with run.progress:
-        datasets = run.ingest()
-        features, _ = run.features(datasets)
+    try:
+        with run.progress:
+            datasets = run.ingest()
+            run.check_data(datasets, [])
+            features, _ = run.features(datasets)
+    except Exception as exc:
+        cause = run.root_cause(exc)
+        if cause is exc:
+            raise
+        raise cause from exc
     return run.summary(datasets, features)
 
 
@@ -268,12 +307,19 @@ def train(config: dict[str, Any], models: list[str] | None, show_progress: bool)
     names = _model_names(cfg, models)
     check_tracking(cfg.tracking_uri)  # an unreachable MLflow server fails now, not after training
     run = _Run(cfg, show_progress)
-    with run.progress:
-        datasets = run.ingest()
-        only = None if models is None else {cfg.models[n].features for n in names}
-        features, scalers = run.features(datasets, only)
-        results = run.models(names, features, scalers)
-    record = run.record(datasets, features, results)
+    try:
+        with run.progress:
+            datasets = run.ingest(names)
+            run.check_data(datasets, names)
+            only = None if models is None else {cfg.models[n].features for n in names}
+            features, scalers = run.features(datasets, only)
+            results = run.models(names, features, scalers)
+        record = run.record(datasets, features, results)
+    except Exception as exc:
+        cause = run.root_cause(exc)
+        if cause is exc:
+            raise
+        raise cause from exc
     return run.summary(datasets, features, results, record)
 
 

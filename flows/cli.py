@@ -45,13 +45,17 @@ def ingest(
         bool, typer.Option("--unlabelled", help="accept structures without energies")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    energy_key: Annotated[str, typer.Option(help="the energy label's name")] = "energy",
+    forces_key: Annotated[str, typer.Option(help="the forces' name (a per-atom array)")] = "forces",
 ) -> None:
     """Validate structures and store them as a content-addressed dataset; print its key."""
     from atomistic.data import DataError, load_files, write_dataset
     from atomistic.storage import StoreError
 
     try:
-        ds = load_files(paths, require_energy=not unlabelled)
+        ds = load_files(
+            paths, require_energy=not unlabelled, energy_key=energy_key, forces_key=forces_key
+        )
         key, written = write_dataset(ds, store)
     except (DataError, StoreError, OSError) as exc:
         _fail(str(exc))
@@ -265,6 +269,7 @@ def featurize(
     params = _pairs(param, "--param")
     if features not in ("gaussian", "aev"):
         _fail(f"--features {features!r}: expected gaussian or aev")
+    _check_params(features, params)
     try:
         with _stop_on_signals(), dask_client(scheduler, workers) as client:
             ref = featurize_dataset(
@@ -278,6 +283,28 @@ def featurize(
         raise
     typer.echo(f"features {ref['key']}")
     typer.echo(f"  chunks computed {ref['computed_chunks']} of {ref['n_chunks']}")
+
+
+def _check_params(features: str, params: dict) -> None:
+    """Featurizer parameters validated as a campaign's feature set is: an error names the
+    ``--param`` at fault (``--param cutoff=abc``)."""
+    from pydantic import ValidationError
+
+    from flows.config import AEVFeatures, GaussianFeatures
+
+    model = GaussianFeatures if features == "gaussian" else AEVFeatures
+    fields = {k: v for k, v in params.items() if k in model.model_fields}
+    try:
+        if features == "gaussian":
+            model.model_validate({"dataset": "-", **params})
+        else:
+            model.model_validate({"dataset": "-", "params": params, **fields})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"] if p != "params" and "[" not in str(p)]
+        where = f"--param {loc[0]}" if loc else "--param"
+        msg = err["msg"].removeprefix("Value error, ")
+        _fail(f"{where}: {msg}" if err["type"] != "extra_forbidden" else f"{where}: unknown key")
 
 
 def _layers(text: str, option: str) -> tuple[int, ...]:

@@ -53,6 +53,12 @@ class _Strict(BaseModel):
 class DatasetConfig(_Strict):
     paths: list[str] = Field(min_length=1, description="files, globs or folders (ASE-readable)")
     format: str | None = Field(None, description="ASE format name, when the suffix is not enough")
+    energy_key: str = Field(
+        "energy", min_length=1, description="the energy label: a calculator result or info key"
+    )
+    forces_key: str = Field(
+        "forces", min_length=1, description="the forces: a calculator result or per-atom array"
+    )
 
 
 class SplitConfig(_Strict):
@@ -134,6 +140,8 @@ class GaussianFeatures(_Strict):
         values = v.values() if isinstance(v, dict) else [v]
         if any(c <= 0 for c in values):
             raise ValueError(f"cutoff {v} must be > 0")
+        if any(c == float("inf") for c in values):
+            raise ValueError(f"cutoff {v} must be finite")
         return v
 
     @model_validator(mode="after")
@@ -391,6 +399,30 @@ class CampaignConfig(_Strict):
     dask: DaskConfig = DaskConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _finite(cls, raw: Any) -> Any:
+        """Every number of the campaign is finite: YAML's .inf and .nan are refused by key."""
+        where = _non_finite(raw)
+        if where is not None:
+            raise ValueError(f"{where[0]}: {where[1]!r} is not a finite number")
+        return raw
+
+    @model_validator(mode="after")
+    def _widths(self) -> CampaignConfig:
+        """Every hidden layer has at least one unit ([0] would train a network of nothing)."""
+        for name, feat in self.features.items():  # (a network's widths: NeuralNetworkConfig)
+            if not isinstance(feat, LatentFeatures):
+                continue
+            for part, widths in feat.encoder.hiddenlayers.items():
+                bad = [w for w in widths if w < 1]
+                if bad or not widths:
+                    raise ValueError(
+                        f"features.{name}.encoder.hiddenlayers.{part}: layer widths must be "
+                        f"positive integers, not {bad[0] if bad else 'none'}"
+                    )
+        return self
+
     @model_validator(mode="after")
     def _references(self) -> CampaignConfig:
         for name, feat in self.features.items():
@@ -442,6 +474,26 @@ class CampaignConfig(_Strict):
         return self.tracking.uri or f"sqlite:///{(self.workspace_path / 'mlflow.db').resolve()}"
 
 
+def _non_finite(node: Any, prefix: str = "") -> tuple[str, float] | None:
+    """The dotted key and value of the first NaN or infinite number in ``node``, if any."""
+    import math
+
+    if isinstance(node, float) and not math.isfinite(node):
+        return prefix.rstrip("."), node
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list | tuple)
+        else ()
+    )
+    for k, v in items:
+        found = _non_finite(v, f"{prefix}{k}.")
+        if found is not None:
+            return found
+    return None
+
+
 def _check_featurizer(name: str, feat: GaussianFeatures | AEVFeatures) -> None:
     """Build the featurizer once (elements as given, else a placeholder) so that bad parameters
     and a featurizer with zero columns fail here, naming the feature set, before any work."""
@@ -460,9 +512,17 @@ _TAGS = {"gaussian", "aev", "latent", "neuralnetwork", "kernelridge", "gaussianp
 
 
 def _format_error(source: str, exc: ValidationError) -> str:
-    lines = []
+    lines, seen = [], []
     for err in exc.errors():
-        parts = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
+        parts = [
+            str(p)
+            for p in err["loc"]
+            if not str(p).startswith("function-after") and "[" not in str(p)  # union members
+        ]
+        key = ".".join(parts[:3])
+        if key and key in seen:  # another member of the same union: its first complaint is enough
+            continue
+        seen.append(key)
         if len(parts) > 2 and parts[0] in ("models", "features") and parts[2] in _TAGS:
             del parts[2]  # the union's tag (models.krr.kernelridge.sigma): not a key the user wrote
         loc = ".".join(parts)

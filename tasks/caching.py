@@ -1,10 +1,10 @@
 """Content-addressed cache keys for Prefect tasks.
 
 A stage's cache key is a hash of its inputs' content keys (small references), its parameters and
-the stage's format version — never of file paths or timestamps (docs/architecture.md). When the output a key
-points at has gone from the store, the key changes, so the stage runs again instead of handing
-back a reference to nothing: the flow asks each stage whether its output exists and, if not,
-submits it with ``refresh_cache=True`` (:func:`submit_cached`).
+the stage's format version — never of file paths or timestamps (docs/architecture.md). When the
+output a key points at has gone from the store, the key changes, so the stage runs again instead
+of handing back a reference to nothing: the flow asks each stage whether its output exists and,
+if not, submits it with ``refresh_cache=True`` (:func:`submit_cached`).
 """
 
 from __future__ import annotations

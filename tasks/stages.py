@@ -35,13 +35,24 @@ def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
     return _ingest_content_key(parameters)
 
 
-def ingest_exists(paths, store_url, fractions=(0.8, 0.1, 0.1), seed=0, format=None) -> bool:
+def ingest_exists(
+    paths,
+    store_url,
+    fractions=(0.8, 0.1, 0.1),
+    seed=0,
+    format=None,
+    energy_key="energy",
+    forces_key="forces",
+    needs_forces=None,
+) -> bool:
     params = {
         "paths": paths,
         "store_url": store_url,
         "fractions": fractions,
         "seed": seed,
         "format": format,
+        "energy_key": energy_key,
+        "forces_key": forces_key,
     }
     return Store(store_url).lookup(_ingest_content_key(params)) is not None
 
@@ -52,7 +63,7 @@ def _ingest_content_key(parameters: dict[str, Any]) -> str:
         [hashlib.sha256(Path(path).read_bytes()).hexdigest(), file_format(path, fmt)]
         for path in expand_paths(parameters["paths"])
     ]
-    params = {k: v for k, v in parameters.items() if k != "paths"}
+    params = {k: v for k, v in parameters.items() if k not in ("paths", "needs_forces")}
     return "atompipe-ingest-" + content_hash("ingest", 2, digests, params)
 
 
@@ -63,13 +74,21 @@ def ingest(
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     format: str | None = None,
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    needs_forces: str | None = None,
 ) -> dict[str, Any]:
     """Validate and store structures; returns {"store", "key", "summary", "written"}.
 
+    ``needs_forces``: the error to raise (naming the models that train on forces) when the
+    files hold no forces, before anything is written; not part of the cache key.
+
     A dataset too small for the split (an empty training or test set) is refused before
     anything is written, naming the files."""
-    ds = load_files(paths, format=format)
-    parts = make_split(ds.n_structures, fractions, seed)
+    ds = load_files(paths, format=format, energy_key=energy_key, forces_key=forces_key)
+    if needs_forces and ds.forces is None:
+        raise DataError(needs_forces)
+    parts = make_split(ds.n_structures, fractions, seed, ds.structure_groups())
     empty = [name for name in ("train", "test") if len(parts[name]) == 0]
     if empty:
         raise DataError(
@@ -85,6 +104,8 @@ def ingest(
             "fractions": fractions,
             "seed": seed,
             "format": format,
+            "energy_key": energy_key,
+            "forces_key": forces_key,
         }
     )
     if store.lookup(source_key) != key:  # a store that has it all is never written to

@@ -19,6 +19,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+from ase.calculators.singlepoint import SinglePointCalculator
 from reliability_support import (
     cli,
     copy_campaign,
@@ -166,3 +167,165 @@ def test_a_copied_campaign_writes_only_inside_its_own_folder(good, tmp_path, cap
     assert location[0] == (c.folder / "workspace" / "mlartifacts").resolve().as_uri()
     assert uris and all(u.startswith(location[0] + "/") for u in uris)
     assert list((c.folder / "workspace" / "mlartifacts").rglob("card.json"))
+
+
+# -- 5.-9., 12. bad input: one line naming the culprit, before any work, store unchanged -------
+def _cu(n: int = 3) -> list:
+    from reliability_support import CU
+
+    return ase.io.read(CU, f":{n}")
+
+
+def _file(c: Campaign, name: str, images) -> str:
+    ase.io.write(c.folder / name, images)
+    return name
+
+
+def _run(c: Campaign, name: str, **changes) -> list:
+    return ["run", write_campaign(c.folder, f"{name}.yaml", **changes), "--quiet"]
+
+
+def _nn(**extra) -> dict:
+    return {"type": "neuralnetwork", "features": "g", "hiddenlayers": [4], **extra}
+
+
+def c_cutoff_inf(c):
+    return _run(c, "inf", **{"features.g.cutoff": float("inf")}), r"features\.g\.cutoff: inf is not"
+
+
+def c_lr_nan(c):
+    changes = {"models.nn": _nn(training={"lr": float("nan")})}
+    return _run(c, "nan", **changes), r"models\.nn\.training\.lr: nan is not a finite number"
+
+
+def c_width_zero(c):
+    changes = {"models.nn": _nn(hiddenlayers=[0])}
+    return _run(c, "w0", **changes), r"models\.nn\.hiddenlayers\.0: Input should be greater"
+
+
+def c_width_negative(c):
+    changes = {"models.nn": _nn(hiddenlayers=[-5])}
+    return _run(c, "w-5", **changes), r"models\.nn\.hiddenlayers\.0: Input should be greater"
+
+
+def c_encoder_width_zero(c):
+    enc = {"hiddenlayers": {"encoder": [4, 0], "decoder": [4]}}
+    changes = {"features.lat": {"type": "latent", "source": "g", "encoder": enc}}
+    return _run(c, "enc0", **changes), r"features\.lat\.encoder\.hiddenlayers\.encoder: layer"
+
+
+def f_cutoff_huge(c):
+    changes = {"features.g.cutoff": 1e6}
+    culprit = r"features\.g\.cutoff: a cutoff of 1e\+06 Å gives about .* neighbours per atom"
+    return _run(c, "huge", **changes), culprit
+
+
+def f_force_training_without_forces(c):
+    images = _cu(8)
+    for a in images:
+        a.calc = SinglePointCalculator(a, energy=a.get_potential_energy())  # energies only
+    changes = {
+        "datasets.cu.paths": [_file(c, "noforces.extxyz", images)],
+        "models.nn": _nn(force_weight=1.0),
+    }
+    culprit = r"models\.nn: trains on forces \(force_weight 1\.0\) but dataset cu has no forces"
+    return _run(c, "noforces", **changes), culprit
+
+
+def f_forces_under_another_name(c):
+    """`force` instead of `forces`: without forces_key the dataset has none, named as above."""
+    images = _cu(8)
+    for a in images:
+        a.new_array("force", a.get_forces())
+        a.calc = SinglePointCalculator(a, energy=a.get_potential_energy())
+    changes = {
+        "datasets.cu.paths": [_file(c, "force.extxyz", images)],
+        "models.nn": _nn(force_weight=1.0),
+    }
+    return _run(c, "force", **changes), r"models\.nn: trains on forces .*forces_key"
+
+
+def _zero_volume(c) -> str:
+    a = _cu(1)[0]
+    cell = a.cell.array.copy()
+    cell[2] = cell[0] + cell[1]  # three vectors in one plane
+    a.set_cell(cell)
+    return _file(c, "flat.extxyz", [a])
+
+
+def f_zero_volume_cell(c):
+    changes = {"datasets.cu.paths": [_zero_volume(c)]}
+    return _run(c, "flat", **changes), r"flat\.extxyz, structure 0: the periodic cell has zero vol"
+
+
+def _energy_abc(c) -> str:
+    (c.folder / "abc.extxyz").write_text(
+        '2\nLattice="3.6 0 0 0 3.6 0 0 0 3.6" Properties=species:S:1:pos:R:3 energy=abc '
+        'pbc="T T T"\nCu 0 0 0\nCu 1.8 1.8 0\n'
+    )
+    return "abc.extxyz"
+
+
+def f_energy_not_a_number(c):
+    changes = {"datasets.cu.paths": [_energy_abc(c)]}
+    return _run(c, "abc", **changes), r"abc\.extxyz, structure 0: energy 'abc' is not a number"
+
+
+def z_ingest_zero_volume(c):
+    args = ["ingest", c.folder / _zero_volume(c), "--store", c.store]
+    return args, r"^error: .*flat\.extxyz, structure 0: the periodic cell has zero volume"
+
+
+def z_ingest_energy_not_a_number(c):
+    args = ["ingest", c.folder / _energy_abc(c), "--store", c.store]
+    return args, r"^error: .*abc\.extxyz, structure 0: energy 'abc' is not a number$"
+
+
+def z_featurize_param_not_a_number(c):
+    args = ["featurize", c.dataset_key, "--store", c.store, "--param", "cutoff=abc"]
+    return args, r"^error: --param cutoff: Input should be a valid number"
+
+
+CASES = [
+    c_cutoff_inf,
+    c_lr_nan,
+    c_width_zero,
+    c_width_negative,
+    c_encoder_width_zero,
+    f_cutoff_huge,
+    f_force_training_without_forces,
+    f_forces_under_another_name,
+    f_zero_volume_cell,
+    f_energy_not_a_number,
+    z_ingest_zero_volume,
+    z_ingest_energy_not_a_number,
+    z_featurize_param_not_a_number,
+]
+
+
+@pytest.mark.parametrize("make", CASES, ids=lambda f: f.__name__)
+def test_bad_input_is_one_line_naming_the_culprit_before_any_work(make, good, capfd):
+    args, culprit = make(good)
+    before = snapshot(good.store, good.models)
+    code, err = cli(args, capfd)
+    assert code == 1, err[-3000:]
+    (line,) = error_lines(err)
+    assert re.search(culprit, line), line
+    assert "Traceback" not in err and "PENDING" not in err, err[-3000:]
+    with capfd.disabled():
+        print(f"\nCASE {make.__name__} exit {code}: {line}")
+    assert snapshot(good.store, good.models) == before
+
+
+def test_forces_key_reads_forces_stored_under_another_name(tmp_path):
+    from atomistic.data import load_files
+
+    images = _cu(3)
+    expected = np.concatenate([a.get_forces() for a in images])
+    for a in images:
+        a.new_array("force", a.get_forces())
+        a.calc = SinglePointCalculator(a, energy=a.get_potential_energy())
+    ase.io.write(tmp_path / "force.extxyz", images)
+    assert load_files([tmp_path / "force.extxyz"]).forces is None
+    ds = load_files([tmp_path / "force.extxyz"], forces_key="force")
+    np.testing.assert_array_equal(ds.forces, expected)
