@@ -17,6 +17,7 @@ Benchmarks (each also runs alone: ``python -m benchmarks.<name>``):
   cache         the cached-rerun ratio of a small campaign, and Prefect start-up
   memory        peak memory of featurization as the dataset grows 1x..8x
   accuracy      held-out errors and training times of NN, KRR, GP on the shipped datasets
+  kernel_forces sparse KRR/GP on energies + forces vs energy-only KRR; fit-time/memory scaling
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ BENCHMARKS = (
     "cache",
     "memory",
     "accuracy",
+    "kernel_forces",
 )
 GPU_CAPABLE = ("featurize", "cellsize", "training")
 

@@ -22,7 +22,8 @@ w (M,) with precision A = K_MM / a^2 + Phi^T Lambda^-1 Phi, and for every energy
 component the DTC predictive variance a^2 (k** - phi K_MM^-1 phi^T) + phi A^-1 phi^T + noise.
 ``optimize`` then takes sigma from {sigma/2, sigma, 2 sigma} and the noise-to-amplitude ratios
 of energies and forces by the DTC log marginal likelihood (a^2 profiled), on at most
-``optimize_max_structures`` structures; the final fit uses all of them.
+``optimize_max_structures`` structures; the final fit uses all of them, and the noise ratios
+are optimised once more there (from the subset's values).
 """
 
 from __future__ import annotations
@@ -237,7 +238,9 @@ class GaussianProcess(_KernelModel):
         self._choose_sparse(train)
         ne = self._normal_equations(train, y, sigma)
         if self.optimize:
-            lml, _, a2 = log_marginal_likelihood(ne, 2 * math.log(rE), 2 * math.log(rF))
+            # the noise ratios again on all structures and representatives: the subset's model
+            # is less accurate, so its noise estimate is too large
+            rE, rF, a2, lml = optimize_noise(ne, rE, rF, grid=False)
         else:
             a2 = amp**2
             lml, _, _ = log_marginal_likelihood(ne, 2 * math.log(rE), 2 * math.log(rF), amp)

@@ -74,6 +74,7 @@ __all__ = [
 
 JITTER = 1e-8  # added to K_MM's diagonal (rbf: k(x, x) = 1), so that it is positive definite
 SPARSE_METHODS = ("cur", "fps")
+_ATOMS_PER_BLOCK = 1024
 
 
 # -- representative environments ---------------------------------------------------------------
@@ -204,7 +205,9 @@ def design_blocks(
     M = int(XM.shape[0])
     counts = np.diff(ds.offsets)
     n_max = int(counts.max()) if len(counts) else 1
-    per = max(1, budget // max(1, 3 * n_max * M))
+    # structures per block: KF within ``budget`` entries, and at most _ATOMS_PER_BLOCK atoms
+    # per forward-mode featurizer pass (its three-body temporaries dominate otherwise)
+    per = max(1, min(budget // max(1, 3 * n_max * M), _ATOMS_PER_BLOCK // n_max))
     XM = XM.to(torch.float64)
     inv_s2 = 1.0 / sigma**2
     if not forces:
@@ -426,10 +429,11 @@ def log_marginal_likelihood(
 
 
 def optimize_noise(
-    ne: NormalEquations, energy_ratio: float, force_ratio: float
+    ne: NormalEquations, energy_ratio: float, force_ratio: float, grid: bool = True
 ) -> tuple[float, float, float, float]:
     """Maximise the profiled log marginal likelihood over the noise-to-amplitude ratios
-    (r_E, r_F) by L-BFGS-B. Returns (r_E, r_F, delta^2, lml)."""
+    (r_E, r_F) by L-BFGS-B, from the best point of a 3 x 3 grid around the given ratios
+    (``grid``) or from the given ratios. Returns (r_E, r_F, delta^2, lml)."""
     import scipy.optimize
 
     n = ne.n_E + ne.n_F
@@ -444,10 +448,10 @@ def optimize_noise(
     start = np.array([2 * math.log(energy_ratio), 2 * math.log(force_ratio)])
     bounds = [(x - 9.2, x + 9.2) for x in start]  # ratios within 100x of the start
     # the likelihood can be multimodal: start from the best of a coarse grid (factors of e)
-    grid = [start + np.array([a, b]) for a in (-2.0, 0.0, 2.0) for b in (-2.0, 0.0, 2.0)]
-    if not ne.n_F:
+    grid = grid and [start + np.array([a, b]) for a in (-2.0, 0.0, 2.0) for b in (-2.0, 0.0, 2.0)]
+    if grid and not ne.n_F:
         grid = [start + np.array([a, 0.0]) for a in (-2.0, 0.0, 2.0)]
-    x0 = min(grid, key=lambda x: f(x)[0])
+    x0 = min(grid, key=lambda x: f(x)[0]) if grid else start
     res = scipy.optimize.minimize(
         f, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 100}
     )
