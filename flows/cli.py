@@ -461,8 +461,6 @@ def ui(
     ] = None,
 ) -> None:
     """Start the MLflow UI for the campaign's tracking store (127.0.0.1 by default)."""
-    import subprocess
-
     cfg = _load(campaign, set_)
     if cfg.tracking_uri.startswith(("http://", "https://")):
         typer.echo(f"the campaign tracks to a server: open {cfg.tracking_uri} in a browser")
@@ -479,8 +477,59 @@ def ui(
         "--port",
         str(port),
     ]
+    from tasks.record import TrackingError, check_tracking
+
+    try:
+        check_tracking(cfg.tracking_uri)
+    except TrackingError as exc:
+        _fail(f"{campaign}: tracking.uri: {exc}")
+    import socket
+
+    with socket.socket() as probe:  # MLflow's server would log the clash and still exit 0
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            _fail(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror})")
     typer.echo(f"MLflow UI on http://{host}:{port}")
-    raise typer.Exit(subprocess.call(cmd))
+    raise typer.Exit(_serve_child(cmd))
+
+
+def _serve_child(cmd: list[str]) -> int:
+    """Run a server command as the leader of its own process group and take the group down
+    with us: SIGINT/SIGTERM to this process stop every process of it (MLflow's server starts
+    workers of its own), and the leader gets SIGTERM if this process dies without a word
+    (Linux ``PR_SET_PDEATHSIG``). Returns the server's exit status (non-zero on failure)."""
+    import os
+    import signal
+    import subprocess
+
+    def child_setup() -> None:  # in the child, before exec
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # not Linux: the signal forwarding still holds
+            pass
+
+    proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=child_setup)
+
+    def forward(signum: int, frame: object) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # workers the server left behind
+        except ProcessLookupError:
+            pass
+    return INTERRUPTED if code in (-signal.SIGTERM, -signal.SIGINT) else abs(code)
 
 
 @app.command()

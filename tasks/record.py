@@ -117,7 +117,12 @@ def _redacted(uri: str) -> str:
 
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, naming ``uri``, when an http(s) tracking server does not answer (MLflow's own
-    client would retry for minutes). Any HTTP answer, even an error status, counts as up."""
+    client would retry for minutes). Any HTTP answer, even an error status, counts as up.
+    A local sqlite database that exists must pass sqlite's own integrity check (a truncated
+    ``mlflow.db`` fails here, naming the file, not after all the training)."""
+    if uri.startswith("sqlite:///"):
+        _check_sqlite(Path(uri[len("sqlite:///") :]))
+        return
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -131,6 +136,25 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(
             f"cannot reach the MLflow tracking server at {_redacted(uri)}: {reason}"
         ) from None  # the chained error would repeat the URI, credentials included
+
+
+def _check_sqlite(db: Path) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    if not db.exists():
+        return  # MLflow creates it
+    try:
+        uri = f"{db.resolve().as_uri()}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True, timeout=30)) as con:
+            (status,) = con.execute("PRAGMA quick_check").fetchone()
+    except sqlite3.DatabaseError as exc:
+        status = str(exc)
+    if status != "ok":
+        raise TrackingError(
+            f"{db}: the MLflow tracking database is damaged ({status}); restore it or move it "
+            "aside to start a new one"
+        )
 
 
 @contextmanager

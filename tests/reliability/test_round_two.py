@@ -12,15 +12,23 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
+import socket
 import sqlite3
+import subprocess
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import ase.io
 import numpy as np
+import psutil
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 from reliability_support import (
+    atompipe_cmd,
+    atompipe_env,
     cli,
     copy_campaign,
     error_lines,
@@ -329,3 +337,66 @@ def test_forces_key_reads_forces_stored_under_another_name(tmp_path):
     assert load_files([tmp_path / "force.extxyz"]).forces is None
     ds = load_files([tmp_path / "force.extxyz"], forces_key="force")
     np.testing.assert_array_equal(ds.forces, expected)
+
+
+# -- 10. the tracking store and the UI server --------------------------------------------------
+def test_a_truncated_mlflow_db_fails_before_training_naming_the_file(good, tmp_path, capfd):
+    c = _campaign(copy_campaign(good.folder, tmp_path / "copy"))
+    db = c.folder / "workspace" / "mlflow.db"
+    with db.open("r+b") as fh:
+        fh.truncate(db.stat().st_size // 2)
+    before = snapshot(c.store, c.models)
+    code, err = cli(["run", c.file, "--quiet", "--set", "models.krr.sigma=2.0"], capfd)
+    assert code == 1, err[-3000:]
+    (line,) = error_lines(err)
+    assert re.search(
+        r"tracking\.uri: .*/workspace/mlflow\.db: the MLflow tracking database is", line
+    )
+    with capfd.disabled():
+        print(f"\nCASE truncated mlflow.db exit {code}: {line}")
+    assert snapshot(c.store, c.models) == before  # nothing trained
+
+
+def test_ui_on_a_port_in_use_fails(good, capfd):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err = cli(["ui", good.file, "--port", port], capfd)
+    assert code == 1, err
+    (line,) = error_lines(err)
+    assert re.search(rf"--port {port}: cannot listen on 127\.0\.0\.1:{port}", line), line
+
+
+def test_the_ui_server_dies_with_atompipe_ui(good, prefect_api):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        atompipe_cmd("ui", str(good.file), "--port", str(port)),
+        env=atompipe_env(prefect_api),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "atompipe ui ended before serving"
+                time.sleep(0.3)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children
+        proc.send_signal(signal.SIGTERM)  # `kill <pid of atompipe ui>`
+        proc.wait(timeout=30)
+        gone, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive, alive
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+    finally:
+        for p in [*children, psutil.Process(proc.pid) if proc.poll() is None else None]:
+            if p is not None and p.is_running():
+                p.kill()
