@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from ase.build import molecule
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
 from conftest import finite_difference_forces, make_data, molecule_images
 
 from atomistic.calculator import AtompipeCalculator
@@ -26,10 +29,22 @@ from atomistic.models.sparse_kernel import (
 SIGMA = 1.5
 
 
+def _mixed_images():
+    """Three ethanol, one water and one methane molecule (structures of 9, 3 and 5 atoms)."""
+    rng = np.random.default_rng(4)
+    small = [molecule("H2O"), molecule("CH4")]
+    for a in small:
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        a.calc = EMT()
+        a.calc = SinglePointCalculator(a, energy=a.get_potential_energy(), forces=a.get_forces())
+    return molecule_images(3, seed=3) + small
+
+
 @pytest.fixture(scope="module")
 def tiny():
-    """Four labelled ethanol structures with a Gaussian featurizer (no precomputed features)."""
-    return make_data(molecule_images(4, seed=3), features=False)
+    """Five labelled molecules of three sizes with a Gaussian featurizer (no precomputed
+    features)."""
+    return make_data(_mixed_images(), features=False)
 
 
 def _features(data, idx):
@@ -205,3 +220,29 @@ def test_sparse_gp_save_load_calculator_and_errors(tiny, tmp_path):
     no_featurizer = AtomicData(tiny.dataset, tiny.scaled_features(), None, None)
     with pytest.raises(ValueError, match="featurizer"):
         KernelRidge(forces=True).fit(no_featurizer)
+
+
+def test_campaign_keys_build_the_sparse_models():
+    from pydantic import ValidationError
+
+    from flows.config import GaussianProcessConfig, KernelRidgeConfig
+
+    # energy-only configurations dump as before the sparse keys existed (same cache keys)
+    assert KernelRidgeConfig(features="g").model_dump(mode="json") == {
+        "type": "kernelridge",
+        "features": "g",
+        "kernel": "rbf",
+        "sigma": 1.0,
+        "lamda": 1e-5,
+    }
+    cfg = GaussianProcessConfig(
+        features="g", forces=True, n_sparse=7, sparse_method="fps", force_noise=0.02
+    ).model_dump(mode="json")
+    params = {k: v for k, v in cfg.items() if k not in ("type", "features")}
+    gp = GaussianProcess(**params)  # as tasks.models.train_model builds it
+    assert gp.forces and gp.n_sparse == 7 and gp.sparse_method == "fps"
+    assert gp.force_noise == 0.02
+    with pytest.raises(ValidationError, match="rbf"):
+        KernelRidgeConfig(features="g", forces=True, kernel="laplacian")
+    with pytest.raises(ValidationError, match="sparse_method"):
+        KernelRidgeConfig(features="g", forces=True, sparse_method="random")
