@@ -242,7 +242,12 @@ def run(
             typer.echo(f"features {name}: {key}")
         return
     champ = summary["tracking"].get("champion")
-    if champ:
+    if champ and champ.get("compared") is False:
+        typer.echo(
+            f"champion: {champ['model']} ({champ['name']} v{champ['version']}) kept: it was "
+            "scored on another dataset or split, so this run's models are not compared with it"
+        )
+    elif champ:
         typer.echo(f"champion: {champ['model']} (registered {champ['name']} v{champ['version']})")
     typer.echo(f"MLflow: {summary['tracking']['tracking_uri']}  (atompipe ui)")
 

@@ -175,9 +175,13 @@ def _tracking_lock(uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _champion(client, name: str, metric: str, dataset_key: str) -> dict[str, Any] | None:
-    """The model holding the "champion" alias, with its score, when it was scored by ``metric``
-    on the same dataset (scores on other data are not comparable); else None."""
+def _champion(
+    client, name: str, metric: str, dataset_key: str, split: str
+) -> dict[str, Any] | None:
+    """The model holding the "champion" alias, or None when there is none. Its ``score`` is
+    None when it was not scored by ``metric`` on the same dataset and the same split (scores on
+    other data are not comparable). A champion recorded before splits were tagged is compared
+    on its dataset alone."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -185,10 +189,22 @@ def _champion(client, name: str, metric: str, dataset_key: str) -> dict[str, Any
         run = client.get_run(mv.run_id)
     except MlflowException:
         return None
-    score = run.data.metrics.get(metric)
-    if score is None or run.data.tags.get("atompipe.dataset_key") != dataset_key:
-        return None
+    tags = run.data.tags
+    same = (
+        tags.get("atompipe.dataset_key") == dataset_key
+        and tags.get("atompipe.split", split) == split
+    )
+    score = run.data.metrics.get(metric) if same else None
     return {"name": name, "version": str(mv.version), "model": run.info.run_name, "score": score}
+
+
+def _split_tag(config: dict[str, Any], which: str) -> str:
+    """Which structures a score was measured on: the split's fractions and seed and the part."""
+    from atomistic.data import split_id
+
+    split = config.get("split") or {}
+    sid = split_id(split.get("fractions", (0.8, 0.1, 0.1)), split.get("seed", 0))
+    return f"{sid}/{which}"
 
 
 @stage_task("record")
@@ -312,6 +328,7 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
             "atompipe.model_key": res["key"],
             "atompipe.feature_key": res["features"],
             "atompipe.dataset_key": res["dataset"],
+            "atompipe.split": _split_tag(config, res["metrics"]["split"]),
             **{k: v for k, v in tags.items() if not k.startswith("atompipe.dataset.")},
         }
         run = client.create_run(exp_id, run_name=mname, tags=ctags)
@@ -362,8 +379,17 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
         best = min(scored, key=lambda k: scored[k]["score"])
         reg_name = f"{config['name']}-champion"
         split = results[best]["metrics"]["split"]
-        held = _champion(client, reg_name, f"{split}_{metric}", results[best]["dataset"])
-        if held is not None and held["score"] <= scored[best]["score"]:
+        held = _champion(
+            client,
+            reg_name,
+            f"{split}_{metric}",
+            results[best]["dataset"],
+            _split_tag(config, split),
+        )
+        if held is not None and held["score"] is None:
+            # scored on another dataset or split: not comparable, so the champion stays
+            champion = {**held, "compared": False}
+        elif held is not None and held["score"] <= scored[best]["score"]:
             champion = held  # a run of some models only, or worse ones: the champion stays
         else:
             mv = mlflow.register_model(children[best]["model_uri"], reg_name)

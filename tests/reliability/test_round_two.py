@@ -400,3 +400,20 @@ def test_the_ui_server_dies_with_atompipe_ui(good, prefect_api):
         for p in [*children, psutil.Process(proc.pid) if proc.poll() is None else None]:
             if p is not None and p.is_running():
                 p.kill()
+
+
+# -- 11. the champion ----------------------------------------------------------------------------
+def test_the_champion_is_compared_only_on_the_same_dataset_and_split(good, tmp_path, capfd):
+    from mlflow import MlflowClient
+
+    c = _campaign(copy_campaign(good.folder, tmp_path / "copy"))
+    client = MlflowClient(f"sqlite:///{c.folder / 'workspace' / 'mlflow.db'}")
+    held = client.get_model_version_by_alias("rel-champion", "champion").version
+    write_cu(c.folder / "other.extxyz", n=16, start=16)  # other structures of the same system
+    for changes in (["split.seed=1"], ["datasets.cu.paths=[other.extxyz]"]):
+        args = ["run", c.file, "--quiet", *(x for ch in changes for x in ("--set", ch))]
+        code, err = cli(args, capfd)
+        assert code == 0, err[-3000:]
+        assert client.get_model_version_by_alias("rel-champion", "champion").version == held
+        versions = client.search_model_versions("name='rel-champion'")
+        assert [v.version for v in versions] == [held], changes
