@@ -184,12 +184,13 @@ def atompipe_fit(parts: dict, budget: float, settings: dict | None = None) -> di
     from atomistic.models import AtomicData, NeuralNetwork, TrainingConfig
 
     t_start = time.perf_counter()
+    settings = {**ATOMPIPE, **(settings or {})}
     f = AEV.like_ani1x()
     ds = {k: Dataset.from_atoms(v, require_energy=True) for k, v in parts.items()}
     d = ds["train"]
-    scaler = Scaler().fit(f.featurize_arrays(d.numbers, d.positions, d.cell, d.pbc, d.offsets))
+    X = f.featurize_arrays(d.numbers, d.positions, d.cell, d.pbc, d.offsets)
+    scaler = Scaler(**settings.pop("scaler", {})).fit(X, d.numbers)
     data = {k: AtomicData(v, None, f, scaler) for k, v in ds.items()}
-    settings = {**ATOMPIPE, **(settings or {})}
     training = {**ATOMPIPE_TRAINING, **settings.pop("training", {})}
     spent = time.perf_counter() - t_start
     training["max_time"] = budget - spent

@@ -70,6 +70,10 @@ class AtomicNetworks(nn.Module):
     """One fully connected network per element (``nn.ModuleDict`` keyed by symbol) with
     per-element output scale and shift buffers (float64).
 
+    ``columns`` (buffer) are the feature columns the networks read: the columns that vary over
+    the training atoms (a column constant in training, e.g. one of an element absent from the
+    data, only shifts the first layer's bias, so it is left out of the input).
+
     ``residual(X, numbers)`` -> scale_Z NN_Z(x_i), shape (n_atoms,), in the networks' dtype;
     ``forward(X, numbers, batch, n_structures)`` -> energies (n_structures,) float64, eV.
     """
@@ -77,15 +81,17 @@ class AtomicNetworks(nn.Module):
     def __init__(
         self,
         elements: tuple[str, ...],
-        n_features: int,
+        columns: list[int],
         hiddenlayers: dict[str, tuple[int, ...]],
         activation: str,
     ) -> None:
         super().__init__()
         self.elements = tuple(elements)
+        n_in = len(columns)
         self.nets = nn.ModuleDict(
-            {s: mlp([n_features, *hiddenlayers[s], 1], activation) for s in self.elements}
+            {s: mlp([n_in, *hiddenlayers[s], 1], activation) for s in self.elements}
         )
+        self.register_buffer("columns", torch.as_tensor(columns, dtype=torch.long))
         self.register_buffer("shift", torch.zeros(len(self.elements), dtype=torch.float64))
         self.register_buffer("scale", torch.ones(len(self.elements), dtype=torch.float64))
         self.register_buffer(
@@ -106,7 +112,8 @@ class AtomicNetworks(nn.Module):
         return torch.cat(outs) if outs else X.new_zeros(0)
 
     def residual(self, X: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
-        """scale_Z NN_Z(x_i) for rows in any order, shape (n_atoms,)."""
+        """scale_Z NN_Z(x_i) for rows of all the featurizer's columns in any order, (n_atoms,)."""
+        X = X.index_select(1, self.columns)
         kind = torch.searchsorted(self.z, numbers)  # z is sorted by atomic number
         order = torch.argsort(kind, stable=True)
         sizes = torch.bincount(kind, minlength=len(self.elements)).tolist()
@@ -263,7 +270,11 @@ class NeuralNetwork(AtomisticModel):
         ds = train.dataset
         self.reference_ = self._references(ds)
         train_set = _TrainingSet(self, train, dtype)
-        val_set = None if validation is None else _TrainingSet(self, validation, dtype)
+        val_set = (
+            None
+            if validation is None
+            else _TrainingSet(self, validation, dtype, columns=train_set.columns)
+        )
         n_members = int(self.ensemble)
         self.members_: list[AtomicNetworks] = []
         self.histories_: list[History] = []
@@ -277,7 +288,7 @@ class NeuralNetwork(AtomisticModel):
             cfg = TrainingConfig(**{**config.to_dict(), **changes})
             torch.manual_seed(cfg.seed)
             module = AtomicNetworks(
-                self.elements_, train_set.n_features, self._layers(), self.activation
+                self.elements_, train_set.columns, self._layers(), self.activation
             ).to(dtype)
             self._init_output(module, ds)
             pool = None
@@ -317,15 +328,9 @@ class NeuralNetwork(AtomisticModel):
         on the training set (what TorchANI's EnergyShifter and MACE's E0s do before training, done
         after it: a force-dominated loss fixes energies only up to a constant per composition)."""
         ds = data.dataset
-        X = ts.X if ts.X is not None and ts.cache is None else None
-        if X is None:
-            X = torch.as_tensor(data.scaled_features(), dtype=module.dtype)
-            numbers = torch.as_tensor(ds.numbers)
-            with torch.no_grad():
-                e = module.residual(X, numbers).double()
-        else:
-            with torch.no_grad():
-                e = module.residual(X, torch.as_tensor(ds.numbers)).double()
+        X = torch.as_tensor(data.scaled_features(), dtype=module.dtype)
+        with torch.no_grad():
+            e = module.residual(X, torch.as_tensor(ds.numbers)).double()
         pred = e.new_zeros(ds.n_structures).index_add_(0, torch.as_tensor(ds.batch), e)
         resid = ds.energy - reference_energy(ds, self.reference_) - pred.numpy()
         counts = np.stack(
@@ -460,6 +465,7 @@ class NeuralNetwork(AtomisticModel):
             "n_features": self.n_features_,
             "best_epoch": self.history_.best_epoch if hasattr(self, "history_") else None,
             "members": len(self.members_),
+            "columns": self.module_.columns.tolist(),
         }
         weights = {
             f"member{k}.{name}": t
@@ -474,9 +480,10 @@ class NeuralNetwork(AtomisticModel):
         weights = tensors["weights"]
         self.members_ = []
         for k in range(int(state.get("members", 1))):
-            module = AtomicNetworks(
-                self.elements_, self.n_features_, self._layers(), self.activation
-            ).to(DTYPES[self.dtype])
+            columns = state.get("columns", list(range(self.n_features_)))
+            module = AtomicNetworks(self.elements_, columns, self._layers(), self.activation).to(
+                DTYPES[self.dtype]
+            )
             prefix = f"member{k}."
             module.load_state_dict(
                 {n.removeprefix(prefix): t for n, t in weights.items() if n.startswith(prefix)}
@@ -492,7 +499,13 @@ class _TrainingSet:
     are grouped by element. Force training uses precomputed feature Jacobians when they fit in
     the model's ``jacobian_memory``, on-the-fly features otherwise."""
 
-    def __init__(self, model: NeuralNetwork, data: AtomicData, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        model: NeuralNetwork,
+        data: AtomicData,
+        dtype: torch.dtype,
+        columns: list[int] | None = None,
+    ) -> None:
         ds = data.dataset
         if ds.energy is None:
             raise ValueError("training needs a dataset with energies")
@@ -508,12 +521,15 @@ class _TrainingSet:
         self.X: torch.Tensor | None = None
         self.J: torch.Tensor | None = None
         if not self.forces:
-            self.X = torch.as_tensor(data.scaled_features(), dtype=dtype)
-            self.n_features = self.X.shape[1]
+            X = data.scaled_features()
+            self.n_features = X.shape[1]
+            self.columns = _varying(X) if columns is None else columns
+            self.X = torch.as_tensor(X[:, self.columns], dtype=dtype)
             return
         f = data.featurizer
         self.n_features = int(f.n_features)
-        if jacobian_nbytes(self.n_features, ds.offsets, dtype) <= model.jacobian_memory:
+        n_cols = self.n_features if columns is None else len(columns)
+        if jacobian_nbytes(n_cols, ds.offsets, dtype) <= model.jacobian_memory:
             X, J = feature_jacobians(
                 f, ds.numbers, ds.positions, ds.cell, ds.pbc, ds.offsets, dtype=torch.float64
             )
@@ -523,8 +539,11 @@ class _TrainingSet:
                 J *= torch.as_tensor(np.array(np.broadcast_to(scale, X.shape))).reshape(
                     *X.shape, 1, 1
                 )
-            self.X = X.to(dtype)
-            self.J = J.reshape(ds.n_atoms, self.n_features, -1).to(dtype)
+            self.columns = _varying(X.numpy()) if columns is None else columns
+            keep = torch.as_tensor(self.columns)
+            self.X = X.index_select(1, keep).to(dtype)
+            self.J = J.index_select(1, keep).reshape(ds.n_atoms, len(keep), -1).to(dtype)
+            del J
             n_max = int(self.sizes.max())
             local = np.arange(ds.n_atoms) - np.repeat(ds.offsets[:-1], self.sizes)
             forces = torch.zeros((ds.n_structures, n_max, 3), dtype=dtype)
@@ -536,6 +555,7 @@ class _TrainingSet:
             self.padded_forces = forces.reshape(ds.n_structures, -1)
             self.mask = mask.expand(-1, -1, 3).reshape(ds.n_structures, -1)
         else:
+            self.columns = _varying(data.scaled_features()) if columns is None else columns
             self.cache = NeighborCache(f, ds)
             self.all_forces = torch.as_tensor(ds.forces, dtype=torch.float64)
 
@@ -582,3 +602,11 @@ class _TrainingSet:
                 yield self.batch(pool[i.numpy()])
 
         return make
+
+
+def _varying(X: np.ndarray) -> list[int]:
+    """Indices of the columns of X (n_atoms, n_features) that are not constant."""
+    X = np.asarray(X)
+    if len(X) < 2:
+        return list(range(X.shape[1]))
+    return np.flatnonzero(np.ptp(X, axis=0) > 0).tolist()
