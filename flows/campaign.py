@@ -57,15 +57,19 @@ class _Run:
     def root_cause(self, exc: BaseException) -> BaseException:
         """The error of the first stage that failed (stages are kept upstream first), not the
         "Run is in PENDING state" of a downstream stage that never ran because of it."""
-        for fut in self.stages.values():
+        for label, fut in self.stages.items():
             try:
                 state = fut.state
                 if not (state.is_failed() or state.is_crashed()):
                     continue
                 fut.result()
             except Exception as cause:  # the stage's own exception
-                if "PENDING state" not in str(cause) and "did not reach" not in str(cause):
-                    return cause
+                if "PENDING state" in str(cause) or "did not reach" in str(cause):
+                    continue
+                stage, _, name = label.partition("/")
+                if stage in ("train-model", "evaluate") and f"models.{name}" not in str(cause):
+                    return StageError(f"models.{name}: {stage}: {cause}")  # which model
+                return cause
         return exc
 
     def check_data(self, datasets: dict[str, Any], models: list[str]) -> None:
@@ -259,6 +263,10 @@ class _Run:
         if results:
             self.progress.summary_table(out, self.cfg.evaluation.metric)
         return out
+
+
+class StageError(RuntimeError):
+    """A stage of a model failed; the message names the model and the stage."""
 
 
 def _model_names(cfg: CampaignConfig, models: list[str] | None) -> list[str]:

@@ -253,6 +253,14 @@ def f_forces_under_another_name(c):
     return _run(c, "force", **changes), r"models\.nn: trains on forces .*forces_key"
 
 
+def f_training_diverges(c):
+    """A fit that fails mid-campaign: its own error is the last line, not the evaluation
+    stage's "Run is in PENDING state" (that stage never ran)."""
+    changes = {"models.nn": _nn(training={"lr": 1e30, "epochs": 3, "scheduler": None})}
+    culprit = r"campaign rel failed: models\.nn: train-model: non-finite training loss nan$"
+    return _run(c, "diverge", **changes), culprit
+
+
 def _zero_volume(c) -> str:
     a = _cu(1)[0]
     cell = a.cell.array.copy()
@@ -303,6 +311,7 @@ CASES = [
     f_cutoff_huge,
     f_force_training_without_forces,
     f_forces_under_another_name,
+    f_training_diverges,
     f_zero_volume_cell,
     f_energy_not_a_number,
     z_ingest_zero_volume,
@@ -319,7 +328,7 @@ def test_bad_input_is_one_line_naming_the_culprit_before_any_work(make, good, ca
     assert code == 1, err[-3000:]
     (line,) = error_lines(err)
     assert re.search(culprit, line), line
-    assert "Traceback" not in err and "PENDING" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == line and "Traceback" not in err, err[-3000:]
     with capfd.disabled():
         print(f"\nCASE {make.__name__} exit {code}: {line}")
     assert snapshot(good.store, good.models) == before
@@ -417,3 +426,30 @@ def test_the_champion_is_compared_only_on_the_same_dataset_and_split(good, tmp_p
         assert client.get_model_version_by_alias("rel-champion", "champion").version == held
         versions = client.search_model_versions("name='rel-champion'")
         assert [v.version for v in versions] == [held], changes
+
+
+# -- 8. duplicates ---------------------------------------------------------------------------
+def test_duplicates_are_counted_and_kept_within_one_split(tmp_path, capfd):
+    from atomistic.data import read_split
+
+    images = _cu(12)
+    copies = {12: 0, 13: 5, 14: 5, 15: 9}  # index of the copy -> its original
+    images += [images[i].copy() for i in copies.values()]
+    for k, i in copies.items():  # copies keep their labels
+        images[k].calc = SinglePointCalculator(
+            images[k], energy=images[i].get_potential_energy(), forces=images[i].get_forces()
+        )
+    ase.io.write(tmp_path / "dup.extxyz", images)
+    store = tmp_path / "store.zarr"
+    from flows.cli import app
+
+    capfd.readouterr()
+    args = ["ingest", str(tmp_path / "dup.extxyz"), "--store", str(store), "--json"]
+    assert not app(args, prog_name="atompipe", standalone_mode=False)
+    summary = json.loads(capfd.readouterr().out)
+    assert summary["duplicates"] == len(copies) and summary["structures"] == 16
+    for seed in range(4):  # the stored split and others: every copy stays with its original
+        parts = read_split(str(store), summary["key"], (0.5, 0.25, 0.25), seed)
+        where = {int(s): name for name, idx in parts.items() for s in idx}
+        assert sorted(where) == list(range(16))
+        assert all(where[k] == where[i] for k, i in copies.items()), (seed, where)
