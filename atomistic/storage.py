@@ -213,7 +213,21 @@ class Store:
             finally:
                 shutil.rmtree(self.path / staging, ignore_errors=True)
         except OSError as exc:  # disk full, permission denied, file too large: nothing published
+            if not self._is_ours(exc):
+                raise  # e.g. the caller's source file: not a store error
             raise StoreError(f"cannot write {kind}/{key} to the store {self.url}: {exc}") from exc
+
+    def _is_ours(self, exc: OSError) -> bool:
+        """An OSError of the store's own files: it names none (a failed write: EFBIG, ENOSPC)
+        or one inside the store. One naming a file elsewhere (a source file the caller was
+        reading inside :meth:`writing`) is the caller's and keeps its own type and message."""
+        name = exc.filename
+        if name is None or self.path is None:
+            return True
+        try:
+            return Path(os.fsdecode(name)).resolve().is_relative_to(self.path.resolve())
+        except (OSError, ValueError, TypeError):
+            return True
 
     def _writing_remote(self, kind: str, key: str, staging: str) -> Iterator[zarr.Group]:
         """Object stores have no rename: the group is written under ``staging`` and copied to
@@ -239,6 +253,8 @@ class Store:
                 if fs.exists(src):
                     fs.rm(src, recursive=True)
         except OSError as exc:
+            if exc.filename is not None and root not in os.fsdecode(exc.filename):
+                raise  # not the object store's: the caller's own file
             raise StoreError(f"cannot write {kind}/{key} to the store {self.url}: {exc}") from exc
 
     def require(self, kind: str, key: str) -> zarr.Group:

@@ -453,3 +453,19 @@ def test_duplicates_are_counted_and_kept_within_one_split(tmp_path, capfd):
         where = {int(s): name for name, idx in parts.items() for s in idx}
         assert sorted(where) == list(range(16))
         assert all(where[k] == where[i] for k, i in copies.items()), (seed, where)
+
+
+# -- 15. what a store error is ---------------------------------------------------------------
+def test_an_oserror_of_the_callers_own_file_is_not_a_store_error(tmp_path):
+    from atomistic.storage import Store, StoreError
+
+    store = Store(tmp_path / "store.zarr")
+    with pytest.raises(FileNotFoundError, match="nothere.extxyz") as info:
+        with store.writing("datasets", "k" * 64):
+            open(tmp_path / "nothere.extxyz").close()  # the caller's source file, not the store
+    assert not isinstance(info.value, StoreError)
+    with pytest.raises(StoreError, match=r"cannot write datasets/k{64} to the store .*No space"):
+        with store.writing("datasets", "k" * 64):
+            raise OSError(28, "No space left on device")  # a failed write names no file
+    assert not store.has("datasets", "k" * 64)
+    assert not [p for p in (tmp_path / "store.zarr" / ".staging").iterdir() if p.is_dir()]
