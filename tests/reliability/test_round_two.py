@@ -122,7 +122,7 @@ def test_a_deleted_dataset_chunk_is_an_error_naming_the_key(good, tmp_path, capf
 
 
 # -- 2. cache keys and existence checks --------------------------------------------------------
-def test_the_ingest_key_covers_the_format_asE_infers_from_the_suffix(good, capfd):
+def test_the_ingest_key_covers_the_format_ase_infers_from_the_suffix(good, capfd):
     """The same bytes as ``.traj`` are not extxyz to ASE: no cached dataset may stand in."""
     traj = good.folder / "cu.traj"
     traj.write_bytes((good.folder / "cu.extxyz").read_bytes())
