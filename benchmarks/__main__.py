@@ -18,6 +18,7 @@ Benchmarks (each also runs alone: ``python -m benchmarks.<name>``):
   memory        peak memory of featurization as the dataset grows 1x..8x
   accuracy      held-out errors and training times of NN, KRR, GP on the shipped datasets
   kernel_forces sparse KRR/GP on energies + forces vs energy-only KRR; fit-time/memory scaling
+  nn_accuracy   force-trained NN against a plain TorchANI loop, same data and wall clock; committee
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ BENCHMARKS = (
     "memory",
     "accuracy",
     "kernel_forces",
+    "nn_accuracy",
 )
 GPU_CAPABLE = ("featurize", "cellsize", "training")
 

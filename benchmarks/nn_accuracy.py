@@ -262,13 +262,23 @@ def run(
     molecules=("ethanol", "malonaldehyde"),
     repeats: int = 1,
     threads: int = 2,
-    committee: int = 0,
+    committee: int = 4,
 ) -> dict:
     """Both sides on each molecule, ``repeats`` times; medians, spreads and ratios."""
     if device != "cpu":
         raise SystemExit("nn_accuracy compares CPU training at equal threads; --device cpu only")
-    budget = budget if budget is not None else (20.0 if quick else 300.0)
+    if quick:  # the suite's smoke run: one molecule, a few seconds a side
+        budget, molecules, committee = budget or 10.0, ("ethanol",), 0
+    budget = budget if budget is not None else 300.0
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _run(budget, molecules, repeats, threads, committee)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(budget: float, molecules, repeats: int, threads: int, committee: int) -> dict:
     rows, raw = [], {}
     for name in molecules:
         parts = split_frames(name)
