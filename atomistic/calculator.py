@@ -4,6 +4,7 @@ calc = AtompipeCalculator("workspace/models/<key>")
 atoms.calc = calc
 atoms.get_potential_energy(); atoms.get_forces(); calc.results.get("energy_std")
 calc.results.get("forces_std")   # GaussianProcess(forces=True)
+atoms.get_stress()               # periodic cells: eV/Å^3, ASE's Voigt order (xx yy zz yz xz xy)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from atomistic.models.base import AtomisticModel, load_model
 
@@ -20,14 +21,16 @@ __all__ = ["AtompipeCalculator"]
 
 
 class AtompipeCalculator(Calculator):
-    """Energy (eV), free energy (= energy), forces (eV/Å) and, for models with uncertainty
-    (GaussianProcess), ``energy_std`` (eV) and, when trained on forces, ``forces_std``
-    (n_atoms, 3) eV/Å, from a saved model directory or a fitted model."""
+    """Energy (eV), free energy (= energy), forces (eV/Å), stress (eV/Å^3, for a structure with
+    a 3-D cell; autograd with respect to a strain of the cell, as ``predict(stress=True)``)
+    and, for models with uncertainty (GaussianProcess), ``energy_std`` (eV) and, when trained
+    on forces, ``forces_std`` (n_atoms, 3) eV/Å, from a saved model directory or a fitted
+    model."""
 
     def __init__(self, model: str | Path | AtomisticModel, **kwargs: Any) -> None:
         self.model = model if isinstance(model, AtomisticModel) else load_model(model)
         self.model._check_fitted()
-        self.implemented_properties = ["energy", "free_energy", "forces"]
+        self.implemented_properties = ["energy", "free_energy", "forces", "stress"]
         if self.model.has_uncertainty:
             self.implemented_properties.append("energy_std")
             if getattr(self.model, "forces", False):  # sparse GP on forces: forces_std too
@@ -36,13 +39,18 @@ class AtompipeCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        out = self.model.predict_atoms([self.atoms], forces=True)
+        stress = "stress" in properties
+        if stress and self.atoms.cell.rank < 3:
+            raise PropertyNotImplementedError("stress needs a structure with a 3-D cell")
+        out = self.model.predict_atoms([self.atoms], forces=True, stress=stress)
         energy = float(out["energy"][0])
         self.results = {
             "energy": energy,
             "free_energy": energy,
             "forces": np.asarray(out["forces"][0], dtype=np.float64),
         }
+        if stress:
+            self.results["stress"] = np.asarray(out["stress"][0], dtype=np.float64)
         if "energy_std" in out:
             self.results["energy_std"] = float(out["energy_std"][0])
         if "forces_std" in out:  # (n_atoms, 3) eV/Å, one structure

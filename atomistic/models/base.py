@@ -37,11 +37,58 @@ __all__ = [
     "fit_reference_energies",
     "reference_energy",
     "load_model",
+    "scaler_from_preprocessor",
+    "stress_from_strain_grad",
 ]
 
 
 class NotFittedError(RuntimeError):
     """A model was used before ``fit`` (or ``load``)."""
+
+
+def _dataset(data: Any, require_energy: bool = False) -> Dataset:
+    """A Dataset from ase.Atoms, a sequence of them, or a path ASE can read (every frame)."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, str | Path):
+        from ase.io import read
+
+        images = read(str(data), index=":")
+        return Dataset.from_atoms(images, source=str(data), require_energy=require_energy)
+    if isinstance(data, Atoms):
+        data = [data]
+    images = list(data)
+    if not all(isinstance(a, Atoms) for a in images):
+        raise TypeError(
+            "expected AtomicData, ase.Atoms, a list of ase.Atoms or a path to a structure file, "
+            f"got {type(data).__name__}"
+        )
+    return Dataset.from_atoms(images, require_energy=require_energy)
+
+
+_PREPROCESSORS = {
+    "minmaxscaler": "minmax",
+    "minmax": "minmax",
+    "standardscaler": "standard",
+    "standard": "standard",
+}
+
+
+def scaler_from_preprocessor(spec: Any) -> Scaler | None:
+    """A :class:`Scaler` from ML4Chem's ``preprocessor`` argument: ``("MinMaxScaler",
+    {"feature_range": (-1, 1)})``, ``("StandardScaler", None)``, a bare name, a Scaler, or
+    None (no scaling)."""
+    if spec is None or isinstance(spec, Scaler):
+        return spec
+    name, kwargs = (spec, None) if isinstance(spec, str) else tuple(spec)
+    kind = _PREPROCESSORS.get(str(name).lower())
+    if kind is None:
+        raise ValueError(f"preprocessor {name!r} is not MinMaxScaler or StandardScaler")
+    kwargs = dict(kwargs or {})
+    unknown = set(kwargs) - {"feature_range"}
+    if unknown or (kind == "standard" and kwargs):
+        raise ValueError(f"unsupported preprocessor argument(s) {sorted(kwargs)} for {name}")
+    return Scaler(kind, tuple(kwargs.get("feature_range", (-1.0, 1.0))))
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -155,8 +202,13 @@ class NeighborCache:
             return {k: fn(x) for k, x in nl.items()}
         return None
 
-    def batch(self, idx: np.ndarray) -> dict[str, Any]:
-        """Tensors of structures ``idx`` for ``featurizer.forward``; positions require grad."""
+    def batch(self, idx: np.ndarray, strain: bool = False) -> dict[str, Any]:
+        """Tensors of structures ``idx`` for ``featurizer.forward``; positions require grad.
+
+        With ``strain``, a zero strain leaf ``strain`` (S, 3, 3) requiring grad is added and
+        the positions and cells are strained by it, R' = R (I + eps_s), h' = h (I + eps_s)
+        (rows are vectors): then dE/d eps at eps = 0 is the virial derivative of the stress
+        (:func:`stress_from_strain_grad`), and dE/dR' the negative forces."""
         idx = np.asarray(idx, dtype=np.int64)
         d = self.dataset
         counts = d.offsets[idx + 1] - d.offsets[idx]
@@ -181,7 +233,7 @@ class NeighborCache:
                 nl = type(self._nl)(
                     _slice_nl(v, p, d.offsets, idx) for v, p in zip(self._nl, po, strict=True)
                 )
-        return {
+        out = {
             "rows": torch.as_tensor(rows),
             "numbers": torch.as_tensor(d.numbers[rows]),
             "positions": torch.tensor(d.positions[rows], dtype=torch.float64, requires_grad=True),
@@ -190,6 +242,26 @@ class NeighborCache:
             "n_atoms": torch.as_tensor(counts, dtype=torch.float64),
             "nl": nl,
         }
+        if strain:
+            eps = torch.zeros((len(idx), 3, 3), dtype=torch.float64, requires_grad=True)
+            deform = torch.eye(3, dtype=torch.float64) + eps  # shape (S, 3, 3)
+            pos = out["positions"]
+            out["positions"] = torch.bmm(pos.unsqueeze(1), deform[out["batch"]]).squeeze(1)
+            out["cells"] = torch.bmm(out["cells"], deform)
+            out["strain"] = eps
+        return out
+
+
+def stress_from_strain_grad(dE_deps: torch.Tensor | np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Stress (S, 6) eV/Å^3 in ASE's convention and Voigt order (xx, yy, zz, yz, xz, xy) from
+    dE/d eps (S, 3, 3) at zero strain: sigma = (1/V) sym(dE/d eps), V = |det h|; the virial
+    is -V sigma. Structures without a 3-D cell (zero volume) get NaN."""
+    g = np.asarray(torch.as_tensor(dE_deps).detach().numpy(), dtype=np.float64).reshape(-1, 3, 3)
+    vol = np.abs(np.linalg.det(np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)))
+    sym = 0.5 * (g + g.transpose(0, 2, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = np.where((vol > 1e-12)[:, None, None], sym / vol[:, None, None], np.nan)
+    return sigma[:, [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
 
 
 def scaled_features_torch(featurizer: Any, scaler: Scaler | None, b: dict[str, Any]):
@@ -253,25 +325,88 @@ class AtomisticModel:
                 f"element(s) {unknown} were not in the training data {list(self.elements_)}"
             )
 
-    # prediction -----------------------------------------------------------------------------
-    def predict(self, data: AtomicData, forces: bool = False) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+    # inputs: AtomicData, ase.Atoms, lists of them, or files ------------------------------
+    def _fit_inputs(
+        self, train: Any, validation: Any = None, featurizer: Any = None, scaler: Any = None
+    ) -> tuple[AtomicData, AtomicData | None]:
+        """``fit``'s inputs as :class:`AtomicData`. AtomicData passes unchanged. Structures
+        (ase.Atoms, a list of them, or a path ASE can read, all with energies) are featurized
+        with ``featurizer`` (default: this model's own once fitted, else ``Gaussian()``, whose
+        elements are fixed from the training structures) and scaled by ``scaler`` (default:
+        the featurizer's ML4Chem-style ``preprocessor``, a min-max scaler to (-1, 1); an
+        unfitted scaler is fitted on the training features; ``False`` for none). A featurizer
+        with ``save_preprocessor`` set gets the fitted scaler saved there as JSON."""
+        if isinstance(train, AtomicData):
+            val = None if validation is None else self._coerce(validation, train)
+            return train, val
+        ds = _dataset(train, require_energy=True)
+        if featurizer is None:
+            featurizer = getattr(self, "featurizer_", None)
+        if featurizer is None:
+            from atomistic.features import Gaussian
 
-    def predict_atoms(self, images: Atoms | Sequence[Atoms], forces: bool = True) -> dict:
-        """Predict from structures with the stored featurizer and scaler.
+            featurizer = Gaussian()
+        if getattr(featurizer, "elements", ()) is None:
+            featurizer.fit_elements(ds.numbers)
+        X = np.asarray(
+            featurizer.featurize_arrays(ds.numbers, ds.positions, ds.cell, ds.pbc, ds.offsets),
+            dtype=np.float64,
+        )
+        if scaler is None:
+            scaler = scaler_from_preprocessor(
+                getattr(featurizer, "preprocessor", ("MinMaxScaler", None))
+            )
+        elif scaler is False:
+            scaler = None
+        if scaler is not None:
+            if not hasattr(scaler, "scale_"):
+                scaler.fit(X, ds.numbers)
+            X = scaler.transform(X, ds.numbers)
+            path = getattr(featurizer, "save_preprocessor", None)
+            if path:
+                scaler.save(path)
+        data = AtomicData(ds, X, featurizer, scaler)
+        return data, (None if validation is None else self._coerce(validation, data))
 
-        Returns energy (S,) eV, forces: list of (n_i, 3) eV/Å (if ``forces``) and, for models
-        with uncertainty, energy_std (S,) eV.
-        """
+    @staticmethod
+    def _coerce(data: Any, like: AtomicData, require_energy: bool = True) -> AtomicData:
+        if isinstance(data, AtomicData):
+            return data
+        return AtomicData(
+            _dataset(data, require_energy=require_energy), None, like.featurizer, like.scaler
+        )
+
+    def _as_data(self, data: Any) -> AtomicData:
+        """``predict``'s input as AtomicData: structures get the stored featurizer and scaler."""
+        if isinstance(data, AtomicData):
+            return data
         self._check_fitted()
         if self.featurizer_ is None:
             raise ValueError(
                 "this model was fitted on precomputed features without a featurizer; "
                 "it can only predict from features (predict(AtomicData(..., features=X)))"
             )
+        return AtomicData(_dataset(data), None, self.featurizer_, self.scaler_)
+
+    # prediction -----------------------------------------------------------------------------
+    def predict(
+        self, data: AtomicData, forces: bool = False, stress: bool = False
+    ) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def predict_atoms(
+        self, images: Atoms | Sequence[Atoms], forces: bool = True, stress: bool = False
+    ) -> dict:
+        """Predict from structures with the stored featurizer and scaler.
+
+        Returns energy (S,) eV, forces: list of (n_i, 3) eV/Å (if ``forces``), stress (S, 6)
+        eV/Å^3 in ASE's Voigt order (if ``stress``; NaN for a structure without a 3-D cell)
+        and, for models with uncertainty, energy_std (S,) eV.
+        """
+        self._check_fitted()
         images = [images] if isinstance(images, Atoms) else list(images)
-        data = AtomicData(Dataset.from_atoms(images), None, self.featurizer_, self.scaler_)
-        out = self.predict(data, forces=forces)
+        data = self._as_data(images)
+        out = self.predict(data, forces=forces, **({"stress": True} if stress else {}))
         if forces:
             o = data.dataset.offsets
             out["forces"] = [out["forces"][o[s] : o[s + 1]] for s in range(len(images))]

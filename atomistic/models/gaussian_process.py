@@ -106,8 +106,18 @@ class GaussianProcess(_KernelModel):
         self.force_noise = force_noise
 
     # -- fitting ---------------------------------------------------------------------------------
-    def fit(self, train: AtomicData, validation: AtomicData | None = None, callback=None):
-        """Fit hyperparameters (if ``optimize``) and the posterior. Returns self."""
+    def fit(
+        self,
+        train: AtomicData,
+        validation: AtomicData | None = None,
+        callback=None,
+        *,
+        featurizer=None,
+        scaler=None,
+    ):
+        """Fit hyperparameters (if ``optimize``) and the posterior. Returns self. ``train`` may
+        be ase.Atoms (a list) or a file path (:meth:`AtomisticModel._fit_inputs`)."""
+        train, validation = self._fit_inputs(train, validation, featurizer, scaler)
         y = self._prepare(train)
         if self._sparse:
             return self._fit_sparse(train, y, validation, callback)
@@ -265,11 +275,17 @@ class GaussianProcess(_KernelModel):
         return self
 
     # -- prediction ------------------------------------------------------------------------------
-    def predict(self, data: AtomicData, forces: bool = False) -> dict[str, np.ndarray]:
+    def predict(
+        self, data: AtomicData, forces: bool = False, stress: bool = False
+    ) -> dict[str, np.ndarray]:
         """energy (S,) eV and energy_std (S,) eV; with ``forces`` forces (n_atoms, 3) eV/Å and,
-        for the sparse model, forces_std (n_atoms, 3) eV/Å (std of a new force label)."""
+        for the sparse model, forces_std (n_atoms, 3) eV/Å (std of a new force label); with
+        ``stress`` stress (S, 6) eV/Å^3 (mean only, by autograd as KernelRidge)."""
+        data = self._as_data(data)
         if not (forces and self._sparse):
-            return super().predict(data, forces)
+            return super().predict(data, forces, stress)
+        if stress:
+            return {**super().predict(data, False, True), **self.predict(data, True)}
         self._check_fitted()
         self._check_elements(data.dataset)
         ds = data.dataset

@@ -35,6 +35,7 @@ from atomistic.models.base import (
     fit_reference_energies,
     reference_energy,
     scaled_features_torch,
+    stress_from_strain_grad,
 )
 from atomistic.models.kernels import DEFAULT_BUDGET, KERNELS, structure_kernel
 from atomistic.models.sparse_kernel import SPARSE_METHODS, accumulate, select_sparse, solve
@@ -139,16 +140,20 @@ class _KernelModel(AtomisticModel):
     def _extra_outputs(self, K: torch.Tensor, data: AtomicData, X: torch.Tensor) -> dict:
         return {}
 
-    def predict(self, data: AtomicData, forces: bool = False) -> dict[str, np.ndarray]:
-        """energy (S,) eV; forces (n_atoms, 3) eV/Å with ``forces``; energy_std (S,) eV for
-        models with uncertainty."""
+    def predict(
+        self, data: AtomicData, forces: bool = False, stress: bool = False
+    ) -> dict[str, np.ndarray]:
+        """energy (S,) eV; forces (n_atoms, 3) eV/Å with ``forces``; stress (S, 6) eV/Å^3 with
+        ``stress`` (ASE's Voigt order); energy_std (S,) eV for models with uncertainty.
+        ``data`` may also be ase.Atoms, a list of them or a file path (stored featurizer)."""
+        data = self._as_data(data)
         self._check_fitted()
         self._check_elements(data.dataset)
         ds = data.dataset
         alpha = torch.as_tensor(self.alpha_)
         numbers, batch = torch.as_tensor(ds.numbers), torch.as_tensor(ds.batch)
         out: dict[str, np.ndarray] = {}
-        if not forces:
+        if not forces and not stress:
             X = torch.as_tensor(data.scaled_features())
             with torch.no_grad():
                 K = self._kernel_to_train(X, numbers, batch, ds.n_structures)
@@ -162,18 +167,25 @@ class _KernelModel(AtomisticModel):
         cache = NeighborCache(featurizer, ds)
         E = np.zeros(ds.n_structures)
         F = np.zeros((ds.n_atoms, 3))
+        W = np.zeros((ds.n_structures, 3, 3))
         Xall = torch.zeros((ds.n_atoms, int(self.X_train_.shape[1])), dtype=torch.float64)
         chunks = max(1, -(-ds.n_structures // _FORCE_CHUNK))
         for idx in np.array_split(np.arange(ds.n_structures), chunks):
-            b = cache.batch(idx)
+            b = cache.batch(idx, strain=stress)
             X = scaled_features_torch(featurizer, scaler, b)
             e = self._kernel_to_train(X, b["numbers"], b["batch"], len(idx)) @ alpha
-            (g,) = torch.autograd.grad(e.sum(), b["positions"])
+            wrt = [b["positions"], b["strain"]] if stress else [b["positions"]]
+            grads = torch.autograd.grad(e.sum(), wrt)
             E[idx] = e.detach().numpy()
-            F[b["rows"].numpy()] = -g.numpy()
+            F[b["rows"].numpy()] = -grads[0].numpy()
+            if stress:
+                W[idx] = grads[1].numpy()
             Xall[b["rows"]] = X.detach()
         out["energy"] = E + self._baseline(ds)
-        out["forces"] = F
+        if forces:
+            out["forces"] = F
+        if stress:
+            out["stress"] = stress_from_strain_grad(W, ds.cell)
         if self.has_uncertainty:
             with torch.no_grad():
                 K = self._kernel_to_train(Xall, numbers, batch, ds.n_structures)
@@ -257,12 +269,23 @@ class KernelRidge(_KernelModel):
         self.force_noise = force_noise
         self.seed = seed
 
-    def fit(self, train: AtomicData, validation: AtomicData | None = None, callback=None):
+    def fit(
+        self,
+        train: AtomicData,
+        validation: AtomicData | None = None,
+        callback=None,
+        *,
+        featurizer: Any = None,
+        scaler: Any = None,
+    ):
         """Solve (K + lamda I) alpha = E - E_ref by Cholesky (or, with ``forces``, the sparse
         normal equations on energies and forces). Returns self.
 
         ``validation`` only adds validation errors to ``metrics_``; ``callback`` is unused
-        (accepted for a uniform model interface)."""
+        (accepted for a uniform model interface). ``train``/``validation`` may be ase.Atoms (a
+        list) or a file path, featurized with ``featurizer`` and ``scaler``
+        (:meth:`AtomisticModel._fit_inputs`)."""
+        train, validation = self._fit_inputs(train, validation, featurizer, scaler)
         y = self._prepare(train)
         self.sigma_ = float(self.sigma)
         if self._sparse:

@@ -48,6 +48,7 @@ from atomistic.models.base import (
     fit_reference_energies,
     reference_energy,
     scaled_features_torch,
+    stress_from_strain_grad,
 )
 from atomistic.models.layers import ACTIVATIONS, mlp
 from atomistic.models.training import History, TrainingConfig, minibatches
@@ -259,10 +260,22 @@ class NeuralNetwork(AtomisticModel):
         return {s: float(self.reference_energies[s]) for s in self.elements_}
 
     # -- fitting ---------------------------------------------------------------------------------
-    def fit(self, train: AtomicData, validation: AtomicData | None = None, callback=None):
+    def fit(
+        self,
+        train: AtomicData,
+        validation: AtomicData | None = None,
+        callback=None,
+        *,
+        featurizer: Any = None,
+        scaler: Any = None,
+    ):
         """Train on ``train`` (energies, and forces when ``force_weight > 0``); early stopping and
-        the schedule watch ``validation`` when given. Returns self."""
+        the schedule watch ``validation`` when given. Returns self.
+
+        ``train``/``validation`` may be AtomicData, ase.Atoms (a list) or a file path; then
+        ``featurizer`` and ``scaler`` apply (:meth:`AtomisticModel._fit_inputs`)."""
         start = time.perf_counter()
+        train, validation = self._fit_inputs(train, validation, featurizer, scaler)
         self._check_params(train)
         config = self._config()
         self._remember_inputs(train)
@@ -413,16 +426,21 @@ class NeuralNetwork(AtomisticModel):
         return loss_fn
 
     # -- prediction ------------------------------------------------------------------------------
-    def predict(self, data: AtomicData, forces: bool = False) -> dict[str, np.ndarray]:
+    def predict(
+        self, data: AtomicData, forces: bool = False, stress: bool = False
+    ) -> dict[str, np.ndarray]:
         """energy (S,) eV and, with ``forces``, forces (n_atoms, 3) eV/Å; a committee adds
-        energy_std (S,) eV and forces_std (n_atoms, 3) eV/Å (standard deviation of the members)."""
+        energy_std (S,) eV and forces_std (n_atoms, 3) eV/Å (standard deviation of the members).
+        With ``stress``, stress (S, 6) eV/Å^3 (ASE's Voigt order; NaN without a 3-D cell).
+        ``data`` may also be ase.Atoms, a list of them or a file path (stored featurizer)."""
+        data = self._as_data(data)
         self._check_fitted()
         self._check_elements(data.dataset)
         ds = data.dataset
         members = self.members_
         numbers, batch = torch.as_tensor(ds.numbers), torch.as_tensor(ds.batch)
         E = np.zeros((len(members), ds.n_structures))
-        if not forces:
+        if not forces and not stress:
             X = torch.as_tensor(data.scaled_features())
             with torch.no_grad():
                 for k, m in enumerate(members):
@@ -434,18 +452,25 @@ class NeuralNetwork(AtomisticModel):
         scaler = data.scaler if data.featurizer is not None else self.scaler_
         cache = NeighborCache(featurizer, ds)
         F = np.zeros((len(members), ds.n_atoms, 3))
+        W = np.zeros((len(members), ds.n_structures, 3, 3))
         for idx in np.array_split(
             np.arange(ds.n_structures), max(1, -(-ds.n_structures // _PREDICT_CHUNK))
         ):
-            b = cache.batch(idx)
+            b = cache.batch(idx, strain=stress)
             X = scaled_features_torch(featurizer, scaler, b)
             rows = b["rows"].numpy()
+            wrt = [b["positions"], b["strain"]] if stress else [b["positions"]]
             for k, m in enumerate(members):
                 e = m(X, b["numbers"], b["batch"], len(idx))
-                (g,) = torch.autograd.grad(e.sum(), b["positions"], retain_graph=True)
+                grads = torch.autograd.grad(e.sum(), wrt, retain_graph=True)
                 E[k, idx] = e.detach().numpy()
-                F[k, rows] = -g.numpy()
-        return self._combine(E, F)
+                F[k, rows] = -grads[0].numpy()
+                if stress:
+                    W[k, idx] = grads[1].numpy()
+        out = self._combine(E, F if forces else None)
+        if stress:
+            out["stress"] = stress_from_strain_grad(W.mean(0), ds.cell)
+        return out
 
     @staticmethod
     def _combine(E: np.ndarray, F: np.ndarray | None) -> dict[str, np.ndarray]:

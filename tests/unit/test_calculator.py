@@ -48,7 +48,7 @@ def test_calculator_matches_model(cu_potential):
     data, model, path = cu_potential
     atoms = cu_images(1, seed=3, size=(2, 2, 2))[0]
     calc = AtompipeCalculator(path)
-    assert set(calc.implemented_properties) == {"energy", "free_energy", "forces"}
+    assert set(calc.implemented_properties) == {"energy", "free_energy", "forces", "stress"}
     atoms.calc = calc
     ref = model.predict_atoms([atoms])
     assert atoms.get_potential_energy() == pytest.approx(ref["energy"][0], abs=1e-10)
