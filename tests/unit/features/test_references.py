@@ -78,6 +78,20 @@ def test_gaussian_equals_dscribe(structures, name, case, angular_type):
     assert np.abs(ours - ref).max() <= TOL
 
 
+def test_gaussian_dense_preset_equals_dscribe(ethanol):
+    """The dense preset as DScribe sees it: 12 shifted radial Gaussians of width d on the grid
+    0.8 + k d (d = (6.5 - 0.8) / 12; DScribe's eta = 1 / (2 d^2) in Å^-2) and G3 with
+    zeta 1..16, lambda +-1, eta 0.005, 0.05, 0.2 Å^-2, written here from the documented formulas."""
+    rc, d = 6.5, (6.5 - 0.8) / 12
+    f = Gaussian.dense(elements=["H", "C", "O"])
+    assert f.n_features == 3 * 12 + 6 * 30 == 216
+    g2 = {"etas": [rc**2 / (2 * d * d)], "Rs": [0.8 + k * d for k in range(12)]}
+    ang = {"etas": [e * rc**2 for e in (0.005, 0.05, 0.2)], "zetas": [1, 2, 4, 8, 16]}
+    ang["gammas"] = [1.0, -1.0]
+    ref = dscribe_in_our_order(ethanol, f.elements, rc, g2, ang, "G3", periodic=False)
+    assert np.abs(f.featurize(ethanol)[0] - ref).max() <= TOL
+
+
 def _torchani_aev(computer, atoms, elements):
     species = torch.tensor([[elements.index(s) for s in atoms.get_chemical_symbols()]])
     coords = torch.tensor(atoms.positions[None], dtype=torch.float64)
@@ -109,6 +123,21 @@ def test_aev_like_ani1x_equals_torchani(acetamide, ethanol):
     assert preset.elements == ("H", "C", "N", "O") and preset.n_features == 384
     for key, value in _constants(computer).items():  # the same constants, to float32 precision
         assert np.allclose(preset.get_params()[key], value, rtol=1e-6, atol=0)
+    f = AEV(elements=preset.elements, **_constants(computer))
+    for atoms in (acetamide, ethanol):
+        ours = f.featurize(atoms)[0]
+        ref = _torchani_aev(computer, atoms, list(f.elements))
+        assert np.abs(ours - ref).max() <= TOL
+
+
+def test_aev_like_ani2x_equals_torchani(acetamide, ethanol):
+    """The ANI-2x preset: TorchANI's like_2x constants (to its float32 storage) and values."""
+    computer = torchani.aev.AEVComputer.like_2x(num_species=7).double()
+    preset = AEV.like_ani2x()
+    assert preset.elements == ("H", "C", "N", "O", "F", "S", "Cl")
+    assert preset.n_features == computer.out_dim == 1008
+    for key, value in _constants(computer).items():
+        assert np.allclose(preset.get_params()[key], value, rtol=1e-6, atol=0), key
     f = AEV(elements=preset.elements, **_constants(computer))
     for atoms in (acetamide, ethanol):
         ours = f.featurize(atoms)[0]
