@@ -14,8 +14,9 @@ same budget of ``--budget`` seconds of wall clock from raw structures to a train
   (its ``EnergyShifter``), loss = (dE)^2/sqrt(N) + 0.1 sum_(i,c) (dF)^2 / N, AdamW lr 1e-3 (weight
   decay 1e-4, 1e-5, 1e-6, 0 by layer as in the example), ReduceLROnPlateau(0.5, patience 25) on
   the validation loss, AEVs recomputed at every step as ``Sequential(aev_computer, networks)``.
-* atompipe: ``NeuralNetwork`` with the defaults of data/campaigns/molecules.yaml's ``nn_forces``
-  (precomputed feature Jacobians, warm-up, cosine decay over the budget, EMA of the weights).
+* atompipe: ``NeuralNetwork`` with the settings of data/campaigns/molecules.yaml's ``nn_forces``
+  (per-element min-max scaling, precomputed feature Jacobians, warm-up, cosine decay over the
+  budget, EMA of the weights; docs/training.md).
 
 Prints the test energy MAE (meV per structure) and force MAE (meV/Å) of both, their ratios
 (atompipe / TorchANI, < 1 is better), and the training throughput (structures per second of
@@ -58,6 +59,7 @@ ATOMPIPE = {
     "energy_weight": 1.0,
     "energy_normalization": "atoms",
     "dtype": "float32",
+    "scaler": {"kind": "minmax", "per_element": True},
 }
 ATOMPIPE_TRAINING = {
     "epochs": 100000,
@@ -225,12 +227,14 @@ def committee_calibration(parts: dict, budget: float, members: int = 4) -> dict:
     f = AEV.like_ani1x()
     ds = {k: Dataset.from_atoms(v, require_energy=True) for k, v in parts.items()}
     d = ds["train"]
-    scaler = Scaler().fit(f.featurize_arrays(d.numbers, d.positions, d.cell, d.pbc, d.offsets))
+    settings = dict(ATOMPIPE)
+    X = f.featurize_arrays(d.numbers, d.positions, d.cell, d.pbc, d.offsets)
+    scaler = Scaler(**settings.pop("scaler", {})).fit(X, d.numbers)
     data = {k: AtomicData(v, None, f, scaler) for k, v in ds.items()}
     training = {**ATOMPIPE_TRAINING, "max_time": budget - (time.perf_counter() - t_start)}
     layers = {s: ANI_LAYERS[s] for s in d.elements}
     model = NeuralNetwork(
-        layers, training=TrainingConfig(**training), ensemble=members, **ATOMPIPE
+        layers, training=TrainingConfig(**training), ensemble=members, **settings
     ).fit(data["train"], data["validation"])
     out = model.predict(data["test"], forces=True)
     err = np.abs(out["forces"] - ds["test"].forces).ravel()
