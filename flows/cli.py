@@ -586,6 +586,26 @@ def predict(
 
 
 @app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="a saved model directory")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="TorchScript file")] = Path(
+        "potential.pt"
+    ),
+) -> None:
+    """Export a model as TorchScript: forward(positions, numbers, cell, pbc) -> energy, forces,
+    stress, loadable with torch.jit.load without atompipe (docs/python-api.md)."""
+    from atomistic.export import export_model
+    from atomistic.models.base import AtomisticModel
+    from atomistic.models.io import ModelFileError
+
+    try:
+        export_model(AtomisticModel.load(model), output)
+    except (ModelFileError, OSError, ValueError) as exc:
+        _fail(f"{model}: {exc}")
+    typer.echo(f"{model} -> {output} (torch.jit.load; forward(positions, numbers, cell, pbc))")
+
+
+@app.command()
 def serve(
     campaign: Annotated[Path, typer.Argument(help="campaign YAML file")],
     cron: Annotated[str | None, typer.Option(help="cron schedule, e.g. '0 3 * * *'")] = None,

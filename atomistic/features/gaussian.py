@@ -121,6 +121,11 @@ class Gaussian(Featurizer):
             "G3": {"etas": [...], "zetas": [...], "gammas": [...]}}; full product grids; a term
             left out keeps the defaults (docs/features.md).
         weighted: wACSF.
+        preprocessor: ML4Chem's scaling of these features when a model is fitted on
+            structures (``model.fit(images, featurizer=...)``): ("MinMaxScaler", {"feature_range":
+            (-1, 1)}) (the default), ("StandardScaler", None), or None for none.
+        save_preprocessor: ML4Chem's path for the fitted scaler; atompipe writes it as JSON.
+            Neither changes the features or :meth:`get_params`.
 
     Output of ``forward``/``featurize``: (n_atoms, n_features), dimensionless.
     """
@@ -135,6 +140,9 @@ class Gaussian(Featurizer):
         elements: Iterable[Any] | None = None,
         custom: dict | None = None,
         weighted: bool = False,
+        *,
+        preprocessor: Any = ("MinMaxScaler", None),
+        save_preprocessor: str | None = None,
     ) -> None:
         if angular_type not in ("G3", "G4"):
             raise ValueError(f"angular_type must be 'G3' or 'G4', not {angular_type!r}")
@@ -150,6 +158,7 @@ class Gaussian(Featurizer):
         if min(rc_radial, rc_angular) <= 0:
             raise ValueError("cutoffs must be positive")
         super().__init__(elements=elements, weighted=weighted)
+        self.preprocessor, self.save_preprocessor = preprocessor, save_preprocessor
         self.normalized = bool(normalized)
         self.angular_type = angular_type
         self.params = _resolve_custom(custom, angular_type)
