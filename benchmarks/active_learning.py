@@ -1,0 +1,351 @@
+"""Active learning against random selection: test force error against labels used.
+
+Cu (ASE's EMT), bulk fcc cells of 32 atoms (``bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)``,
+as data/cu_emt.extxyz):
+
+* seed: 20 labelled structures from EMT Langevin MD at 300 K (one every 50 steps of 2 fs after
+  200 steps of equilibration): 16 train the first committee, 4 validate it (early stopping and
+  the calibrated threshold) and stay in the validation set;
+* test: 60 structures from an independent EMT trajectory at 1200 K (another seed, one every 40
+  steps), hotter than anything in the seed data;
+* model: a committee of ``--committee`` (3) networks, hidden layers (32, 32), celu0.1,
+  force_weight 1.0, AdamW + cosine + EMA, on Gaussian symmetry functions (ML4Chem's default
+  G2 + G4 set, cutoff 4.5 Å), the scaler fitted once on the seed structures;
+* each iteration: Langevin MD with the current committee from 2 labelled structures at 800 and
+  1400 K, 150 steps of 2 fs each, a snapshot every 5 steps (120 candidates); pick
+  ``--per-iteration`` (10) of them; label them with EMT; retrain, warm-started from the previous
+  weights, with the same epoch budget; measure the test force MAE (eV/Å).
+* active learning picks snapshots whose committee force uncertainty u = max_i |σ_F,i| exceeds the
+  threshold calibrated on the validation structures (the 0.9 quantile of their u), the most
+  uncertain first, diverse by farthest-point sampling on structure descriptors; random selection
+  runs the same loop (its own model drives its own, equally long exploration) and picks the same
+  number of snapshots uniformly at random.
+
+Prints both curves (force MAE against labels added), the labels active learning needs to reach
+random selection's error at the full budget (linear interpolation between iterations), and the
+uncertainty calibration on the test set at each iteration; draws
+benchmarks/results/active_learning_cu.png and writes active_learning_cu.json.
+
+    python -m benchmarks.active_learning                     # Cu, budget 100, ~15 min on 1 core
+    python -m benchmarks.active_learning --budget 40 --epochs 40   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# -- data -----------------------------------------------------------------------------------------
+def cu_cell():
+    from ase.build import bulk
+
+    return bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+
+
+def emt_md(n_frames: int, temperature: float, every: int, seed: int, equil: int = 200) -> list:
+    """EMT-labelled snapshots of Langevin MD (2 fs, friction 0.02/fs) of the 32-atom cell."""
+    from ase import Atoms, units
+    from ase.calculators.emt import EMT
+    from ase.constraints import FixCom
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    from atomistic.active import label_structures
+
+    rng = np.random.default_rng(seed)
+    atoms = cu_cell()
+    atoms.set_constraint(FixCom())
+    atoms.calc = EMT()
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    Stationary(atoms)
+    dyn = Langevin(
+        atoms,
+        2 * units.fs,
+        temperature_K=temperature,
+        friction=0.02 / units.fs,
+        fixcm=False,
+        rng=rng,
+    )
+    dyn.run(equil)
+    frames = []
+    for _ in range(n_frames):
+        dyn.run(every)
+        frames.append(Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=True))
+    labelled, _ = label_structures(frames, EMT)
+    return labelled
+
+
+# -- model ----------------------------------------------------------------------------------------
+def make_model(args) -> Any:
+    from atomistic.models import NeuralNetwork
+
+    return NeuralNetwork(
+        hiddenlayers=(32, 32),
+        activation="celu0.1",
+        force_weight=1.0,
+        ensemble=args.committee,
+        training={
+            "epochs": args.epochs,
+            "max_time": args.max_time,
+            "optimizer": "adamw",
+            "lr": 3e-3,
+            "weight_decay": 1e-5,
+            "scheduler": "cosine",
+            "min_lr": 1e-5,
+            "warmup_epochs": 2,
+            "ema_decay": 0.99,
+            "grad_clip": 10.0,
+            "batch_size": 8,
+        },
+    )
+
+
+def fit(args, train: list, val: list, featurizer, scaler, previous=None):
+    from atomistic.active import warm_start
+    from atomistic.models import AtomicData
+
+    model = make_model(args)
+    if previous is not None and args.warm_start:
+        warm_start(model, previous)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(
+            AtomicData.from_atoms(train, featurizer, scaler),
+            AtomicData.from_atoms(val, featurizer, scaler),
+        )
+    return model
+
+
+def test_errors(model, test: list) -> dict[str, float]:
+    from atomistic.active import force_calibration
+
+    out = model.predict_atoms(test, forces=True)
+    F = np.concatenate([a.get_forces() for a in test])
+    P = np.concatenate(out["forces"])
+    res = {"force_mae": float(np.abs(F - P).mean())}
+    if "forces_std" in out:
+        res.update({f"cal_{k}": v for k, v in force_calibration(F, P, out["forces_std"]).items()})
+    return res
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) -> list[dict]:
+    from ase.calculators.emt import EMT
+
+    from atomistic.active import (
+        calibrate_threshold,
+        explore,
+        label_structures,
+        select,
+        stop_reason,
+        structure_descriptors,
+        structure_uncertainty,
+    )
+    from atomistic.models import AtomicData
+
+    rng = np.random.default_rng(args.seed)
+    train = list(seed_train)
+    t0 = time.perf_counter()
+    model = fit(args, train, seed_val, featurizer, scaler)
+    curve = [{"labels": 0, **test_errors(model, test), "time_s": time.perf_counter() - t0}]
+    print(
+        f"  {method:11s} labels {0:4d}  test F MAE {curve[-1]['force_mae'] * 1000:7.1f} meV/Å",
+        flush=True,
+    )
+    added = 0
+    it = 0
+    while stop_reason(added, args.budget) is None:
+        it += 1
+        starts = [train[i] for i in rng.choice(len(train), size=2, replace=False)]
+        frames = explore(
+            model,
+            starts,
+            temperatures=args.temperatures,
+            steps=args.steps,
+            interval=args.interval,
+            seed=int(rng.integers(2**31)),
+            max_uncertainty=args.max_uncertainty,
+        )
+        u = np.array([f.info["uncertainty"] for f in frames])
+        n_pick = min(args.per_iteration, args.budget - added)
+        if method == "active":
+            val_pred = model.predict(AtomicData.from_atoms(seed_val, featurizer, scaler), True)
+            off = np.concatenate([[0], np.cumsum([len(a) for a in seed_val])])
+            threshold = calibrate_threshold(
+                structure_uncertainty(val_pred["forces_std"], off), args.quantile
+            )
+            picks = select(
+                u,
+                threshold,
+                n_pick,
+                diversity="fps",
+                descriptors=structure_descriptors(frames, featurizer, scaler),
+            )
+        else:
+            threshold = float("nan")
+            picks = select(u, 0.0, n_pick, method="random", seed=int(rng.integers(2**31)))
+        n_uncertain = int((u > threshold).sum()) if method == "active" else len(u)
+        if len(picks) == 0:
+            print(f"  {method}: nothing uncertain left", flush=True)
+            break
+        labelled, _ = label_structures([frames[i] for i in picks], EMT)
+        train += labelled
+        added += len(labelled)
+        model = fit(args, train, seed_val, featurizer, scaler, previous=model)
+        row = {
+            "labels": added,
+            "iteration": it,
+            "candidates": len(frames),
+            "uncertain": n_uncertain,
+            "threshold": threshold,
+            "picked_u_mean": float(u[picks].mean()),
+            "candidates_u_mean": float(u.mean()),
+            **test_errors(model, test),
+            "time_s": time.perf_counter() - t0,
+        }
+        curve.append(row)
+        print(
+            f"  {method:11s} labels {added:4d}  test F MAE {row['force_mae'] * 1000:7.1f} meV/Å"
+            f"  ({len(frames)} candidates, {n_uncertain} above {threshold:.3f} eV/Å, "
+            f"picked u {row['picked_u_mean']:.3f} vs mean {row['candidates_u_mean']:.3f}; "
+            f"Spearman {row.get('cal_spearman', float('nan')):.2f}; {row['time_s']:.0f} s)",
+            flush=True,
+        )
+    return curve
+
+
+def labels_to_reach(curve: list[dict], target: float) -> float | None:
+    """Labels at which ``curve`` first reaches ``target`` (linear between points); None if never."""
+    prev = None
+    for row in curve:
+        if row["force_mae"] <= target:
+            if prev is None:
+                return float(row["labels"])
+            x0, y0, x1, y1 = prev["labels"], prev["force_mae"], row["labels"], row["force_mae"]
+            return float(x0 + (y0 - target) / (y0 - y1) * (x1 - x0))
+        prev = row
+    return None
+
+
+def plot(curves: dict[str, list[dict]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, curve in curves.items():
+        ax.plot(
+            [r["labels"] for r in curve],
+            [r["force_mae"] * 1000 for r in curve],
+            "o-",
+            label=name,
+        )
+    ax.set_xlabel("labels added to the 20 seed structures")
+    ax.set_ylabel("test force MAE (meV/Å)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--budget", type=int, default=100)
+    p.add_argument("--per-iteration", type=int, default=10)
+    p.add_argument("--committee", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--max-time", type=float, default=None)
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--interval", type=int, default=5)
+    p.add_argument("--temperatures", type=float, nargs="+", default=[800.0, 1400.0])
+    p.add_argument("--quantile", type=float, default=0.9)
+    p.add_argument("--max-uncertainty", type=float, default=2.0)
+    p.add_argument("--no-warm-start", dest="warm_start", action="store_false")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", nargs="+", default=["active", "random"])
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        help="only report: merge the curves of earlier runs' JSON files (e.g. one per method)",
+    )
+    args = p.parse_args(argv)
+    if args.combine:
+        curves = {}
+        for path in args.combine:
+            curves.update(json.loads(path.read_text())["curves"])
+        return report(curves, args)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from atomistic.data import Dataset
+    from atomistic.features import Gaussian
+    from atomistic.features.scaling import Scaler
+
+    t0 = time.perf_counter()
+    seed = emt_md(20, 300.0, 50, seed=1)
+    seed_train, seed_val = seed[:16], seed[16:]
+    test = emt_md(60, 1200.0, 40, seed=2)
+    featurizer = Gaussian(cutoff=4.5, angular_type="G4")
+    ds = Dataset.from_atoms(seed)
+    scaler = Scaler().fit(
+        featurizer.featurize_arrays(ds.numbers, ds.positions, ds.cell, ds.pbc, ds.offsets)
+    )
+    print(
+        f"data: 20 seed structures at 300 K, 60 test structures at 1200 K "
+        f"({time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
+    curves = {}
+    for method in args.methods:
+        curves[method] = run_loop(args, method, seed_train, seed_val, test, featurizer, scaler)
+    return report(curves, args)
+
+
+def report(curves: dict[str, list[dict]], args) -> dict:
+    """Print the table and the labels-to-match figure; write the JSON and the plot."""
+    result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "curves": curves}
+    print("\nlabels  " + "  ".join(f"{m:>12s}" for m in curves) + "   (test force MAE, meV/Å)")
+    n = max(len(c) for c in curves.values())
+    for k in range(n):
+        row = [c[k] if k < len(c) else None for c in curves.values()]
+        lab = next(r["labels"] for r in row if r is not None)
+        print(
+            f"{lab:6d}  "
+            + "  ".join(f"{r['force_mae'] * 1000:12.1f}" if r else f"{'':12s}" for r in row)
+        )
+    if "active" in curves and "random" in curves:
+        target = curves["random"][-1]["force_mae"]
+        need = labels_to_reach(curves["active"], target)
+        result["random_final_mae"] = target
+        result["active_labels_to_match"] = need
+        print(
+            f"random selection at {curves['random'][-1]['labels']} labels: "
+            f"{target * 1000:.1f} meV/Å; active learning reaches it with "
+            + (f"{need:.0f} labels" if need is not None else "no budget tried (never)")
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "active_learning_cu" + ("" if len(curves) > 1 else f"_{next(iter(curves))}")
+    png = args.out / f"{stem}.png"
+    plot(curves, png, "Cu (EMT): active learning vs random selection")
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {png}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+"""The active-learning flow (docs/active-learning.md): train → explore → select → label → grow →
+train again, until the label budget is spent, the test error is reached, nothing is uncertain
+any more, or the iterations run out.
+
+Iteration 0 is the campaign's own first stages (ingest, featurize on Dask, fit the scaler) and a
+first committee on the training split of the model's dataset. Every later stage is a cached task
+of tasks/active.py keyed by content, so a rerun of a finished loop is cache hits throughout and a
+killed loop resumes at the stage it was in. The training split grows; the validation split (early
+stopping, the calibrated threshold) and the test set stay fixed. MLflow gets one run per
+iteration under a parent run, and a plot of the test force error against the labels added.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow, get_run_logger
+
+from flows.config import CampaignConfig, ConfigError, LatentFeatures
+from tasks.active import (
+    explore_exists,
+    explore_stage,
+    grow_stage,
+    label_stage,
+    select_stage,
+    train_exists,
+    train_stage,
+)
+from tasks.caching import submit_cached
+from tasks.stages import featurize, featurize_exists, fit_scaler, ingest, ingest_exists
+
+__all__ = ["active_flow", "check_active", "run_active"]
+
+
+def check_active(cfg: CampaignConfig) -> None:
+    """The ``active:`` section refers to what the campaign has; errors name the key."""
+    a = cfg.active
+    if a is None:
+        raise ConfigError(f"campaign {cfg.name}: no `active:` section")
+    model = cfg.models.get(a.model)
+    if model is None:
+        raise ConfigError(f"active.model: unknown model {a.model!r}; models: {list(cfg.models)}")
+    if model.type != "neuralnetwork" or model.ensemble < 2:
+        raise ConfigError(
+            f"active.model: {a.model!r} must be a neuralnetwork with ensemble >= 2 (a committee "
+            "gives the force uncertainty)"
+        )
+    if model.force_weight <= 0:
+        raise ConfigError(f"active.model: {a.model!r} must train on forces (force_weight > 0)")
+    if isinstance(cfg.features[model.features], LatentFeatures):
+        raise ConfigError("active.model: latent features cannot drive molecular dynamics")
+    if a.test is not None and a.test not in cfg.datasets:
+        raise ConfigError(f"active.test: unknown dataset {a.test!r}")
+    from atomistic.active import BUILTIN_CALCULATORS
+
+    calc = a.labelling.calculator
+    if calc not in BUILTIN_CALCULATORS and calc not in a.labelling.allow:
+        raise ConfigError(
+            f"active.labelling.calculator: {calc!r} is neither built in {BUILTIN_CALCULATORS} "
+            "nor listed in active.labelling.allow"
+        )
+
+
+def _ingest(cfg: CampaignConfig, name: str) -> dict[str, Any]:
+    ds = cfg.datasets[name]
+    return submit_cached(
+        ingest,
+        ingest_exists,
+        [str(p) for p in cfg.dataset_files(name)],
+        cfg.store_url,
+        tuple(cfg.split.fractions),
+        cfg.split.seed,
+        ds.format,
+        ds.energy_key,
+        ds.forces_key,
+    ).result()
+
+
+def _train(cfg, features, scaler, model_cfg, parts, previous, test) -> dict[str, Any]:
+    return submit_cached(
+        train_stage,
+        train_exists,
+        features,
+        scaler,
+        model_cfg,
+        parts,
+        previous,
+        cfg.workspace,
+        test,
+    ).result()
+
+
+def _record(cfg: CampaignConfig, rows: list[dict[str, Any]], config: dict[str, Any]) -> dict:
+    """One MLflow run per iteration under a parent run; the curve as a plot on the parent."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from flows.config import flatten
+
+    ws = Path(cfg.workspace)
+    name = (cfg.tracking.experiment or cfg.name) + "-active"
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    client = MlflowClient(cfg.tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment(
+            name,
+            artifact_location=(ws / "mlartifacts").resolve().as_uri()
+            if cfg.tracking.uri is None or cfg.tracking_uri.startswith("sqlite")
+            else None,
+        )
+    )
+    from mlflow.entities import Metric, Param
+
+    parent = client.create_run(exp_id, run_name=f"{cfg.name}-active")
+    pid = parent.info.run_id
+    params = [Param(k[:250], v[:6000]) for k, v in flatten(config.get("active", {})).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(pid, params=params[i : i + 100])
+    now = int(time.time() * 1000)
+    for row in rows:
+        run = client.create_run(
+            exp_id,
+            run_name=f"iteration-{row['iteration']}",
+            tags={
+                "mlflow.parentRunId": pid,
+                "atompipe.model_key": row["model"],
+                "atompipe.dataset_key": row["dataset"],
+            },
+        )
+        metrics = [
+            Metric(k, float(v), now, row["iteration"])
+            for k, v in row.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+        ]
+        client.log_batch(run.info.run_id, metrics=metrics)
+        client.set_terminated(run.info.run_id)
+        for m in ("test_force_mae", "labels_added"):
+            if m in row:
+                client.log_metric(pid, m, float(row[m]), now, row["iteration"])
+    with tempfile.TemporaryDirectory() as tmp:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([r["labels_added"] for r in rows], [r["test_force_mae"] for r in rows], "o-")
+        ax.set_xlabel("labels added")
+        ax.set_ylabel("test force MAE (eV/Å)")
+        fig.tight_layout()
+        fig.savefig(Path(tmp) / "active_curve.png", dpi=100)
+        plt.close(fig)
+        (Path(tmp) / "active_curve.json").write_text(json.dumps(rows, indent=1))
+        client.log_artifact(pid, str(Path(tmp) / "active_curve.png"))
+        client.log_artifact(pid, str(Path(tmp) / "active_curve.json"))
+    client.set_terminated(pid)
+    return {"experiment": name, "parent_run": pid, "tracking_uri": cfg.tracking_uri}
+
+
+@flow(name="atompipe-active", log_prints=True)
+def active_flow(config: dict[str, Any]) -> dict[str, Any]:
+    """The active-learning loop of a campaign (``CampaignConfig.model_dump(mode="json")``)."""
+    cfg = CampaignConfig.model_validate(config)
+    check_active(cfg)
+    a = cfg.active
+    log = get_run_logger()
+    Path(cfg.workspace).mkdir(parents=True, exist_ok=True)
+    model_cfg = cfg.models[a.model].model_dump(mode="json")
+    feat = cfg.features[cfg.models[a.model].features]
+    t0 = time.perf_counter()
+
+    # iteration 0: the campaign's first stages and a first committee
+    dataset = _ingest(cfg, feat.dataset)
+    params = feat.featurizer_params()
+    features = submit_cached(
+        featurize,
+        lambda *_, **__: featurize_exists(dataset, feat.type, params),
+        dataset,
+        feat.type,
+        params,
+        scheduler=cfg.dask.address,
+        n_workers=cfg.dask.n_workers,
+        rows_per_chunk=cfg.dask.rows_per_chunk,
+    ).result()
+    sc = cfg.scaler
+    scaler = fit_scaler.submit(
+        features,
+        sc.kind,
+        tuple(sc.feature_range),
+        sc.per_element,
+        tuple(cfg.split.fractions),
+        cfg.split.seed,
+    ).result()
+    from atomistic.data import read_split
+
+    split = read_split(dataset["store"], dataset["key"], tuple(cfg.split.fractions), cfg.split.seed)
+    parts = {"train": split["train"].tolist(), "validation": split["validation"].tolist()}
+    if a.test is None:
+        test = {"store": dataset["store"], "dataset": dataset["key"]}
+        test["indices"] = split["test"].tolist()
+    else:
+        tref = _ingest(cfg, a.test)
+        n = tref["summary"]["structures"]
+        test = {"store": tref["store"], "dataset": tref["key"], "indices": list(range(n))}
+    model = _train(cfg, features, scaler, model_cfg, parts, None, test)
+    rows = [_row(0, dataset, model, 0, 0, None, None, None)]
+    log.info(
+        "active 0: %d training structures, test force MAE %.4f eV/Å",
+        len(parts["train"]),
+        rows[-1]["test_force_mae"],
+    )
+    rng = np.random.default_rng(a.seed)
+    added = 0
+    reason = "iterations"
+    explore_settings = a.exploration.model_dump(mode="json")
+    n_starts = explore_settings.pop("starts")
+    from atomistic.active import stop_reason
+
+    for it in range(1, a.iterations + 1):
+        why = stop_reason(added, a.budget, rows[-1]["test_force_mae"], a.target_error)
+        if why:
+            reason = why
+            break
+        starts = sorted(
+            int(i) for i in rng.choice(parts["train"], min(n_starts, len(parts["train"])), False)
+        )
+        seed = int(rng.integers(2**31))
+        explored = submit_cached(
+            explore_stage,
+            explore_exists,
+            model,
+            dataset,
+            starts,
+            explore_settings,
+            seed,
+            cfg.workspace,
+        ).result()
+        n_max = (
+            a.selection.max_labels
+            if a.budget is None
+            else min(a.selection.max_labels, a.budget - added)
+        )
+        picked = select_stage.submit(
+            explored,
+            model,
+            features,
+            scaler,
+            parts["validation"],
+            a.selection.model_dump(mode="json"),
+            n_max,
+            seed,
+        ).result()
+        if not picked["indices"]:
+            reason = "converged"
+            log.info("active %d: no snapshot above %.4f eV/Å; stopping", it, picked["threshold"])
+            break
+        labels = label_stage(
+            explored,
+            picked["indices"],
+            a.labelling.model_dump(mode="json"),
+            cfg.workspace,
+            cfg.dask.address,
+            cfg.dask.n_workers,
+        )
+        grown = grow_stage.submit(
+            dataset,
+            features,
+            explored,
+            picked["indices"],
+            {"keys": labels["keys"], "labels_dir": labels["labels_dir"]},
+        ).result()
+        n_old = dataset["summary"]["structures"]
+        dataset, features = grown["dataset"], grown["features"]
+        n_new = dataset["summary"]["structures"] - n_old
+        parts = {
+            "train": parts["train"] + list(range(n_old, n_old + n_new)),
+            "validation": parts["validation"],
+        }
+        added += n_new
+        previous = model if a.warm_start else None
+        model = _train(cfg, features, scaler, model_cfg, parts, previous, test)
+        rows.append(_row(it, dataset, model, added, labels["computed"], picked, explored, grown))
+        log.info(
+            "active %d: %d candidates, %d uncertain, %d labelled (%d computed), %d training "
+            "structures, test force MAE %.4f eV/Å",
+            it,
+            explored["n"],
+            picked["uncertain"],
+            n_new,
+            labels["computed"],
+            len(parts["train"]),
+            rows[-1]["test_force_mae"],
+        )
+    else:
+        why = stop_reason(added, a.budget, rows[-1]["test_force_mae"], a.target_error)
+        reason = why or "iterations"
+    tracking = _record(cfg, rows, config)
+    return {
+        "campaign": cfg.name,
+        "iterations": rows,
+        "stopped": reason,
+        "model": {"key": model["key"], "dir": model["dir"]},
+        "dataset": dataset["key"],
+        "tracking": tracking,
+        "wall_time_s": time.perf_counter() - t0,
+    }
+
+
+def _row(it, dataset, model, added, computed, picked, explored, grown) -> dict[str, Any]:
+    m = model["metrics"]
+    row: dict[str, Any] = {
+        "iteration": it,
+        "model": model["key"],
+        "dataset": dataset["key"],
+        "dataset_size": dataset["summary"]["structures"],
+        "labels_added": added,
+        "labels_computed": computed,
+        "test_force_mae": m.get("force_mae"),
+        "test_force_rmse": m.get("force_rmse"),
+        "test_energy_mae_per_atom": m.get("energy_mae_per_atom"),
+    }
+    row.update({k: v for k, v in m.items() if k.startswith("force_calibration_")})
+    if picked is not None:
+        row["threshold"] = picked["threshold"] if picked["threshold"] is not None else float("nan")
+        row["uncertain"] = picked["uncertain"]
+        row["candidates"] = explored["n"]
+        row["featurized_atoms"] = grown["features"]["featurized_atoms"]
+    return row
+
+
+def run_active(cfg: CampaignConfig) -> dict[str, Any]:
+    """Run the active-learning flow in this process (Prefect starts an ephemeral API if none is
+    set)."""
+    check_active(cfg)
+    return active_flow(cfg.model_dump(mode="json"))

@@ -1,0 +1,99 @@
+"""The active-learning loop end to end through the real Prefect flow, a real Zarr store, real
+MLflow (sqlite) and ASE's EMT as the reference: two iterations with tiny models, then a rerun
+that labels nothing again."""
+
+from __future__ import annotations
+
+import ase.io
+import numpy as np
+import pytest
+import yaml
+from ase.calculators.emt import EMT
+
+from flows.config import load_campaign
+
+pytestmark = pytest.mark.slow
+
+CAMPAIGN = {
+    "name": "altest",
+    "datasets": {"cu": {"paths": ["cu.extxyz"]}},
+    "features": {"g": {"type": "gaussian", "dataset": "cu", "cutoff": 4.0, "angular_type": "G4"}},
+    "dask": {"n_workers": 1},
+    "models": {
+        "nn": {
+            "type": "neuralnetwork",
+            "features": "g",
+            "hiddenlayers": [4],
+            "activation": "celu0.1",
+            "force_weight": 1.0,
+            "ensemble": 2,
+            "training": {"epochs": 3, "batch_size": 8, "warmup_epochs": 0},
+        }
+    },
+    "active": {
+        "model": "nn",
+        "iterations": 2,
+        "budget": 4,
+        "exploration": {"temperatures": [600], "steps": 10, "interval": 5, "starts": 1},
+        "selection": {"threshold": 0.0, "max_labels": 2, "diversity": "none"},
+        "labelling": {"calculator": "emt"},
+    },
+}
+
+
+def _load(workdir):
+    path = workdir / "campaign.yaml"
+    path.write_text(yaml.safe_dump(CAMPAIGN))
+    return load_campaign(path)
+
+
+def test_two_iterations_grow_the_dataset_and_never_relabel(tmp_path, shipped, prefect_harness):
+    from atomistic.active import LabelStore
+    from atomistic.data import read_dataset
+    from flows.active import run_active
+
+    ase.io.write(tmp_path / "cu.extxyz", ase.io.read(shipped["cu"], ":15"))
+    cfg = _load(tmp_path)
+    out = run_active(cfg)
+
+    rows = out["iterations"]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert [r["labels_added"] for r in rows] == [0, 2, 4]
+    assert [r["labels_computed"] for r in rows] == [0, 2, 2]
+    assert out["stopped"] == "budget"
+    # the grown dataset: the 15 seed structures first, then 4 new ones labelled by EMT
+    store = cfg.store_url
+    ds = read_dataset(store, out["dataset"])
+    assert ds.n_structures == 19
+    seed = read_dataset(store, rows[0]["dataset"])
+    np.testing.assert_array_equal(ds.positions[: seed.n_atoms], seed.positions)
+    for s in range(15, 19):
+        atoms = ds.atoms(s)
+        ref = atoms.copy()
+        ref.calc = EMT()
+        np.testing.assert_allclose(ds.energy[s], ref.get_potential_energy(), rtol=0, atol=1e-10)
+        np.testing.assert_allclose(atoms.get_forces(), ref.get_forces(), rtol=0, atol=1e-10)
+    # only the new structures were featurized
+    assert rows[1]["featurized_atoms"] == rows[2]["featurized_atoms"] == 2 * 32
+    labels = LabelStore(tmp_path / "workspace" / "active" / "labels")
+    assert len(labels.keys()) == 4
+
+    # MLflow: a parent run and one run per iteration
+    import mlflow
+
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    exp = client.get_experiment_by_name("altest-active")
+    runs = client.search_runs([exp.experiment_id])
+    names = sorted(r.info.run_name for r in runs)
+    assert names == ["altest-active", "iteration-0", "iteration-1", "iteration-2"]
+    it2 = next(r for r in runs if r.info.run_name == "iteration-2")
+    assert it2.data.metrics["dataset_size"] == 19
+    assert it2.data.metrics["labels_added"] == 4
+    assert "force_calibration_spearman" in it2.data.metrics
+
+    # a rerun: every stage is found; nothing is labelled or featurized again
+    again = run_active(cfg)
+    assert [r["labels_computed"] for r in again["iterations"]] == [0, 0, 0]
+    assert again["dataset"] == out["dataset"]
+    assert [r["model"] for r in again["iterations"]] == [r["model"] for r in rows]
+    assert len(labels.keys()) == 4
