@@ -253,6 +253,49 @@ def run(
 
 
 @app.command()
+def active(
+    campaign: Annotated[Path, typer.Argument(help="campaign YAML file with an `active:` section")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key: active.budget=50")
+    ] = None,
+) -> None:
+    """Run the campaign's active-learning loop: explore, select, label, retrain (cached; a
+    killed loop resumes where it stopped). docs/active-learning.md."""
+    cfg = _load(campaign, set_)
+    import os
+
+    os.environ.setdefault(
+        "PREFECT_LOCAL_STORAGE_PATH", str((cfg.workspace_path / "prefect-results").resolve())
+    )
+    from flows.active import check_active, run_active
+    from flows.config import ConfigError
+    from tasks.record import TrackingError, check_tracking
+
+    try:
+        check_active(cfg)
+        check_tracking(cfg.tracking_uri)
+    except (ConfigError, TrackingError) as exc:
+        _fail(f"{campaign}: {exc}")
+    _quiet_failure_tracebacks()
+    try:
+        summary = _stoppable(lambda: run_active(cfg))
+    except BaseException as exc:
+        if _stopped(exc):
+            _exit_interrupted(f"active learning of {cfg.name}")
+        if not isinstance(exc, Exception):
+            raise
+        _fail(f"active learning of {cfg.name} failed: {exc}")
+    for row in summary["iterations"]:
+        typer.echo(
+            f"iteration {row['iteration']}: {row['dataset_size']} structures, "
+            f"{row['labels_added']} labels added ({row['labels_computed']} computed now), "
+            f"test force MAE {row['test_force_mae']:.4f} eV/Å"
+        )
+    typer.echo(f"stopped: {summary['stopped']}; model {summary['model']['dir']}")
+    typer.echo(f"MLflow: {summary['tracking']['tracking_uri']}  (atompipe ui)")
+
+
+@app.command()
 def featurize(
     dataset: Annotated[str, typer.Argument(help="dataset key (from `atompipe ingest`)")],
     features: Annotated[str, typer.Option(help="gaussian | aev")] = "gaussian",
