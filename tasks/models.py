@@ -20,7 +20,7 @@ from atomistic.data import read_dataset, read_split
 from atomistic.features.scaling import Scaler
 from atomistic.features.store import read_features, write_feature_array
 from atomistic.storage import Store, content_hash
-from tasks.caching import stage_task
+from tasks.caching import content_cache_key, stage_task
 
 __all__ = ["train_encoder", "train_model", "evaluate_model", "model_key", "evaluation_done"]
 
@@ -34,7 +34,9 @@ _MODEL_TYPES = {
 def model_key(
     features: dict[str, Any], scaler: dict[str, Any], config: dict[str, Any], split: dict[str, Any]
 ) -> str:
-    return content_hash("atompipe-model", 1, features["key"], scaler["key"], config, split)
+    # format 2 for latent features: the saved model carries its featurizer, scaler and encoder
+    version = 2 if features.get("kind") == "latent" else 1
+    return content_hash("atompipe-model", version, features["key"], scaler["key"], config, split)
 
 
 def _warn(message: str) -> None:
@@ -80,10 +82,18 @@ def _atomic_data(ref, scaler_ref, indices, featurizer):
 
 
 def _featurizer(ref: dict[str, Any]):
-    if ref["kind"] != "features":
-        return None  # latent features: no differentiable path from positions
     from atomistic.features import featurizer_from_params
 
+    if ref["kind"] != "features":  # latent: source featurizer -> its scaler -> the encoder
+        source = ref.get("source_featurizer")
+        if source is None or "encoder_dir" not in ref:
+            return None  # a latent reference from before encoders travelled with models
+        from atomistic.models.autoencoders import load_autoencoder
+        from atomistic.models.encoded import EncodedFeaturizer
+
+        base = featurizer_from_params(source["featurizer"], source["params"])
+        scaler = None if source["scaler"] is None else Scaler.from_dict(source["scaler"])
+        return EncodedFeaturizer(base, scaler, load_autoencoder(ref["encoder_dir"]))
     return featurizer_from_params(ref["featurizer"], ref["params"])
 
 
@@ -113,7 +123,9 @@ def _annealing(settings: dict[str, Any] | None) -> dict[str, Any] | None:
     return settings
 
 
-@stage_task("train-encoder")
+# cache format 2: the latent reference carries its source featurizer and scaler, which models
+# trained on it need to predict from structures (a reference cached before lacks them)
+@stage_task("train-encoder", content_cache_key("train-encoder/2"))
 def train_encoder(
     features: dict[str, Any],
     scaler: dict[str, Any],
@@ -217,6 +229,11 @@ def train_encoder(
         "featurizer": "latent",
         "params": {"encoder": encoder.encoder_key, "source": features["key"]},
         "encoder_dir": str(target),
+        "source_featurizer": {
+            "featurizer": features["featurizer"],
+            "params": features["params"],
+            "scaler": scaler["scaler"],
+        },
         "reconstruction_mse_test": float(encoder.reconstruction_error(X_test, z_test)),
         "scaled_variance_test": float(X_test.var(axis=0).mean()),
         **extra,

@@ -437,6 +437,8 @@ class AtomisticModel:
             "metrics": self.metrics_,
             "state": state,
         }
+        if hasattr(f, "state_tensors"):  # latent features: the encoder's weights travel along
+            tensors = {**tensors, "encoder": f.state_tensors()}
         return write_model_dir(directory, card, tensors)
 
     @classmethod
@@ -456,7 +458,11 @@ class AtomisticModel:
             for name in card["files"]
         }
         f = card["featurizer"]
-        if f is not None:
+        if f is not None and f["name"] == "latent":
+            from atomistic.models.encoded import EncodedFeaturizer
+
+            model.featurizer_ = EncodedFeaturizer.from_params(f["params"], tensors["encoder"])
+        elif f is not None:
             from atomistic.features import featurizer_from_params
 
             model.featurizer_ = featurizer_from_params(f["name"], f["params"])
