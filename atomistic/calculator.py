@@ -33,7 +33,8 @@ class AtompipeCalculator(Calculator):
         self.implemented_properties = ["energy", "free_energy", "forces", "stress"]
         if self.model.has_uncertainty:
             self.implemented_properties.append("energy_std")
-            if getattr(self.model, "forces", False):  # sparse GP on forces: forces_std too
+            # a sparse GP on forces and a committee of networks give forces_std too
+            if getattr(self.model, "forces", False) or int(getattr(self.model, "ensemble", 1)) > 1:
                 self.implemented_properties.append("forces_std")
         super().__init__(**kwargs)
 

@@ -113,6 +113,8 @@ def test_committee_round_trip_and_calculator(mol_data, tmp_path):
     atoms.calc = AtompipeCalculator(loaded)
     assert atoms.get_potential_energy() == pytest.approx(float(a["energy"][0]), abs=1e-12)
     assert atoms.calc.results["energy_std"] == pytest.approx(float(a["energy_std"][0]), abs=1e-12)
+    assert {"energy_std", "forces_std"} <= set(atoms.calc.implemented_properties)
+    np.testing.assert_allclose(atoms.calc.results["forces_std"], a["forces_std"], atol=1e-12)
 
 
 def test_float32_networks_train_and_match_float64_forces_to_single_precision(mol_data):
