@@ -107,7 +107,8 @@ def force_calibration(true: np.ndarray, pred: np.ndarray, std: np.ndarray) -> di
 
     err = np.abs(np.asarray(true, dtype=np.float64) - np.asarray(pred, dtype=np.float64))
     s = np.asarray(std, dtype=np.float64)
-    rho = spearmanr(s.reshape(-1), err.reshape(-1)).statistic if err.size > 1 else np.nan
+    varied = err.size > 1 and np.ptp(s) > 0 and np.ptp(err) > 0  # else the rank is undefined
+    rho = spearmanr(s.reshape(-1), err.reshape(-1)).statistic if varied else np.nan
     cal = calibration(z_scores(true, pred, np.maximum(s, 1e-12)))
     return {
         "spearman": float(rho),
