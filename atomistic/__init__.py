@@ -20,6 +20,7 @@ __all__ = [
     "AtompipeCalculator",
     "AutoEncoder",
     "Dataset",
+    "EncodedFeaturizer",
     "Gaussian",
     "GaussianProcess",
     "KernelRidge",
@@ -50,6 +51,7 @@ _WHERE = {
     "VAE": "atomistic.models",
     "load_autoencoder": "atomistic.models",
     "load_model": "atomistic.models",
+    "EncodedFeaturizer": "atomistic.models.encoded",
     "AtompipeCalculator": "atomistic.calculator",
     "export_model": "atomistic.export",
 }
