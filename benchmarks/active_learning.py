@@ -6,14 +6,16 @@ as data/cu_emt.extxyz):
 * seed: 20 labelled structures from EMT Langevin MD at 300 K (one every 50 steps of 2 fs after
   200 steps of equilibration): 16 train the first committee, 4 validate it (early stopping and
   the calibrated threshold) and stay in the validation set;
-* test: 60 structures from an independent EMT trajectory at 1200 K (another seed, one every 40
+* test: 40 structures from an independent EMT trajectory at 1200 K (another seed, one every 40
   steps), hotter than anything in the seed data;
 * model: a committee of ``--committee`` (3) networks, hidden layers (32, 32), celu0.1,
-  force_weight 1.0, AdamW + cosine + EMA, on Gaussian symmetry functions (ML4Chem's default
-  G2 + G4 set, cutoff 4.5 Å), the scaler fitted once on the seed structures;
+  force_weight 1.0, AdamW + cosine + EMA, ``--epochs`` (200) epochs, on Gaussian symmetry
+  functions G2 + G4 with cutoff 4.5 Å (``--features dense``: 16 columns on shifted grids, see
+  :func:`make_featurizer`; ``ml4chem``: ML4Chem's default 8), the scaler fitted once on the seed
+  structures;
 * each iteration: Langevin MD with the current committee from 2 labelled structures at 800 and
   1400 K, 150 steps of 2 fs each, a snapshot every 5 steps (120 candidates); pick
-  ``--per-iteration`` (10) of them; label them with EMT; retrain, warm-started from the previous
+  ``--per-iteration`` (20) of them; label them with EMT; retrain, warm-started from the previous
   weights, with the same epoch budget; measure the test force MAE (eV/Å).
 * active learning picks snapshots whose committee force uncertainty u = max_i |σ_F,i| exceeds the
   threshold calibrated on the validation structures (the 0.9 quantile of their u), the most
@@ -26,8 +28,10 @@ random selection's error at the full budget (linear interpolation between iterat
 uncertainty calibration on the test set at each iteration; draws
 benchmarks/results/active_learning_cu.png and writes active_learning_cu.json.
 
-    python -m benchmarks.active_learning                     # Cu, budget 100, ~15 min on 1 core
-    python -m benchmarks.active_learning --budget 40 --epochs 40   # a quick look
+    python -m benchmarks.active_learning                          # Cu, budget 100
+    python -m benchmarks.active_learning --methods active          # one curve (run the two
+    python -m benchmarks.active_learning --methods random          # side by side), then
+    python -m benchmarks.active_learning --combine benchmarks/results/active_learning_cu_*.json
 """
 
 from __future__ import annotations
@@ -82,6 +86,20 @@ def emt_md(n_frames: int, temperature: float, every: int, seed: int, equil: int 
         frames.append(Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=True))
     labelled, _ = label_structures(frames, EMT)
     return labelled
+
+
+def make_featurizer(name: str):
+    """Gaussian symmetry functions, cutoff 4.5 Å, G2 + G4: ``dense`` (the default) is
+    :func:`~atomistic.features.gaussian.dense_parameters` with 8 shifted radial Gaussians,
+    angular widths 0.005 and 0.05 Å^-2 and zeta 1, 4 (16 columns); ``ml4chem`` is ML4Chem's
+    default set (8 columns)."""
+    from atomistic.features import Gaussian
+    from atomistic.features.gaussian import dense_parameters
+
+    if name == "ml4chem":
+        return Gaussian(cutoff=4.5, angular_type="G4")
+    p = dense_parameters(4.5, n_radial=8, angular_etas=(0.005, 0.05), zetas=(1, 4))
+    return Gaussian(cutoff=4.5, angular_type="G4", custom={"G2": p["G2"], "G4": p["G3"]})
 
 
 # -- model ----------------------------------------------------------------------------------------
@@ -263,9 +281,9 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget", type=int, default=100)
-    p.add_argument("--per-iteration", type=int, default=10)
+    p.add_argument("--per-iteration", type=int, default=20)
     p.add_argument("--committee", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--max-time", type=float, default=None)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--interval", type=int, default=5)
@@ -274,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-uncertainty", type=float, default=2.0)
     p.add_argument("--no-warm-start", dest="warm_start", action="store_false")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--features", choices=["dense", "ml4chem"], default="dense")
     p.add_argument("--methods", nargs="+", default=["active", "random"])
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument(
@@ -293,20 +312,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(1)
     from atomistic.data import Dataset
-    from atomistic.features import Gaussian
     from atomistic.features.scaling import Scaler
 
     t0 = time.perf_counter()
     seed = emt_md(20, 300.0, 50, seed=1)
     seed_train, seed_val = seed[:16], seed[16:]
-    test = emt_md(60, 1200.0, 40, seed=2)
-    featurizer = Gaussian(cutoff=4.5, angular_type="G4")
+    test = emt_md(40, 1200.0, 40, seed=2)
+    featurizer = make_featurizer(args.features)
     ds = Dataset.from_atoms(seed)
     scaler = Scaler().fit(
         featurizer.featurize_arrays(ds.numbers, ds.positions, ds.cell, ds.pbc, ds.offsets)
     )
     print(
-        f"data: 20 seed structures at 300 K, 60 test structures at 1200 K "
+        f"data: 20 seed structures at 300 K, 40 test structures at 1200 K "
         f"({time.perf_counter() - t0:.1f} s)",
         flush=True,
     )
