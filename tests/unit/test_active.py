@@ -115,6 +115,20 @@ def test_emt_labels_equal_ase_emt_directly():
         np.testing.assert_array_equal(lab.positions, atoms.positions)
 
 
+def test_tblite_labels_equal_tblite_directly(shipped):
+    pytest.importorskip("tblite")
+    import ase.io
+    from tblite.ase import TBLite
+
+    atoms = ase.io.read(shipped["ethanol"], 0)
+    (lab,), computed = label_structures([atoms], lambda: reference_calculator("tblite"))
+    ref = atoms.copy()
+    ref.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    assert computed == 1
+    assert lab.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-8)
+    np.testing.assert_allclose(lab.get_forces(), ref.get_forces(), rtol=0, atol=1e-8)
+
+
 def test_a_structure_is_never_labelled_twice(tmp_path):
     calls = []
 
