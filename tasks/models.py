@@ -320,8 +320,8 @@ def train_model(
         warnings.simplefilter("always", models.TrainingWarning)
         if config["type"] == "neuralnetwork":
             model.fit(train, val, callback=on_epoch)
-        else:
-            model.fit(train)
+        else:  # kernels: validation metrics, and a GP on forces rescales its stds there
+            model.fit(train, val)
     for w in caught:  # name the campaign's model; it will not be registered as champion
         if issubclass(w.category, models.TrainingWarning):
             _warn(f"model {name!r}: {w.message}")

@@ -23,7 +23,9 @@ component the DTC predictive variance a^2 (k** - phi K_MM^-1 phi^T) + phi A^-1 p
 ``optimize`` then takes sigma from {sigma/2, sigma, 2 sigma} and the noise-to-amplitude ratios
 of energies and forces by the DTC log marginal likelihood (a^2 profiled), on at most
 ``optimize_max_structures`` structures; the final fit uses all of them, and the noise ratios
-are optimised once more there (from the subset's values).
+are optimised once more there (from the subset's values). Given a validation split, ``fit``
+rescales the energy and force stds so that the validation z-scores have unit variance
+(``energy_std_scale_``, ``force_std_scale_``; variance scaling, Kuleshov et al. 2018).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class GaussianProcess(_KernelModel):
     lower factor of K0 + (noise/a^2) I, ``log_marginal_likelihood_``; sparse: ``alpha_`` (M,),
     ``cholesky_mm_`` (M, M) lower factor L_K of K_MM, ``cholesky_`` (M, M) lower factor of
     C = L_K^-1 A L_K^-T a^2 (:func:`~atomistic.models.sparse_kernel.solve`),
-    ``energy_noise_``, ``force_noise_`` (``noise_`` = energy_noise_^2).
+    ``energy_noise_``, ``force_noise_`` (``noise_`` = energy_noise_^2), ``energy_std_scale_``,
+    ``force_std_scale_`` (1 without a validation split).
     """
 
     has_uncertainty = True
@@ -264,6 +267,8 @@ class GaussianProcess(_KernelModel):
         )
         self.cholesky_mm_ = ne.L_K
         self.log_marginal_likelihood_ = lml
+        self.energy_std_scale_, self.force_std_scale_ = 1.0, 1.0
+        self._recalibrate(validation)
         self.metrics_ = _validation_metrics(self, validation)
         self.metrics_.update(
             sigma=self.sigma_,
@@ -273,6 +278,23 @@ class GaussianProcess(_KernelModel):
             log_marginal_likelihood=lml,
         )
         return self
+
+    def _recalibrate(self, validation: AtomicData | None) -> None:
+        """Variance scaling on held-out labels (Kuleshov, Fenner & Ermon, ICML 2018; Levi et
+        al., Sensors 22, 5540 (2022)): one factor each for energy and force stds, s^2 = mean
+        z^2 of the validation errors, so that z has unit variance there. The DTC variance of
+        a model whose amplitude was fitted by the DTC likelihood (which leaves k** - Q** out
+        of the training covariance) is otherwise far too wide. No validation: factors 1."""
+        if validation is None or validation.dataset.energy is None:
+            return
+        ds = validation.dataset
+        has_f = ds.forces is not None and (validation.featurizer or self.featurizer_) is not None
+        p = self.predict(validation, forces=has_f)
+        zE = (p["energy"] - ds.energy) / p["energy_std"]
+        self.energy_std_scale_ = float(np.sqrt(np.mean(zE**2)))
+        if has_f:
+            zF = (p["forces"] - ds.forces) / p["forces_std"]
+            self.force_std_scale_ = float(np.sqrt(np.mean(zF**2)))
 
     # -- prediction ------------------------------------------------------------------------------
     def predict(
@@ -319,8 +341,8 @@ class GaussianProcess(_KernelModel):
         return {
             "energy": E + self._baseline(ds),
             "forces": F.reshape(-1, 3),
-            "energy_std": np.sqrt(varE),
-            "forces_std": np.sqrt(varF).reshape(-1, 3),
+            "energy_std": np.sqrt(varE) * self.energy_std_scale_,
+            "forces_std": np.sqrt(varF).reshape(-1, 3) * self.force_std_scale_,
         }
 
     def _sparse_variance(self, Phi: np.ndarray, prior: np.ndarray) -> np.ndarray:
@@ -343,7 +365,7 @@ class GaussianProcess(_KernelModel):
             ).numpy()
             var = self._sparse_variance(K.numpy(), kee)
             var += self.energy_noise_**2 * np.diff(ds.offsets)
-            return {"energy_std": np.sqrt(var)}
+            return {"energy_std": np.sqrt(var) * self.energy_std_scale_}
         kuu = structure_self_kernel(
             X,
             torch.as_tensor(ds.numbers),
@@ -367,7 +389,12 @@ class GaussianProcess(_KernelModel):
         )
         tensors["training"]["cholesky"] = torch.as_tensor(self.cholesky_)
         if self._sparse:
-            state.update(energy_noise=self.energy_noise_, force_noise=self.force_noise_)
+            state.update(
+                energy_noise=self.energy_noise_,
+                force_noise=self.force_noise_,
+                energy_std_scale=self.energy_std_scale_,
+                force_std_scale=self.force_std_scale_,
+            )
             tensors["training"]["cholesky_mm"] = torch.as_tensor(self.cholesky_mm_)
         return state, tensors
 
@@ -380,4 +407,6 @@ class GaussianProcess(_KernelModel):
         if state.get("sparse"):
             self.energy_noise_ = float(state["energy_noise"])
             self.force_noise_ = float(state["force_noise"])
+            self.energy_std_scale_ = float(state.get("energy_std_scale", 1.0))
+            self.force_std_scale_ = float(state.get("force_std_scale", 1.0))
             self.cholesky_mm_ = tensors["training"]["cholesky_mm"].numpy().astype(np.float64)

@@ -205,8 +205,17 @@ def test_representative_selection():
 
 
 def test_sparse_gp_save_load_calculator_and_errors(tiny, tmp_path):
-    gp = GaussianProcess(sigma=SIGMA, forces=True, n_sparse=10, optimize=True).fit(tiny)
+    val = AtomicData(
+        make_data(molecule_images(3, seed=8)).dataset, None, tiny.featurizer, tiny.scaler
+    )
+    gp = GaussianProcess(sigma=SIGMA, forces=True, n_sparse=10, optimize=True)
+    gp.fit(tiny, validation=val)
     assert gp.log_marginal_likelihood_ > -1e30 and gp.force_noise_ > 0
+    # variance scaling: unit mean squared z-score of the validation forces and energies
+    p = gp.predict(val, forces=True)
+    zF = (p["forces"] - val.dataset.forces) / p["forces_std"]
+    zE = (p["energy"] - val.dataset.energy) / p["energy_std"]
+    assert abs(np.mean(zF**2) - 1) < 1e-9 and abs(np.mean(zE**2) - 1) < 1e-9
     gp.save(tmp_path / "gp")
     again = load_model(tmp_path / "gp")
     atoms = molecule_images(1, seed=5)[0]
