@@ -28,6 +28,10 @@ random selection's error at the full budget (linear interpolation between iterat
 uncertainty calibration on the test set at each iteration; draws
 benchmarks/results/active_learning_cu.png and writes active_learning_cu.json.
 
+With ``--system ethanol`` the same protocol runs on ethanol with GFN2-xTB (tblite) labels: 0.5 fs
+steps, seed data at 300 K (one frame every 100 steps), test data at 800 K (every 80 steps),
+exploration at 500 and 1000 K (300 steps, a snapshot every 10).
+
     python -m benchmarks.active_learning                          # Cu, budget 100
     python -m benchmarks.active_learning --methods active          # one curve (run the two
     python -m benchmarks.active_learning --methods random          # side by side), then
@@ -55,25 +59,62 @@ def cu_cell():
     return bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
 
 
-def emt_md(n_frames: int, temperature: float, every: int, seed: int, equil: int = 200) -> list:
-    """EMT-labelled snapshots of Langevin MD (2 fs, friction 0.02/fs) of the 32-atom cell."""
+SYSTEMS: dict[str, dict[str, Any]] = {
+    # 32-atom fcc cell, EMT; 2 fs steps
+    "cu": {
+        "title": "Cu (EMT)",
+        "calculator": "emt",
+        "timestep_fs": 2.0,
+        "seed": (300.0, 50),  # temperature (K), steps between frames
+        "test": (1200.0, 40),
+        "temperatures": [800.0, 1400.0],
+        "steps": 150,
+        "interval": 5,
+    },
+    # ethanol, GFN2-xTB through tblite; 0.5 fs steps (hydrogens)
+    "ethanol": {
+        "title": "ethanol (GFN2-xTB)",
+        "calculator": "tblite",
+        "timestep_fs": 0.5,
+        "seed": (300.0, 100),
+        "test": (800.0, 80),
+        "temperatures": [500.0, 1000.0],
+        "steps": 300,
+        "interval": 10,
+    },
+}
+
+
+def start_structure(system: str):
+    if system == "cu":
+        return cu_cell()
+    import ase.io
+
+    ethanol = ase.io.read(Path(__file__).resolve().parents[1] / "data" / "ethanol_gfn2.extxyz", 0)
+    return ase.Atoms(ethanol.numbers, ethanol.positions)
+
+
+def reference_md(
+    system: str, n_frames: int, temperature: float, every: int, seed: int, equil: int = 200
+) -> list:
+    """Reference-labelled snapshots of Langevin MD (friction 0.02/fs) of the system's start."""
     from ase import Atoms, units
-    from ase.calculators.emt import EMT
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
-    from atomistic.active import label_structures
+    from atomistic.active import label_structures, reference_calculator
 
+    spec = SYSTEMS[system]
     rng = np.random.default_rng(seed)
-    atoms = cu_cell()
+    atoms = start_structure(system)
     atoms.set_constraint(FixCom())
-    atoms.calc = EMT()
+    atoms.calc = reference_calculator(spec["calculator"])
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
     Stationary(atoms)
     dyn = Langevin(
         atoms,
-        2 * units.fs,
+        spec["timestep_fs"] * units.fs,
         temperature_K=temperature,
         friction=0.02 / units.fs,
         fixcm=False,
@@ -83,8 +124,8 @@ def emt_md(n_frames: int, temperature: float, every: int, seed: int, equil: int 
     frames = []
     for _ in range(n_frames):
         dyn.run(every)
-        frames.append(Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=True))
-    labelled, _ = label_structures(frames, EMT)
+        frames.append(Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc))
+    labelled, _ = label_structures(frames, lambda: reference_calculator(spec["calculator"]))
     return labelled
 
 
@@ -157,12 +198,11 @@ def test_errors(model, test: list) -> dict[str, float]:
 
 # -- the loop -------------------------------------------------------------------------------------
 def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) -> list[dict]:
-    from ase.calculators.emt import EMT
-
     from atomistic.active import (
         calibrate_threshold,
         explore,
         label_structures,
+        reference_calculator,
         select,
         stop_reason,
         structure_descriptors,
@@ -190,6 +230,7 @@ def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) 
             temperatures=args.temperatures,
             steps=args.steps,
             interval=args.interval,
+            timestep_fs=SYSTEMS[args.system]["timestep_fs"],
             seed=int(rng.integers(2**31)),
             max_uncertainty=args.max_uncertainty,
         )
@@ -215,7 +256,10 @@ def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) 
         if len(picks) == 0:
             print(f"  {method}: nothing uncertain left", flush=True)
             break
-        labelled, _ = label_structures([frames[i] for i in picks], EMT)
+        labelled, _ = label_structures(
+            [frames[i] for i in picks],
+            lambda: reference_calculator(SYSTEMS[args.system]["calculator"]),
+        )
         train += labelled
         added += len(labelled)
         model = fit(args, train, seed_val, featurizer, scaler, previous=model)
@@ -285,9 +329,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--committee", type=int, default=3)
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--max-time", type=float, default=None)
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--interval", type=int, default=5)
-    p.add_argument("--temperatures", type=float, nargs="+", default=[800.0, 1400.0])
+    p.add_argument("--system", choices=sorted(SYSTEMS), default="cu")
+    p.add_argument("--steps", type=int, default=None, help="default: the system's")
+    p.add_argument("--interval", type=int, default=None, help="default: the system's")
+    p.add_argument("--temperatures", type=float, nargs="+", default=None)
     p.add_argument("--quantile", type=float, default=0.9)
     p.add_argument("--max-uncertainty", type=float, default=2.0)
     p.add_argument("--no-warm-start", dest="warm_start", action="store_false")
@@ -302,6 +347,10 @@ def main(argv: list[str] | None = None) -> dict:
         help="only report: merge the curves of earlier runs' JSON files (e.g. one per method)",
     )
     args = p.parse_args(argv)
+    spec = SYSTEMS[args.system]
+    for name in ("steps", "interval", "temperatures"):
+        if getattr(args, name) is None:
+            setattr(args, name, spec[name])
     if args.combine:
         curves = {}
         for path in args.combine:
@@ -315,16 +364,17 @@ def main(argv: list[str] | None = None) -> dict:
     from atomistic.features.scaling import Scaler
 
     t0 = time.perf_counter()
-    seed = emt_md(20, 300.0, 50, seed=1)
+    (t_seed, every_seed), (t_test, every_test) = spec["seed"], spec["test"]
+    seed = reference_md(args.system, 20, t_seed, every_seed, seed=1)
     seed_train, seed_val = seed[:16], seed[16:]
-    test = emt_md(40, 1200.0, 40, seed=2)
+    test = reference_md(args.system, 40, t_test, every_test, seed=2)
     featurizer = make_featurizer(args.features)
     ds = Dataset.from_atoms(seed)
     scaler = Scaler().fit(
         featurizer.featurize_arrays(ds.numbers, ds.positions, ds.cell, ds.pbc, ds.offsets)
     )
     print(
-        f"data: 20 seed structures at 300 K, 40 test structures at 1200 K "
+        f"data: 20 seed structures at {t_seed:g} K, 40 test structures at {t_test:g} K "
         f"({time.perf_counter() - t0:.1f} s)",
         flush=True,
     )
@@ -357,9 +407,9 @@ def report(curves: dict[str, list[dict]], args) -> dict:
             + (f"{need:.0f} labels" if need is not None else "no budget tried (never)")
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "active_learning_cu" + ("" if len(curves) > 1 else f"_{next(iter(curves))}")
+    stem = f"active_learning_{args.system}" + ("" if len(curves) > 1 else f"_{next(iter(curves))}")
     png = args.out / f"{stem}.png"
-    plot(curves, png, "Cu (EMT): active learning vs random selection")
+    plot(curves, png, f"{SYSTEMS[args.system]['title']}: active learning vs random selection")
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     print(f"wrote {png}")
     return result
