@@ -111,6 +111,18 @@ class ExportedFeatures(nn.Module):
     """Gaussian (G2 with G3 or G4) or AEV features of one structure, (n, n_features) float64,
     from the constants of an atompipe featurizer; same columns in the same order."""
 
+    species_bin: Tensor
+    pair_bin: Tensor
+    radial_exponent: Tensor
+    radial_shift: Tensor
+    ang_exponent: Tensor
+    ang_zeta: Tensor
+    ang_lambda: Tensor
+    ang_norm: Tensor
+    ang_shift: Tensor
+    ang_cos: Tensor
+    ang_sin: Tensor
+
     def __init__(self, featurizer: Any) -> None:
         super().__init__()
         from atomistic.features.cutoff import CosineCutoff
@@ -127,7 +139,7 @@ class ExportedFeatures(nn.Module):
         self.n_pairs = int(f.n_pairs)
         self.weighted = bool(f.weighted)
         self.cutoff = float(f.cutoff)
-        r = f.radial
+        r: Any = f.radial  # torch.nn.Module attributes: typed loosely
         self.radial_cutoff = float(r.cutoff)
         if isinstance(r, BehlerRadial):
             exponent, factor = r.exponent.clone(), 1.0
@@ -138,7 +150,7 @@ class ExportedFeatures(nn.Module):
         self.register_buffer("radial_exponent", exponent.to(torch.float64))
         self.register_buffer("radial_shift", r.shift.clone().to(torch.float64))
         self.radial_factor = factor
-        a = f.angular
+        a: Any = f.angular
         self.kind = "none"
         self.angular_cutoff = 0.0
         self.include_jk = False
@@ -230,6 +242,9 @@ class ExportedFeatures(nn.Module):
 class _Affine(nn.Module):
     """x * scale_Z + offset_Z (a fitted Scaler; per element or for all)."""
 
+    scale: Tensor
+    offset: Tensor
+
     def __init__(self, scaler: Any, n_features: int) -> None:
         super().__init__()
         from ase.data import atomic_numbers
@@ -252,6 +267,8 @@ class _Affine(nn.Module):
 
 class _Encoder(nn.Module):
     """The encoder (mean) of a fitted AutoEncoder/VAE, one network per element or one shared."""
+
+    z: Tensor
 
     def __init__(self, encoder: Any) -> None:
         super().__init__()
@@ -290,6 +307,12 @@ class _Encoder(nn.Module):
 class _NetworkHead(nn.Module):
     """E = sum_i (e_Z + scale_Z NN_Z(x_i)), the mean over a committee's members."""
 
+    columns: Tensor
+    z: Tensor
+    shift: Tensor
+    scale: Tensor
+    probe: Tensor
+
     def __init__(self, model: Any) -> None:
         super().__init__()
         first = model.members_[0]
@@ -310,7 +333,7 @@ class _NetworkHead(nn.Module):
         for member in self.members:
             e = torch.zeros(X.shape[0], dtype=torch.float64)
             k = 0
-            for net in member:
+            for net in member:  # type: ignore[attr-defined]
                 rows = torch.nonzero(kind == k).squeeze(1)
                 if rows.numel() > 0:
                     out = net(Xc.index_select(0, rows)).squeeze(1) * self.scale[m, k].to(Xc.dtype)
@@ -324,6 +347,11 @@ class _NetworkHead(nn.Module):
 class _KernelHead(nn.Module):
     """E = E_ref + sum_i sum_(j: Z_j = Z_i) k(x_i, x_j) w_j over the training (or
     representative) atoms j, w_j the weight of j's training structure (Rupp 2015)."""
+
+    X_train: Tensor
+    z_train: Tensor
+    w: Tensor
+    reference: Tensor
 
     def __init__(self, model: Any) -> None:
         super().__init__()

@@ -55,9 +55,7 @@ def _dataset(data: Any, require_energy: bool = False) -> Dataset:
 
         images = read(str(data), index=":")
         return Dataset.from_atoms(images, source=str(data), require_energy=require_energy)
-    if isinstance(data, Atoms):
-        data = [data]
-    images = list(data)
+    images = [data] if isinstance(data, Atoms) else list(data)
     if not all(isinstance(a, Atoms) for a in images):
         raise TypeError(
             "expected AtomicData, ase.Atoms, a list of ase.Atoms or a path to a structure file, "
