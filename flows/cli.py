@@ -225,6 +225,9 @@ def run(
     except TrackingError as exc:
         _fail(f"{campaign}: tracking.uri: {exc}")
     _quiet_failure_tracebacks()
+    from flows.settings import start_prefect_server_apart
+
+    start_prefect_server_apart()  # Ctrl-C in the terminal stops the campaign, not Prefect's API
     try:
         summary = _stoppable(
             lambda: run_campaign(

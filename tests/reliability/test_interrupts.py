@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import zarr
 from reliability_support import atompipe_env, cli, write_campaign, write_cu
 from test_faults import (
@@ -68,16 +69,22 @@ def test_sigint_during_featurization_and_training_stops_and_resumes(prefect_api,
     store = work / "store.zarr"
     env = atompipe_env(prefect_api)
 
-    # 1. SIGINT during featurization
-    first = _start(campaign, env)
+    # 1. SIGINT during featurization, with Prefect's own ephemeral API (no PREFECT_API_URL, as
+    # a user runs it): the server must keep serving while the campaign stops, then go
+    alone = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    first = _start(campaign, {**alone, "PREFECT_HOME": str(tmp_path / "prefect-home")})
 
     def some_chunks_done():
         done = _done(store, fkey)
         return done if done is not None and 2 <= done.sum() <= len(done) - 8 else None
 
     _wait_until(first, some_chunks_done, "a few feature chunks were done")
+    children = psutil.Process(first.pid).children(recursive=True)
+    assert any("uvicorn" in " ".join(p.cmdline()) for p in children)  # the ephemeral API
     seconds, err = _interrupt(first)
     _assert_stopped(first, seconds, err, "featurization", capfd)
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, alive  # the API server and the Dask workers went with it
     done_at_stop = _done(store, fkey)
     group = zarr.open_group(str(store), mode="r", path=f"features/{fkey}")
     assert not group.attrs.get("complete", False) and 0 < done_at_stop.sum() < len(done_at_stop)
