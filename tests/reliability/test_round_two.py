@@ -156,18 +156,32 @@ def test_a_deleted_model_folder_is_retrained_and_evaluated_again(good, capfd):
 
 
 # -- 3. nothing written outside the campaign ---------------------------------------------------
-def test_a_copied_campaign_writes_only_inside_its_own_folder(good, tmp_path, capfd):
+def _locations(folder: Path) -> tuple[str, list[str]]:
+    with sqlite3.connect(folder / "workspace" / "mlflow.db") as con:
+        (location,) = con.execute("SELECT artifact_location FROM experiments WHERE name='rel'")
+        uris = [r[0] for r in con.execute("SELECT artifact_uri FROM runs")]
+    return location[0], uris
+
+
+def test_a_copied_or_moved_campaign_writes_only_inside_its_own_folder(good, tmp_path, capfd):
     before = snapshot(good.folder)
     c = _campaign(copy_campaign(good.folder, tmp_path / "copy"))
     code, err = cli(["run", c.file, "--quiet", "--set", "models.krr.lamda=1e-5"], capfd)
     assert code == 0, err[-3000:]
     assert snapshot(good.folder) == before  # the original folder: not one byte changed
-    with sqlite3.connect(c.folder / "workspace" / "mlflow.db") as con:
-        (location,) = con.execute("SELECT artifact_location FROM experiments WHERE name='rel'")
-        uris = [r[0] for r in con.execute("SELECT artifact_uri FROM runs")]
-    assert location[0] == (c.folder / "workspace" / "mlartifacts").resolve().as_uri()
-    assert uris and all(u.startswith(location[0] + "/") for u in uris)
+    location, uris = _locations(c.folder)
+    assert location == (c.folder / "workspace" / "mlartifacts").resolve().as_uri()
+    assert uris and all(u.startswith(location + "/") for u in uris)
     assert list((c.folder / "workspace" / "mlartifacts").rglob("card.json"))
+    # the copy moved elsewhere: its next run writes where it now is, and not where it was
+    moved = tmp_path / "moved"
+    c.folder.rename(moved)
+    code, err = cli(["run", moved / "campaign.yaml", "--quiet"], capfd)
+    assert code == 0, err[-3000:]
+    location, uris = _locations(moved)
+    assert location == (moved / "workspace" / "mlartifacts").resolve().as_uri()
+    assert uris and all(u.startswith(location + "/") for u in uris)
+    assert not c.folder.exists()
 
 
 # -- 5.-9., 12. bad input: one line naming the culprit, before any work, store unchanged -------
