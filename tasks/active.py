@@ -320,6 +320,10 @@ def label_stage(
     return {"keys": keys, "computed": computed, "labels_dir": labels_dir}
 
 
+def _no_calculator():
+    raise RuntimeError("a picked structure has no label in the label store (label it first)")
+
+
 # -- the grown dataset -----------------------------------------------------------------------------
 @stage_task("active-grow")
 def grow_stage(
@@ -339,9 +343,7 @@ def grow_stage(
     store = Store(parent["store"])
     frames = ase.io.read(explored["path"], ":")
     new, _ = label_structures(
-        [frames[i] for i in indices],
-        lambda: (_ for _ in ()).throw(RuntimeError("a label is missing from the label store")),
-        LabelStore(labels["labels_dir"]),
+        [frames[i] for i in indices], _no_calculator, LabelStore(labels["labels_dir"])
     )
     old = read_dataset(store, parent["key"])
     added = Dataset.from_atoms(new, require_energy=True)
