@@ -1,8 +1,9 @@
 """Ctrl-C (issue 15): SIGINT sent to the whole process group of ``atompipe run`` (as a terminal
 sends it: the campaign process and its Dask workers) during featurization and again during
-training. Each time the command must exit within 10 s with status 130 and one last line that
-says it was interrupted, publish nothing partial, and the next run must resume (finished
-chunks are not computed again; training continues from its checkpoint)."""
+training, then SIGTERM to the process alone during training. Each time the command must exit
+within 10 s with status 130 and one last line that says it was interrupted, publish nothing
+partial, and the next run must resume (finished chunks are not computed again; training
+continues from its checkpoint)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def _assert_stopped(proc: subprocess.Popen, seconds: float, err: str, what: str,
     assert lines and lines[-1].startswith("interrupted: campaign rel stopped"), err[-3000:]
     assert "Traceback" not in err and "Connection refused" not in err, err[-3000:]
     with capfd.disabled():
-        print(f"\nCASE SIGINT during {what}: exit 130 after {seconds:.1f} s: {lines[-1]}")
+        print(f"\nCASE stop during {what}: exit 130 after {seconds:.1f} s: {lines[-1]}")
 
 
 def test_sigint_during_featurization_and_training_stops_and_resumes(prefect_api, tmp_path, capfd):
@@ -112,10 +113,30 @@ def test_sigint_during_featurization_and_training_stops_and_resumes(prefect_api,
     rewritten = {c for c in files_now if files_at_stop.get(c) != files_now[c]}
     assert not rewritten & {f"{c}/0" for c in np.flatnonzero(done_at_stop)}
 
-    # 3. the third run resumes training from the checkpoint and completes the campaign
+    # 3. SIGTERM (`kill <pid>`, the process alone) once the resumed training is further on
+    third = _start(campaign, env)
+
+    def further() -> Path | None:
+        epochs = _checkpoint_epochs(ckpt)
+        return ckpt if epochs is not None and k < epochs <= EPOCHS - 20 else None
+
+    _wait_until(third, further, "the resumed training went on")
+    t0 = time.monotonic()
+    third.send_signal(signal.SIGTERM)
+    try:
+        _, raw = third.communicate(timeout=60)
+    finally:
+        if third.poll() is None:
+            _kill_group(third)
+    _assert_stopped(third, time.monotonic() - t0, raw.decode(), "training (SIGTERM)", capfd)
+    k3 = _checkpoint_epochs(ckpt)
+    assert k3 is not None and k < k3 < EPOCHS
+    assert not list(work.glob("models/*/card.json"))
+
+    # 4. the last run resumes training from the checkpoint and completes the campaign
     code, err = cli(["run", campaign, "--quiet"], capfd)
     assert code == 0, err[-3000:]
     (model_dir,) = [p.parent for p in work.glob("models/*/card.json")]
     history = json.loads((model_dir / "history.json").read_text())
-    assert history["resumed_from"] >= k
+    assert history["resumed_from"] >= k3
     assert history["epochs_completed"] == EPOCHS
