@@ -10,6 +10,8 @@ from contextlib import contextmanager
 import dask
 from distributed import Client, LocalCluster
 
+from atomistic import interrupt
+
 __all__ = ["dask_client", "ClusterError"]
 
 
@@ -75,4 +77,23 @@ def dask_client(
         Client(cluster) as client,
     ):
         client.run(_worker_setup)
-        yield client
+        workers = list(client.run(os.getpid).values())
+        try:
+            yield client
+        except BaseException:
+            if interrupt.stop_requested():
+                _stop_now(workers)
+            raise
+
+
+def _stop_now(pids: list[int]) -> None:
+    """A stop was requested: end our LocalCluster's worker processes now instead of letting the
+    cluster wait for the chunks they are computing (seconds each). A chunk cut short was never
+    marked done, so the next run computes it again; the finished ones stay."""
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
