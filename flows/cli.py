@@ -84,11 +84,13 @@ def _pairs(items: list[str] | None, option: str) -> dict:
     return parsed
 
 
-def _load(campaign: Path, overrides: list[str] | None = None):
+def _load(campaign: Path, overrides: list[str] | None = None, build_featurizers: bool = True):
     from flows.config import ConfigError, load_campaign
 
     try:
-        return load_campaign(campaign, _pairs(overrides, "--set"))
+        return load_campaign(
+            campaign, _pairs(overrides, "--set"), build_featurizers=build_featurizers
+        )
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -466,7 +468,7 @@ def compare(
     ] = None,
 ) -> None:
     """Print the campaign's MLflow runs as a table (best first)."""
-    cfg = _load(campaign, set_)
+    cfg = _load(campaign, set_, build_featurizers=False)  # computes nothing: no torch
     from mlflow import MlflowClient
     from rich.console import Console
     from rich.table import Table
@@ -512,7 +514,7 @@ def ui(
     ] = None,
 ) -> None:
     """Start the MLflow UI for the campaign's tracking store (127.0.0.1 by default)."""
-    cfg = _load(campaign, set_)
+    cfg = _load(campaign, set_, build_featurizers=False)  # computes nothing: no torch
     if cfg.tracking_uri.startswith(("http://", "https://")):
         typer.echo(f"the campaign tracks to a server: open {cfg.tracking_uri} in a browser")
         return
