@@ -264,6 +264,7 @@ def select(
     times: np.ndarray | None = None,
     groups: np.ndarray | None = None,
     min_separation: float = 0.0,
+    upper: float | None = None,
     seed: int = 0,
 ) -> np.ndarray:
     """Indices (sorted) of the snapshots to label.
@@ -279,18 +280,24 @@ def select(
 
     method "random": ``max_labels`` snapshots drawn uniformly without replacement (seeded),
     whatever their uncertainty: the baseline active learning is measured against.
+
+    ``upper`` (eV/Å, DP-GEN's trust upper bound): snapshots with u > ``upper`` are never picked,
+    by either method; the model's dynamics had left physical configurations there.
     """
     u = np.asarray(uncertainty, dtype=np.float64)
     n = len(u)
     max_labels = int(max_labels)
     if max_labels < 0:
         raise ValueError(f"max_labels must be >= 0, got {max_labels}")
+    trusted = np.ones(n, dtype=bool) if upper is None else u <= upper
     if method == "random":
         rng = np.random.default_rng(seed)
-        return np.sort(rng.choice(n, size=min(max_labels, n), replace=False)).astype(np.int64)
+        pool = np.flatnonzero(trusted)
+        picked = rng.choice(pool, size=min(max_labels, len(pool)), replace=False)
+        return np.sort(picked).astype(np.int64)
     if method != "uncertainty":
         raise ValueError(f"method must be 'uncertainty' or 'random', got {method!r}")
-    cand = np.flatnonzero(u > threshold)
+    cand = np.flatnonzero((u > threshold) & trusted)
     # most uncertain first; ties by index, so the order is deterministic
     cand = cand[np.lexsort((cand, -u[cand]))]
     if diversity == "none":

@@ -21,7 +21,8 @@ as data/cu_emt.extxyz):
   threshold calibrated on the validation structures (the 0.9 quantile of their u), the most
   uncertain first, diverse by farthest-point sampling on structure descriptors; random selection
   runs the same loop (its own model drives its own, equally long exploration) and picks the same
-  number of snapshots uniformly at random.
+  number of snapshots uniformly at random. Neither picks a snapshot above
+  ``--max-uncertainty`` (2 eV/Å), where a trajectory is stopped as unphysical.
 
 Prints both curves (force MAE against labels added), the labels active learning needs to reach
 random selection's error at the full budget (linear interpolation between iterations), and the
@@ -248,10 +249,18 @@ def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) 
                 n_pick,
                 diversity="fps",
                 descriptors=structure_descriptors(frames, featurizer, scaler),
+                upper=args.max_uncertainty,
             )
         else:
             threshold = float("nan")
-            picks = select(u, 0.0, n_pick, method="random", seed=int(rng.integers(2**31)))
+            picks = select(
+                u,
+                0.0,
+                n_pick,
+                method="random",
+                upper=args.max_uncertainty,
+                seed=int(rng.integers(2**31)),
+            )
         n_uncertain = int((u > threshold).sum()) if method == "active" else len(u)
         if len(picks) == 0:
             print(f"  {method}: nothing uncertain left", flush=True)

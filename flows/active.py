@@ -254,7 +254,7 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
             features,
             scaler,
             parts["validation"],
-            a.selection.model_dump(mode="json"),
+            {**a.selection.model_dump(mode="json"), "upper": a.exploration.max_uncertainty},
             n_max,
             seed,
         ).result()

@@ -406,7 +406,10 @@ class ActiveExploration(_Strict):
     )
     rattle: float = Field(0.0, ge=0, description="Gaussian displacement of the starts' atoms, Å")
     max_uncertainty: float | None = Field(
-        None, gt=0, description="end a trajectory once its force uncertainty exceeds this, eV/Å"
+        None,
+        gt=0,
+        description="end a trajectory once its force uncertainty exceeds this, eV/Å; nothing "
+        "above it is picked",
     )
 
 

@@ -213,7 +213,8 @@ def select_stage(
     seed: int,
 ) -> dict[str, Any]:
     """Indices of the snapshots to label and the threshold used (``settings``: the campaign's
-    ``active.selection``; ``max_labels`` may be lower than its own, near the end of a budget)."""
+    ``active.selection``, plus ``upper``: ``active.exploration.max_uncertainty``, above which
+    nothing is picked; ``max_labels`` may be lower than its own, near the end of a budget)."""
     import ase.io
 
     from atomistic.active import (
@@ -226,7 +227,7 @@ def select_stage(
 
     u = np.asarray(explored["uncertainty"], dtype=np.float64)
     if settings["method"] == "random":
-        picks = select(u, 0.0, max_labels, method="random", seed=seed)
+        picks = select(u, 0.0, max_labels, method="random", upper=settings.get("upper"), seed=seed)
         return {"indices": picks.tolist(), "threshold": None, "uncertain": int(len(u))}
     threshold = settings["threshold"]
     net = None
@@ -250,6 +251,7 @@ def select_stage(
         times=np.array([f.info["step"] for f in frames]),
         groups=np.array([f.info["trajectory"] for f in frames]),
         min_separation=settings["min_separation"],
+        upper=settings.get("upper"),
     )
     return {
         "indices": picks.tolist(),

@@ -55,6 +55,15 @@ def test_threshold_and_cap_pick_the_most_uncertain():
     assert select(u, 0.0, 0).tolist() == []
 
 
+def test_nothing_above_the_upper_bound_is_picked():
+    u = np.array([0.1, 0.5, 3.0, 0.9, 2.5])
+    assert select(u, 0.25, 10, upper=2.0).tolist() == [1, 3]
+    assert select(u, 0.25, 1, upper=2.0).tolist() == [3]
+    for seed in range(5):
+        r = select(u, 0.0, 3, method="random", upper=2.0, seed=seed)
+        assert sorted(r.tolist()) == [0, 1, 3]
+
+
 def test_farthest_point_diversity_skips_near_duplicates():
     u = np.array([0.9, 0.85, 0.8, 0.3])
     X = np.array([[0.0, 0.0], [0.01, 0.0], [5.0, 5.0], [1.0, 1.0]])
