@@ -40,7 +40,13 @@ import torch
 from atomistic.metrics import calibration
 from atomistic.models.base import AtomicData
 from atomistic.models.kernelridge import _KernelModel, _validation_metrics
-from atomistic.models.kernels import DEFAULT_BUDGET, structure_self_kernel
+from atomistic.models.kernels import (
+    CACHE_BYTES,
+    DEFAULT_BUDGET,
+    DistanceBlocks,
+    blas_threads,
+    structure_self_kernel,
+)
 from atomistic.models.sparse_kernel import (
     design_blocks,
     log_marginal_likelihood,
@@ -125,14 +131,15 @@ class GaussianProcess(_KernelModel):
         if self._sparse:
             return self._fit_sparse(train, y, validation, callback)
         sigma, g = float(self.sigma), float(self.noise) / float(self.amplitude) ** 2
-        if self.optimize:
-            sigma, g = self._optimize(y, sigma, g, callback)
-        self.sigma_ = sigma
-        K, _ = self._train_kernel(sigma)
-        A = K + g * np.eye(len(y))
-        self.cholesky_ = np.linalg.cholesky(A)
-        factor = (self.cholesky_, True)
-        self.alpha_ = scipy.linalg.cho_solve(factor, y)
+        with blas_threads(len(y)):  # one BLAS thread for small systems: no oversubscription
+            if self.optimize:
+                sigma, g = self._optimize(y, sigma, g, callback)
+            self.sigma_ = sigma
+            K, _ = self._train_kernel(sigma)
+            A = K + g * np.eye(len(y))
+            self.cholesky_ = np.linalg.cholesky(A)
+            factor = (self.cholesky_, True)
+            self.alpha_ = scipy.linalg.cho_solve(factor, y)
         if self.optimize:
             a2 = float(y @ self.alpha_) / len(y)
         else:
@@ -168,14 +175,22 @@ class GaussianProcess(_KernelModel):
             self.n_train_ = len(keep)
             y = y[keep]
         n = len(y)
-        scale = float(np.mean(np.diag(self._train_kernel(sigma)[0])))
+        # the search evaluates the kernel at many widths: keep the distances when they fit
+        blocks = DistanceBlocks(
+            self.X_train_, self.numbers_train_, self.batch_train_, n, self.kernel, self.budget
+        )
+        if blocks.nbytes() <= CACHE_BYTES:
+            train_kernel = blocks.evaluate
+        else:
+            train_kernel = self._train_kernel
+        scale = float(np.mean(np.diag(train_kernel(sigma)[0])))
         g_bounds = (math.log(1e-10 * scale), math.log(10.0 * scale))
         s_bounds = (math.log(1e-3), math.log(1e3))
         step = [0]
 
-        def neg_lml(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        def neg_lml(theta: np.ndarray, grad: bool = True) -> tuple[float, np.ndarray]:
             s, gg = math.exp(theta[0]), math.exp(theta[1])
-            K, dK = self._train_kernel(s, with_dlogsigma=True)
+            K, dK = train_kernel(s, with_dlogsigma=grad)
             A = K + gg * np.eye(n)
             try:
                 factor = scipy.linalg.cho_factor(A, lower=True)
@@ -185,19 +200,19 @@ class GaussianProcess(_KernelModel):
             yta = float(y @ alpha)
             logdet = 2.0 * np.log(np.diag(factor[0])).sum()
             lml = -0.5 * n * math.log(2 * math.pi * yta / n) - 0.5 * logdet - 0.5 * n
-            Ainv = scipy.linalg.cho_solve(factor, np.eye(n))
-            grad = np.array(
-                [
+            gradient = np.zeros(2)
+            if grad:
+                Ainv = scipy.linalg.cho_solve(factor, np.eye(n))
+                gradient[:] = [
                     0.5 * n * float(alpha @ dK @ alpha) / yta - 0.5 * float(np.sum(Ainv * dK)),
                     0.5 * n * gg * float(alpha @ alpha) / yta - 0.5 * gg * float(np.trace(Ainv)),
                 ]
-            )
             if self.kernel == "linear":
-                grad[0] = 0.0
+                gradient[0] = 0.0
             if callback is not None:
                 callback(step[0], {"log_marginal_likelihood": lml, "sigma": s, "g": gg})
             step[0] += 1
-            return -lml, -grad
+            return -lml, -gradient
 
         lo, hi = [s_bounds[0], g_bounds[0]], [s_bounds[1], g_bounds[1]]
         # The likelihood is often multimodal in sigma: start from the best of a coarse grid.
@@ -207,7 +222,7 @@ class GaussianProcess(_KernelModel):
         ]
         if self.kernel == "linear":
             starts = starts[:1]
-        x0 = min(starts, key=lambda x: neg_lml(x)[0])
+        x0 = min(starts, key=lambda x: neg_lml(x, grad=False)[0])
         res = scipy.optimize.minimize(
             neg_lml,
             x0,

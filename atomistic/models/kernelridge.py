@@ -37,7 +37,7 @@ from atomistic.models.base import (
     scaled_features_torch,
     stress_from_strain_grad,
 )
-from atomistic.models.kernels import DEFAULT_BUDGET, KERNELS, structure_kernel
+from atomistic.models.kernels import DEFAULT_BUDGET, KERNELS, blas_threads, structure_kernel
 from atomistic.models.sparse_kernel import SPARSE_METHODS, accumulate, select_sparse, solve
 
 __all__ = ["KernelRidge"]
@@ -296,13 +296,14 @@ class KernelRidge(_KernelModel):
             return self
         K, _ = self._train_kernel(self.sigma_)
         K[np.diag_indices_from(K)] += self.lamda
-        try:
-            factor = scipy.linalg.cho_factor(K, lower=True, check_finite=True)
-        except np.linalg.LinAlgError as exc:
-            raise np.linalg.LinAlgError(
-                f"K + lamda I is not positive definite (lamda={self.lamda}); increase lamda"
-            ) from exc
-        self.alpha_ = scipy.linalg.cho_solve(factor, y)
+        with blas_threads(len(y)):  # one BLAS thread for small systems: no oversubscription
+            try:
+                factor = scipy.linalg.cho_factor(K, lower=True, check_finite=True)
+            except np.linalg.LinAlgError as exc:
+                raise np.linalg.LinAlgError(
+                    f"K + lamda I is not positive definite (lamda={self.lamda}); increase lamda"
+                ) from exc
+            self.alpha_ = scipy.linalg.cho_solve(factor, y)
         self.metrics_ = _validation_metrics(self, validation)
         return self
 
