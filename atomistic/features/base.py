@@ -260,14 +260,13 @@ class Featurizer(torch.nn.Module):
         if i.numel() > 1 and not bool((i[1:] >= i[:-1]).all()):
             order = torch.argsort(i, stable=True)
             i, j, shifts = i[order], j[order], shifts[order]
-        cell_of_pair = cells.reshape(-1, 9).index_select(0, batch[i]).view(-1, 3, 3)
-        offset = (shifts.to(positions.dtype).unsqueeze(-1) * cell_of_pair).sum(1)
+        offset = _cell_offsets(shifts.to(positions.dtype), cells, batch, i)
         vectors = positions[j] - positions[i] + offset  # shape (pairs, 3)
         distances = vectors.norm(dim=-1)  # shape (pairs,)
         weights = numbers.to(positions.dtype) if self.weighted else None
 
-        keep = torch.nonzero(distances < self.radial.cutoff).squeeze(-1)
-        ir, jr, rr = i[keep], j[keep], distances[keep]
+        keep = _within(distances, self.radial.cutoff)
+        ir, jr, rr = (i, j, distances) if keep is None else (i[keep], j[keep], distances[keep])
         terms = self.radial(rr)  # shape (pairs, F_r)
         if weights is not None:
             terms = terms * weights[jr].unsqueeze(-1)
@@ -277,15 +276,16 @@ class Featurizer(torch.nn.Module):
         if self.angular is None:
             return radial
 
-        keep = torch.nonzero(distances < self.angular.cutoff).squeeze(-1)
-        ia, ja = i[keep], j[keep]
-        factors = self.angular.pair_factor(distances[keep])  # shape (pairs, a)
+        keep = _within(distances, self.angular.cutoff)
+        if keep is not None:
+            i, j, vectors, distances = i[keep], j[keep], vectors[keep], distances[keep]
+        factors = self.angular.pair_factor(distances)  # shape (pairs, a)
         if weights is not None:
-            factors = factors * weights[ja].unsqueeze(-1)
-        args = (ia, vectors[keep], distances[keep], factors, bins[ja], n_atoms)
+            factors = factors * weights[j].unsqueeze(-1)
+        args = (i, vectors, distances, factors, bins[j], n_atoms)
         if self.angular.separable:
             angular = self._angular_moments(*args)
-        elif vectors.requires_grad or padding_ratio(ia, n_atoms) > _MAX_PADDING:
+        elif vectors.requires_grad or padding_ratio(i, n_atoms) > _MAX_PADDING:
             angular = sparse_sums(self.angular, self.pair_bin, *args)
         else:
             angular = block_sums(self.angular, self.pair_bin, *args)
@@ -296,17 +296,68 @@ class Featurizer(torch.nn.Module):
         sum_{j<k} g_j g_k (u_j . u_k)^p = 1/2 (|sum_j g_j u_j^(x)p|^2 - sum_j g_j^2) per element."""
         term = self.angular
         nb, a = self.n_bins, factors.shape[1]
-        mono = term.pair_monomials(vectors / distances.unsqueeze(-1))  # shape (pairs, M)
-        moments = factors.unsqueeze(-1) * mono.unsqueeze(1)  # shape (pairs, a, M)
-        moments = torch.cat([moments, (factors * factors).unsqueeze(-1)], dim=-1)
-        total = moments.new_zeros((n_atoms * nb,) + moments.shape[1:])
-        total = total.index_add_(0, i * nb + nbins_j, moments).reshape(n_atoms, nb, a, -1)
+        unit = vectors / distances.unsqueeze(-1)  # shape (pairs, 3)
+        grad = torch.is_grad_enabled() and (vectors.requires_grad or factors.requires_grad)
+        if grad or vectors.device.type != "cpu":
+            mono = term.pair_monomials(unit)  # shape (pairs, M)
+            moments = factors.unsqueeze(-1) * mono.unsqueeze(1)  # shape (pairs, a, M)
+            moments = torch.cat([moments, (factors * factors).unsqueeze(-1)], dim=-1)
+            total = moments.new_zeros((n_atoms * nb,) + moments.shape[1:])
+            total = total.index_add_(0, i * nb + nbins_j, moments)
+        else:
+            total = _segment_moments(term, i * nb + nbins_j, unit, factors, n_atoms * nb)
+        total = total.reshape(n_atoms, nb, a, -1)
         left, right = torch.triu_indices(nb, nb, device=vectors.device)
         tl, tr = total[:, left], total[:, right]  # shape (N, n_pairs, a, M + 1)
         sums = term.moment_products(tl[..., :-1], tr[..., :-1])  # shape (N, n_pairs, a, P)
         diag = (left == right).view(1, -1, 1, 1)
         sums = torch.where(diag, 0.5 * (sums - tl[..., -1:]), sums)
         return term.combine(sums)
+
+
+def _within(distances: Tensor, cutoff: float) -> Tensor | None:
+    """Indices of the pairs closer than ``cutoff``; None when that is all of them (no gathers)."""
+    inside = distances < cutoff
+    if bool(inside.all()):
+        return None
+    return torch.nonzero(inside).squeeze(-1)
+
+
+def _cell_offsets(shifts: Tensor, cells: Tensor, batch: Tensor, i: Tensor) -> Tensor:
+    """shifts @ cell of each pair's structure, shape (pairs, 3), Å. Pairs are sorted by centre
+    and atoms by structure, so each structure's pairs are one slice: one small matmul per
+    structure (a per-pair gather of cells and a broadcast product cost ~100x more)."""
+    if cells.shape[0] == 1:
+        return shifts @ cells[0]
+    first_atom = torch.cumsum(torch.bincount(batch, minlength=cells.shape[0]), 0)
+    ends = torch.searchsorted(i, first_atom).tolist()  # pairs of structures 0..s end here
+    sizes = [b - a for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    parts = torch.split(shifts, sizes)
+    return torch.cat([part @ cells[s] for s, part in enumerate(parts)])
+
+
+def _segment_moments(term, key: Tensor, unit: Tensor, factors: Tensor, rows: int) -> Tensor:
+    """Sums over pairs of g_a u^(x)p and g_a^2 per ``key`` (centre and neighbour bin), shape
+    (rows, a, M + 1), without gradients, on the CPU: monomials written row by row (M, pairs),
+    pairs sorted by key, contiguous segment sums (``np.add.reduceat``); a (pairs, a, M) array
+    and its scatter-add, ~5x slower, are never formed."""
+    if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
+        order = torch.argsort(key, stable=True)
+        key, unit, factors = key[order], unit[order], factors[order]
+    mono = term.pair_monomials_t(unit.t().contiguous())  # shape (M, pairs)
+    a, n_mono = factors.shape[1], mono.shape[0]
+    out = np.zeros((rows, a, n_mono + 1), dtype=mono.numpy().dtype)
+    if key.numel() == 0:
+        return torch.from_numpy(out)
+    counts = np.bincount(key.numpy(), minlength=rows)
+    present = np.flatnonzero(counts)
+    starts = (np.cumsum(counts) - counts)[present]
+    g = factors.t().contiguous().numpy()  # shape (a, pairs)
+    for alpha in range(a):
+        weighted = (mono * factors[:, alpha]).numpy()  # shape (M, pairs)
+        out[present, alpha, :n_mono] = np.add.reduceat(weighted, starts, axis=1).T
+        out[present, alpha, n_mono] = np.add.reduceat(g[alpha] * g[alpha], starts)
+    return torch.from_numpy(out)
 
 
 def featurizer_from_params(name: str, params: dict) -> Featurizer:
