@@ -353,8 +353,9 @@ def _segment_moments(term, key: Tensor, unit: Tensor, factors: Tensor, rows: int
     present = np.flatnonzero(counts)
     starts = (np.cumsum(counts) - counts)[present]
     g = factors.t().contiguous().numpy()  # shape (a, pairs)
-    for alpha in range(a):
-        weighted = (mono * factors[:, alpha]).numpy()  # shape (M, pairs)
+    for alpha in range(a):  # the last (or only) factor scales the monomials in place
+        f = factors[:, alpha]
+        weighted = (mono.mul_(f) if alpha == a - 1 else mono * f).numpy()  # shape (M, pairs)
         out[present, alpha, :n_mono] = np.add.reduceat(weighted, starts, axis=1).T
         out[present, alpha, n_mono] = np.add.reduceat(g[alpha] * g[alpha], starts)
     return torch.from_numpy(out)

@@ -37,4 +37,5 @@ class CosineCutoff(Cutoff):
     eq. 4)."""
 
     def compute(self, r: Tensor) -> Tensor:
-        return 0.5 * torch.cos(r * (math.pi / self.cutoff)) + 0.5
+        # = cos^2(pi r / (2 R_c)): three passes over r instead of four
+        return torch.cos(r * (0.5 * math.pi / self.cutoff)).square()

@@ -89,11 +89,11 @@ class Triplets:
 
     @cached_property
     def r_jk2(self) -> Tensor:
-        """R_jk^2 = (R_ij - R_ik)^2 + 2 R_ij R_ik (1 - cos theta_ijk), shape S, Å^2
-        (clamped >= 1e-12)."""
-        r_j, r_k = self.r_j, self.r_k
-        d = r_j - r_k
-        return torch.addcmul(d * d, 2.0 * r_j * r_k, 1.0 - self.cos).clamp_min(1e-12)
+        """R_jk^2 = R_ij^2 + R_ik^2 - 2 R_ij R_ik cos theta_ijk, shape S, Å^2 (clamped >= 1e-12;
+        four passes over the triplets: the squares are per pair)."""
+        sq_j, sq_k = self.sides(self.distances * self.distances)
+        out = torch.addcmul(sq_j + sq_k, self.r_j * self.r_k, self.cos, value=-2.0)
+        return out.clamp_min(1e-12)
 
 
 class SparseTriplets(Triplets):
