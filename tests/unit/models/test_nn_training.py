@@ -29,8 +29,12 @@ def _nn(**kw):
     [
         (lambda: AEV.like_ani1x(("H", "C", "O")), lambda: molecule_images(2, seed=4)),
         (lambda: Gaussian(cutoff=4.0, elements=["Cu"]), lambda: cu_images(2, seed=5)),
+        (
+            lambda: Gaussian(cutoff=4.0, elements=["Cu"], angular_type="G4"),
+            lambda: cu_images(2, seed=6),
+        ),
     ],
-    ids=["aev-molecule", "gaussian-periodic-cu"],
+    ids=["aev-molecule", "gaussian-periodic-cu", "g4-moments-periodic-cu"],
 )
 def test_feature_jacobian_equals_finite_differences(featurizer, images):
     f, frames = featurizer(), images()
