@@ -133,6 +133,19 @@ class BlockTriplets(Triplets):
         return x.unsqueeze(dim + 2), shifted(x, dim + 1)
 
 
+
+def tracks_derivatives(*tensors: torch.Tensor) -> bool:
+    """Whether derivatives flow through any of ``tensors``: reverse mode (requires_grad with
+    gradients enabled) or forward mode (a dual tensor with a tangent, as in
+    :mod:`atomistic.features.jacobian`). Code paths that write into buffers (``out=``) or detach
+    are only for sums that need neither."""
+    import torch.autograd.forward_ad as fwAD
+
+    for t in tensors:
+        if (t.requires_grad and torch.is_grad_enabled()) or fwAD.unpack_dual(t).tangent is not None:
+            return True
+    return False
+
 def shifted(x: Tensor, dim: int) -> Tensor:
     """View y of x with a new axis after ``dim`` (size m, m odd): y[.., j, s, ..] =
     x[.., (j + 1 + s) mod m, ..], s = 0 .. (m - 3) / 2."""
@@ -213,7 +226,7 @@ def sparse_sums(
         q = torch.arange(t0, t0 + total, device=device) - offset.index_select(0, p)
         tri = SparseTriplets(p, q, unit, distances, factors)
         if term.jk_cutoff is not None:  # drop the triplets with f_c(R_jk) = 0
-            grad = torch.is_grad_enabled() and (unit.requires_grad or factors.requires_grad)
+            grad = tracks_derivatives(unit, factors)
             probe = tri
             if grad:
                 probe = SparseTriplets(p, q, unit.detach(), distances.detach(), factors.detach())
