@@ -12,17 +12,26 @@ ratios (their time / our time) for features alone and for features with gradient
 With ``--device cuda`` our featurizers and TorchANI run on the GPU (neighbour lists on the CPU
 for ours, as in the pipeline); DScribe is CPU-only and left out. GPU figures are absolute times.
 
-Data: the first frames of data/cu_emt.extxyz (32-atom periodic Cu) and data/ethanol_gfn2.extxyz.
+Data: the first frames of data/cu_emt.extxyz (32-atom periodic Cu) and data/ethanol_gfn2.extxyz,
+and dense rattled fcc Cu supercells of 108 and 500 atoms (features only: DScribe's numerical
+Jacobian of a 500-atom cell takes minutes).
+
+Timing: ours and the peer's call alternate, five times each after one untimed call, so that a
+change in the machine's load hits both alike; each figure is the median, and ``spread`` is the
+largest over the smallest of the five times of one call.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from atomistic.features import AEV, Gaussian
 from atomistic.features.aev import ANI1X
-from benchmarks.common import best_of, flat, load_frames, module_main, sync, table
+from benchmarks.common import best_of, cu_supercell, flat, load_frames, module_main, sync, table
 
 RC = 6.5
 ETAS = list(np.logspace(np.log10(0.05), np.log10(5.0), 4))
@@ -114,13 +123,41 @@ def _symbols(frames) -> list[str]:
     return [chemical_symbols[z] for z in zs]
 
 
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeat: int
+) -> dict[str, tuple[float, float]]:
+    """(median seconds, spread = max/min) of each callable: one untimed call each, then
+    ``repeat`` rounds in which each is called once in turn."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {n: (float(np.median(t)), max(t) / min(t)) for n, t in times.items()}
+
+
+def _datasets(quick: bool) -> list[tuple[str, list, bool]]:
+    """(label, frames, with gradients) of every data set."""
+    if quick:
+        sizes = {"Cu": 20, "ethanol": 60, "Cu 108": 2, "Cu 500": 1}
+    else:
+        sizes = {"Cu": 100, "ethanol": 300, "Cu 108": 8, "Cu 500": 2}
+    return [
+        ("Cu", load_frames("cu", sizes["Cu"]), True),
+        ("Cu 108", [cu_supercell(3, seed=s) for s in range(sizes["Cu 108"])], False),
+        ("Cu 500", [cu_supercell(5, seed=s) for s in range(sizes["Cu 500"])], False),
+        ("ethanol", load_frames("ethanol", sizes["ethanol"]), True),
+    ]
+
+
 def run(quick: bool = False, device: str = "cpu") -> dict:
     """Features and features+gradients per second, ours against DScribe and TorchANI."""
-    sizes = {"Cu": 20, "ethanol": 60} if quick else {"Cu": 100, "ethanol": 300}
-    n_deriv, repeat = (1, 1) if quick else (4, 3)
+    n_deriv, repeat = (1, 3) if quick else (4, 5)
     rows = []
-    for data, label in (("cu", "Cu"), ("ethanol", "ethanol")):
-        frames = load_frames(data, sizes[label])
+    for label, frames, grads in _datasets(quick):
         n_atoms = sum(len(a) for a in frames)
         symbols = _symbols(frames)
         periodic = bool(frames[0].pbc.any())
@@ -131,12 +168,16 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
                 elements=symbols,
                 custom={"G2": {"etas": ETAS}, angular_type: ANG},
             )
-            t_ours = best_of(ours_features(f, frames, device), repeat)
-            t_ours_g = best_of(ours_gradients(f, frames, device), repeat)
-            t_ds = t_ds_g = float("nan")
+            fns = {"ours": ours_features(f, frames, device)}
             if device == "cpu":
                 acsf = dscribe_acsf(list(f.elements), periodic, angular_type)
-                t_ds = best_of(lambda acsf=acsf, fr=frames: acsf.create(fr, n_jobs=1), repeat)
+                fns["peer"] = lambda acsf=acsf, fr=frames: acsf.create(fr, n_jobs=1)
+            timed = interleaved(fns, repeat)
+            (t_ours, s_ours), (t_ds, s_ds) = timed["ours"], timed.get("peer", (np.nan, np.nan))
+            t_ours_g = t_ds_g = float("nan")
+            if grads:
+                t_ours_g = best_of(ours_gradients(f, frames, device), repeat)
+            if device == "cpu" and grads:
                 sub = frames[:n_deriv]
                 t_ds_g = best_of(
                     lambda acsf=acsf, sub=sub: acsf.derivatives(sub, n_jobs=1, attach=True),
@@ -154,15 +195,25 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
                     t_ds,
                     t_ours_g,
                     t_ds_g,
+                    s_ours,
+                    s_ds,
                 )
             )
         zs = sorted(set(np.concatenate([a.numbers for a in frames]).tolist()))
-        f = AEV(elements=zs, **ANI1X) if label == "Cu" else AEV.like_ani1x()
-        elements = [int(z) for z in (zs if label == "Cu" else (1, 6, 7, 8))]
-        t_ours = best_of(ours_features(f, frames, device), repeat)
-        t_ours_g = best_of(ours_gradients(f, frames, device), repeat)
-        t_ani = best_of(torchani_runs(frames, elements, False, device), repeat)
-        t_ani_g = best_of(torchani_runs(frames, elements, True, device), repeat)
+        f = AEV(elements=zs, **ANI1X) if periodic else AEV.like_ani1x()
+        elements = [int(z) for z in (zs if periodic else (1, 6, 7, 8))]
+        timed = interleaved(
+            {
+                "ours": ours_features(f, frames, device),
+                "peer": torchani_runs(frames, elements, False, device),
+            },
+            repeat,
+        )
+        (t_ours, s_ours), (t_ani, s_ani) = timed["ours"], timed["peer"]
+        t_ours_g = t_ani_g = float("nan")
+        if grads:
+            t_ours_g = best_of(ours_gradients(f, frames, device), repeat)
+            t_ani_g = best_of(torchani_runs(frames, elements, True, device), repeat)
         rows.append(
             _row(
                 label,
@@ -173,6 +224,8 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
                 t_ani,
                 t_ours_g,
                 t_ani_g,
+                s_ours,
+                s_ani,
             )
         )
 
@@ -184,6 +237,8 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
             r["ours_atoms_per_s"],
             r["peer_atoms_per_s"],
             r["ratio"],
+            r["ours_spread"],
+            r["peer_spread"],
             r["ours_grad_atoms_per_s"],
             r["peer_grad_atoms_per_s"],
             r["ratio_grad"],
@@ -193,7 +248,8 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
     ]
     print(
         table(
-            f"featurize ({device}): atoms/s, ratio = their time / our time (>1: atompipe faster)",
+            f"featurize ({device}): atoms/s (medians of {repeat} interleaved calls), ratio = "
+            "their time / our time (>1: atompipe faster)",
             [
                 "data",
                 "features",
@@ -201,6 +257,8 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
                 "ours/s",
                 "peer/s",
                 "ratio",
+                "spread",
+                "peer spread",
                 "ours+grad/s",
                 "peer+grad/s",
                 "ratio",
@@ -209,15 +267,19 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
             printed,
             "DScribe gradients are its full numerical Jacobian (derivatives()); ours and "
             "TorchANI's are one backward pass.\n"
-            "grad/feat: our cost of features+gradient over features alone.",
+            "grad/feat: our cost of features+gradient over features alone. spread: max/min of "
+            f"the {repeat} times of one call. Cu 108 / Cu 500: rattled fcc supercells.",
         ),
         flush=True,
     )
-    return {"device": device, "frames": sizes, "repeat": repeat, "rows": rows}
+    atoms = {row["data"]: row["atoms"] for row in rows}
+    return {"device": device, "atoms": atoms, "repeat": repeat, "rows": rows}
 
 
-def _row(data, features, peer, n, t_o, t_p, t_og, t_pg) -> dict:
+def _row(data, features, peer, n, t_o, t_p, t_og, t_pg, s_o, s_p) -> dict:
     return {
+        "ours_spread": s_o,
+        "peer_spread": s_p,
         "data": data,
         "featurizer": features,
         "peer": peer,

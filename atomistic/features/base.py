@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..neighbors import NeighborList, batch_neighbor_list
 from .terms import AngularTerm, RadialTerm
-from .triplets import block_sums, padding_ratio, sparse_sums
+from .triplets import block_sums, padding_ratio, sparse_sums, tracks_derivatives
 
 __all__ = ["Featurizer", "featurizer_from_params"]
 
@@ -283,9 +283,9 @@ class Featurizer(torch.nn.Module):
         if weights is not None:
             factors = factors * weights[j].unsqueeze(-1)
         args = (i, vectors, distances, factors, bins[j], n_atoms)
-        if self.angular.separable:
+        if self.angular.separable and _moments_pay(self.angular, len(i), n_atoms, self.n_pairs):
             angular = self._angular_moments(*args)
-        elif vectors.requires_grad or padding_ratio(i, n_atoms) > _MAX_PADDING:
+        elif tracks_derivatives(vectors) or padding_ratio(i, n_atoms) > _MAX_PADDING:
             angular = sparse_sums(self.angular, self.pair_bin, *args)
         else:
             angular = block_sums(self.angular, self.pair_bin, *args)
@@ -297,7 +297,7 @@ class Featurizer(torch.nn.Module):
         term = self.angular
         nb, a = self.n_bins, factors.shape[1]
         unit = vectors / distances.unsqueeze(-1)  # shape (pairs, 3)
-        grad = torch.is_grad_enabled() and (vectors.requires_grad or factors.requires_grad)
+        grad = tracks_derivatives(vectors, factors)
         if grad or vectors.device.type != "cpu":
             mono = term.pair_monomials(unit)  # shape (pairs, M)
             moments = factors.unsqueeze(-1) * mono.unsqueeze(1)  # shape (pairs, a, M)
@@ -329,11 +329,23 @@ def _cell_offsets(shifts: Tensor, cells: Tensor, batch: Tensor, i: Tensor) -> Te
     structure (a per-pair gather of cells and a broadcast product cost ~100x more)."""
     if cells.shape[0] == 1:
         return shifts @ cells[0]
+    if not bool(shifts.any()):  # molecules: no periodic images
+        return shifts.new_zeros(shifts.shape)
     first_atom = torch.cumsum(torch.bincount(batch, minlength=cells.shape[0]), 0)
     ends = torch.searchsorted(i, first_atom).tolist()  # pairs of structures 0..s end here
     sizes = [b - a for a, b in zip([0, *ends[:-1]], ends, strict=True)]
     parts = torch.split(shifts, sizes)
     return torch.cat([part @ cells[s] for s, part in enumerate(parts)])
+
+
+def _moments_pay(term, n_pairs_ij: int, n_atoms: int, n_bin_pairs: int) -> bool:
+    """Whether per-atom moments beat explicit triplets for a separable term: a triplet costs ~20
+    passes over the (j, k) pairs of a centre, k (k - 1) / 2 of them for k neighbours; moments cost
+    ~2 passes over k M monomials and the products of M per pair of neighbour bins. Dense Cu
+    (k ~ 100, M = 35): moments 3x faster; ethanol (k = 8): triplets 1.4x faster."""
+    k = n_pairs_ij / max(n_atoms, 1)
+    n_mono = term.mono_degree.shape[0]
+    return 10.0 * k * (k - 1) > 2.0 * n_mono * (k + n_bin_pairs)
 
 
 def _segment_moments(term, key: Tensor, unit: Tensor, factors: Tensor, rows: int) -> Tensor:
