@@ -410,19 +410,22 @@ def label_structures(
     images: Sequence[Atoms],
     make_calculator: Callable[[], Calculator],
     store: LabelStore | None = None,
+    failed: list[tuple[int, str]] | None = None,
 ) -> tuple[list[Atoms], int]:
     """Label ``images`` with a calculator from ``make_calculator()`` (made only if needed).
 
     Returns (copies of the images with a SinglePointCalculator holding energy and forces, the
     number of structures actually computed). With a ``store``, a structure already in it is read,
     never recomputed, and each new label is stored as soon as it is computed; a structure repeated
-    within ``images`` is computed once.
+    within ``images`` is computed once. A reference calculation that fails raises, unless a
+    ``failed`` list is given: then (index, message) is appended to it and the structure is left
+    out of the result (an SCF that does not converge on a configuration far from equilibrium).
     """
     calc: Calculator | None = None
     memo: dict[str, tuple[float, np.ndarray]] = {}
     out: list[Atoms] = []
     computed = 0
-    for atoms in images:
+    for index, atoms in enumerate(images):
         key = structure_key(atoms)
         if key in memo:
             energy, forces = memo[key]
@@ -430,7 +433,14 @@ def label_structures(
             energy, forces = store.get(key)
         else:
             calc = calc or make_calculator()
-            energy, forces = _compute_label(atoms, calc)
+            try:
+                energy, forces = _compute_label(atoms, calc)
+            except Exception as exc:
+                if failed is None:
+                    raise
+                failed.append((index, f"{type(exc).__name__}: {exc}"))
+                calc = None  # a fresh calculator for the next structure
+                continue
             computed += 1
             if store is not None:
                 store.put(key, energy, forces)

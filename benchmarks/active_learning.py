@@ -265,10 +265,14 @@ def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) 
         if len(picks) == 0:
             print(f"  {method}: nothing uncertain left", flush=True)
             break
+        failed: list[tuple[int, str]] = []
         labelled, _ = label_structures(
             [frames[i] for i in picks],
             lambda: reference_calculator(SYSTEMS[args.system]["calculator"]),
+            failed=failed,
         )
+        for k, message in failed:
+            print(f"  {method}: reference failed on snapshot {picks[k]}, left out: {message}")
         train += labelled
         added += len(labelled)
         model = fit(args, train, seed_val, featurizer, scaler, previous=model)

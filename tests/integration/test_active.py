@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 CAMPAIGN = {
     "name": "altest",
     "datasets": {"cu": {"paths": ["cu.extxyz"]}},
-    "features": {"g": {"type": "gaussian", "dataset": "cu", "cutoff": 4.0, "angular_type": "G4"}},
+    "features": {"g": {"type": "gaussian", "dataset": "cu", "cutoff": 4.0}},
     "dask": {"n_workers": 1},
     "models": {
         "nn": {

@@ -169,6 +169,25 @@ def test_a_structure_is_never_labelled_twice(tmp_path):
     assert computed3 == 1
 
 
+def test_a_failed_reference_raises_or_is_left_out(tmp_path):
+    class FailsOnSecond(EMT):
+        def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+            if atoms.positions[0, 0] > 0.5:
+                raise RuntimeError("SCF not converged")
+            super().calculate(atoms, properties, system_changes or ["positions"])
+
+    good, bad = _cu(0), _cu(1)
+    bad.positions[0, 0] = 1.0
+    with pytest.raises(RuntimeError, match="SCF"):
+        label_structures([good, bad], FailsOnSecond)
+    failed: list = []
+    store = LabelStore(tmp_path)
+    out, computed = label_structures([bad, good], FailsOnSecond, store, failed=failed)
+    assert computed == 1 and len(out) == 1 and [i for i, _ in failed] == [0]
+    np.testing.assert_array_equal(out[0].positions, good.positions)
+    assert store.keys() == [structure_key(good)]  # nothing stored for the failure
+
+
 def test_calculators_outside_the_allow_list_are_refused():
     with pytest.raises(ValueError, match="allow-list"):
         reference_calculator("ase.calculators.lj:LennardJones")
