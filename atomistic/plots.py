@@ -15,6 +15,7 @@ import numpy as np
 from ase.data import chemical_symbols
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
 __all__ = ["latent_map", "learning_curve", "parity_plot"]
 
@@ -88,24 +89,49 @@ def latent_map(
 
 
 def learning_curve(history: Mapping[str, Any], path: str | Path, title: str = "Training") -> Path:
-    """Loss per epoch of a training run: ``history`` is ``History.to_dict()`` or its ``metrics``
-    ({"train_loss": [...], "val_loss": [...], ...}). Every ``*_loss`` series is drawn (log scale
-    when all positive); the best epoch is marked when known. Returns the PNG path."""
+    """Errors per epoch of a training run: ``history`` is ``History.to_dict()`` or its
+    ``metrics`` ({"train_energy_mse": [...], "val_force_mse": [...], "train_loss": [...], ...}).
+
+    Where the history has ``*_energy_mse`` (eV²/atom², per atom) and ``*_force_mse``
+    (eV²/Å²) series, they are drawn as RMSE in meV/atom and meV/Å, one panel each (train and
+    validation); otherwise every ``*_loss`` series is drawn, unitless. Log scale when all values
+    are positive; the best epoch is marked when known. Returns the PNG path."""
     metrics = history.get("metrics", history)
-    series = {k: np.asarray(v, dtype=float) for k, v in metrics.items() if k.endswith("loss")}
-    if not series:
-        raise ValueError(f"no '*_loss' series in the history (keys: {sorted(metrics)})")
-    fig = Figure(figsize=(5.5, 4.0), layout="constrained")
-    ax = fig.subplots()
-    for name, values in sorted(series.items()):
-        ax.plot(np.arange(len(values)), values, label=name.replace("_", " "), lw=1.4)
-    if all(np.all(v[np.isfinite(v)] > 0) for v in series.values()):
-        ax.set_yscale("log")
+    panels = []  # (title, y label, {label: values})
+    for kind, label in (("energy", "energy RMSE (meV/atom)"), ("force", "force RMSE (meV/Å)")):
+        series = {
+            split: 1000.0 * np.sqrt(np.clip(np.asarray(metrics[k], dtype=float), 0.0, None))
+            for split, k in (("train", f"train_{kind}_mse"), ("validation", f"val_{kind}_mse"))
+            if k in metrics and len(metrics[k])
+        }
+        if series:
+            panels.append((f"{kind} error", label, series))
+    if not panels:
+        series = {
+            k.replace("_", " "): np.asarray(v, dtype=float)
+            for k, v in metrics.items()
+            if k.endswith("loss")
+        }
+        if not series:
+            raise ValueError(
+                f"no '*_energy_mse' or '*_loss' series in the history (keys: {sorted(metrics)})"
+            )
+        panels.append(("loss", "loss", series))
     best = history.get("best_epoch", -1) if "metrics" in history else -1
-    if best is not None and best >= 0:
-        ax.axvline(best, color="0.5", ls="--", lw=1, label=f"best epoch {best}")
-    ax.set(xlabel="epoch", ylabel="loss", title=title)
-    ax.legend(frameon=False)
+    fig = Figure(figsize=(4.8 * len(panels), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, ylabel, series) in zip(axes, panels, strict=True):
+        for label, values in sorted(series.items()):
+            ax.plot(np.arange(len(values)), values, label=label, lw=1.4)
+        if all(np.all(v[np.isfinite(v)] > 0) for v in series.values()):
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())  # 30, not 3 × 10^1
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        if best is not None and best >= 0:
+            ax.axvline(best, color="0.5", ls="--", lw=1, label=f"best epoch {best}")
+        ax.set(xlabel="epoch", ylabel=ylabel, title=name)
+        ax.legend(frameon=False)
+    fig.suptitle(title)
     return _save(fig, path)
 
 
@@ -115,21 +141,40 @@ def parity_plot(
     path: str | Path,
     title: str = "Parity",
     units: str = "eV",
+    std: Sequence[float] | np.ndarray | None = None,
 ) -> Path:
     """Predicted against reference values with the y = x line and MAE / RMSE in ``units``.
-    ``true`` and ``pred`` have the same shape (flattened). Returns the PNG path."""
+    ``true``, ``pred`` and, for a model with uncertainty, ``std`` (the predicted standard
+    deviation, drawn as ±1σ error bars) have the same shape (flattened). Returns the PNG path."""
     t = np.asarray(true, dtype=np.float64).reshape(-1)
     p = np.asarray(pred, dtype=np.float64).reshape(-1)
     if t.shape != p.shape or t.size == 0:
         raise ValueError(f"parity_plot needs equal, non-empty shapes, got {t.shape} and {p.shape}")
+    s = None if std is None else np.asarray(std, dtype=np.float64).reshape(-1)
+    if s is not None and s.shape != t.shape:
+        raise ValueError(f"parity_plot: std must have the shape {t.shape}, got {s.shape}")
     err = p - t
     mae, rmse = np.mean(np.abs(err)), np.sqrt(np.mean(err**2))
     lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
     pad = 0.05 * (hi - lo or 1.0)
-    fig = Figure(figsize=(4.6, 4.4), layout="constrained")
+    fig = Figure(figsize=(4.8, 4.6), layout="constrained")
     ax = fig.subplots()
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.4", lw=1, ls="--")
-    ax.scatter(t, p, s=8, alpha=0.6, edgecolors="none")
+    if s is not None:
+        ax.errorbar(
+            t,
+            p,
+            yerr=s,
+            fmt="o",
+            ms=2.5,
+            alpha=0.6,
+            elinewidth=0.8,
+            capsize=0,
+            label="predicted ± 1σ",
+        )
+        ax.legend(frameon=False, loc="lower right")
+    else:
+        ax.scatter(t, p, s=8, alpha=0.6, edgecolors="none")
     ax.set(
         xlim=(lo - pad, hi + pad),
         ylim=(lo - pad, hi + pad),
@@ -138,10 +183,15 @@ def parity_plot(
         ylabel=f"predicted ({units})",
         title=title,
     )
+    for axis in (ax.xaxis, ax.yaxis):  # few, short tick labels: none overlap
+        axis.set_major_locator(MaxNLocator(nbins=4))
+        axis.get_major_formatter().set_useOffset(False)
+    ax.tick_params(axis="x", labelrotation=30)
+    within = "" if s is None else f"\nwithin 1σ {100 * np.mean(np.abs(err) <= s):.0f}%"
     ax.text(
         0.04,
         0.96,
-        f"MAE {mae:.3g} {units}\nRMSE {rmse:.3g} {units}\nn = {t.size}",
+        f"MAE {mae:.3g} {units}\nRMSE {rmse:.3g} {units}\nn = {t.size}{within}",
         transform=ax.transAxes,
         va="top",
         ha="left",

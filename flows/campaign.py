@@ -72,6 +72,17 @@ class _Run:
                 return cause
         return exc
 
+    def started(self, label: str, fut: Any) -> Any:
+        """A stage was submitted: its progress line starts (elapsed time, pulsing)."""
+        self.progress.stage_started(label)
+        return fut
+
+    def done(self, label: str, fut: Any) -> Any:
+        """The stage's result; its progress line ends saying whether it ran or was cached."""
+        result = fut.result()
+        self.progress.stage_finished(label, _how(fut, result))
+        return result
+
     def check_data(self, datasets: dict[str, Any], models: list[str]) -> None:
         """Limits that depend on the data, before any featurization or training starts."""
         check_against_data(self.cfg, datasets, models)
@@ -82,22 +93,25 @@ class _Run:
         for name in cfg.datasets:  # what the globs and folders hold now stays inside the root
             cfg.dataset_files(name)
         futures = {
-            name: submit_cached(
-                ingest,
-                ingest_exists,
-                [str(p) for p in ds.paths],
-                cfg.store_url,
-                tuple(split["fractions"]),
-                split["seed"],
-                ds.format,
-                ds.energy_key,
-                ds.forces_key,
-                no_forces_error(cfg, name, list(models)),  # refused before it is stored
+            name: self.started(
+                f"ingest {name}",
+                submit_cached(
+                    ingest,
+                    ingest_exists,
+                    [str(p) for p in ds.paths],
+                    cfg.store_url,
+                    tuple(split["fractions"]),
+                    split["seed"],
+                    ds.format,
+                    ds.energy_key,
+                    ds.forces_key,
+                    no_forces_error(cfg, name, list(models)),  # refused before it is stored
+                ),
             )
             for name, ds in cfg.datasets.items()
         }
         self.stages.update({f"ingest/{n}": f for n, f in futures.items()})
-        datasets = {name: fut.result() for name, fut in futures.items()}
+        datasets = {name: self.done(f"ingest {name}", fut) for name, fut in futures.items()}
         for name, ref in datasets.items():
             n = ref["summary"]["structures"]
             self.logger.info("dataset %s: %s (%d structures)", name, ref["key"][:12], n)
@@ -155,24 +169,27 @@ class _Run:
         }
         with self._scheduler(not all(exists.values())) as address:
             futures = {
-                name: submit_cached(
-                    featurize,
-                    lambda *_, done=exists[name], **__: done,
-                    datasets[feat.dataset],
-                    feat.type,
-                    feat.featurizer_params(),
-                    scheduler=address,
-                    n_workers=cfg.dask.n_workers,
-                    rows_per_chunk=cfg.dask.rows_per_chunk,
-                    on_chunk=progress.chunk_callback(f"features {name}"),
+                name: self.started(
+                    f"features {name}",
+                    submit_cached(
+                        featurize,
+                        lambda *_, done=exists[name], **__: done,
+                        datasets[feat.dataset],
+                        feat.type,
+                        feat.featurizer_params(),
+                        scheduler=address,
+                        n_workers=cfg.dask.n_workers,
+                        rows_per_chunk=cfg.dask.rows_per_chunk,
+                        on_chunk=progress.chunk_callback(f"features {name}"),
+                    ),
                 )
                 for name, feat in direct.items()
             }
             self.stages.update({f"featurize/{n}": f for n, f in futures.items()})
-            features = {name: fut.result() for name, fut in futures.items()}
-        futures = {name: self._scaler(ref) for name, ref in features.items()}
+            features = {n: self.done(f"features {n}", fut) for n, fut in futures.items()}
+        futures = {n: self.started(f"scaler {n}", self._scaler(r)) for n, r in features.items()}
         self.stages.update({f"fit-scaler/{n}": f for n, f in futures.items()})
-        scalers = {name: fut.result() for name, fut in futures.items()}
+        scalers = {name: self.done(f"scaler {name}", fut) for name, fut in futures.items()}
 
         # an encoder per latent set, trained on the scaled source features
         for name, feat in wanted.items():
@@ -189,11 +206,11 @@ class _Run:
                 cfg.workspace,
                 on_epoch=progress.epoch_callback(f"encoder {name}", epochs),
             )
-            self.stages[f"train-encoder/{name}"] = fut
-            features[name] = fut.result()
-            fut = self._scaler(features[name])
+            self.stages[f"train-encoder/{name}"] = self.started(f"encoder {name}", fut)
+            features[name] = self.done(f"encoder {name}", fut)
+            fut = self.started(f"scaler {name}", self._scaler(features[name]))
             self.stages[f"fit-scaler/{name}"] = fut
-            scalers[name] = fut.result()
+            scalers[name] = self.done(f"scaler {name}", fut)
         return features, scalers
 
     # -- 5.-6. models, concurrently, each evaluated as it finishes ----------------------------
@@ -205,6 +222,7 @@ class _Run:
         for name in names:
             model = cfg.models[name]
             epochs = getattr(getattr(model, "training", None), "epochs", None)
+            progress.stage_started(f"model {name}")
             trained[name] = submit_cached(
                 train_model,
                 model_exists,
@@ -216,8 +234,10 @@ class _Run:
                 cfg.workspace,
                 on_epoch=progress.epoch_callback(f"model {name}", epochs),
             )
-        for fut in trained.values():  # a failed fit is the error, not its evaluation's
+        for name, fut in trained.items():  # a failed fit is the error, not its evaluation's
             fut.wait()
+            if fut.state.is_completed():
+                progress.stage_finished(f"model {name}", _how(fut, fut.result()))
         for name, fut in trained.items():
             fset = cfg.models[name].features
             key = model_key(
@@ -226,6 +246,7 @@ class _Run:
             done = evaluation_done(
                 Path(cfg.workspace) / "models" / key, cfg.evaluation.split, cfg.evaluation.plots
             )
+            progress.stage_started(f"evaluate {name}")
             evaluated[name] = submit_cached(
                 evaluate_model,
                 lambda *_, done=done, **__: done,  # the files, not Prefect's record of them
@@ -238,14 +259,16 @@ class _Run:
             )
         self.stages.update({f"train-model/{n}": f for n, f in trained.items()})
         self.stages.update({f"evaluate/{n}": f for n, f in evaluated.items()})
-        return {name: fut.result() for name, fut in evaluated.items()}
+        return {name: self.done(f"evaluate {name}", fut) for name, fut in evaluated.items()}
 
     # -- 7. tracking ------------------------------------------------------------------------
     def record(self, datasets, features, results) -> dict[str, Any]:
         cfg = self.cfg.model_dump(mode="json")
-        fut = record_campaign.submit(cfg, datasets, features, results)
+        fut = self.started(
+            "record in MLflow", record_campaign.submit(cfg, datasets, features, results)
+        )
         self.stages["record"] = fut
-        return fut.result()
+        return self.done("record in MLflow", fut)
 
     def summary(self, datasets, features, results=None, record=None) -> dict[str, Any]:
         out = {
@@ -263,6 +286,20 @@ class _Run:
         if results:
             self.progress.summary_table(out, self.cfg.evaluation.metric)
         return out
+
+
+def _how(fut: Any, result: Any) -> str:
+    """How a finished stage went, for its progress line: cached (Prefect's cache or an output
+    found complete in the store) or run."""
+    if fut.state.name == "Cached":
+        return "cached"
+    if isinstance(result, dict) and (
+        result.get("written") is False
+        or result.get("trained") is False
+        or result.get("computed_chunks") == 0
+    ):
+        return "cached (in the store)"
+    return "run"
 
 
 class StageError(RuntimeError):
@@ -322,7 +359,7 @@ def train(config: dict[str, Any], models: list[str] | None, show_progress: bool)
             only = None if models is None else {cfg.models[n].features for n in names}
             features, scalers = run.features(datasets, only)
             results = run.models(names, features, scalers)
-        record = run.record(datasets, features, results)
+            record = run.record(datasets, features, results)
     except Exception as exc:
         cause = run.root_cause(exc)
         if cause is exc:

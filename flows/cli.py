@@ -24,10 +24,55 @@ DEFAULT_STORE = "workspace/store.zarr"
 T = TypeVar("T")
 
 
+# the first line of each command, printed before its heavy imports (torch, Prefect, MLflow)
+_FIRST_LINE = {
+    "run": "loading the campaign; Prefect's API starts next (about 10 s the first time)",
+    "active": "loading the campaign; Prefect's API starts next (about 10 s the first time)",
+    "compare": "reading the campaign's MLflow runs",
+    "predict": "loading the model",
+    "export": "loading the model",
+    "ingest": "reading the structures",
+    "featurize": "starting the Dask cluster",
+    "latent": "loading the features",
+    "serve": "loading the campaign",
+}
+
+# packages whose warnings are ours to show; every other package's are kept off the terminal
+_OWN_PACKAGES = ("atomistic", "tasks", "flows")
+
+
 @app.callback()
-def _root() -> None:
+def _root(ctx: typer.Context) -> None:
     """Atomistic machine learning campaigns: ingest, featurize, train, track."""
     configure_environment()
+    _quiet_third_party()
+    hint = _FIRST_LINE.get(ctx.invoked_subcommand or "")
+    if hint:
+        typer.secho(f"atompipe {ctx.invoked_subcommand}: {hint} …", err=True, dim=True)
+
+
+def _quiet_third_party() -> None:
+    """Keep third-party warnings (MLflow's coloured UserWarnings, Dask's nanny, deprecations)
+    off the terminal and out of redirected logs: the command line is an edge, and what a user
+    sees there is atompipe's own output. Errors still show. Atompipe's own warnings (e.g.
+    ``TrainingWarning``) still show. Child processes (Dask workers, Prefect's API server)
+    inherit the same settings through the environment; a variable the user set wins."""
+    import os
+    import warnings
+
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # child processes
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+    if getattr(warnings.showwarning, "_atompipe", False):
+        return
+    show = warnings.showwarning
+
+    def own_only(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if category.__module__.partition(".")[0] in _OWN_PACKAGES:
+            show(message, category, filename, lineno, file, line)
+
+    own_only._atompipe = True  # type: ignore[attr-defined]
+    warnings.showwarning = own_only
 
 
 def _fail(message: object) -> NoReturn:
@@ -187,8 +232,19 @@ def _quiet_failure_tracebacks() -> None:
     ensure_logging_setup()
     for name in ("", "prefect"):
         for handler in logging.getLogger(name).handlers:
-            if _no_failure_traceback not in handler.filters:
-                handler.addFilter(_no_failure_traceback)
+            for check in (_no_failure_traceback, _no_third_party_chatter):
+                if check not in handler.filters:
+                    handler.addFilter(check)
+
+
+def _no_third_party_chatter(record) -> bool:
+    """Below ERROR, only Prefect's and atompipe's records reach the terminal (not Dask's
+    "Worker process still alive" or MLflow's database notes, which Prefect's handlers would
+    print)."""
+    import logging
+
+    top = record.name.partition(".")[0]
+    return record.levelno >= logging.ERROR or top in ("prefect", "root", *_OWN_PACKAGES)
 
 
 @app.command()
@@ -212,6 +268,7 @@ def run(
     unknown = [m for m in model or [] if m not in cfg.models]
     if unknown:
         _fail(f"{campaign}: --model {unknown[0]!r}: the campaign's models are {list(cfg.models)}")
+    _check_devices(cfg)
     import os
 
     # Prefect's cached results live with the campaign's workspace, not in ~/.prefect
@@ -470,8 +527,11 @@ def compare(
     """Print the campaign's MLflow runs as a table (best first)."""
     cfg = _load(campaign, set_, build_featurizers=False)  # computes nothing: no torch
     from mlflow import MlflowClient
+    from rich import box
     from rich.console import Console
     from rich.table import Table
+
+    from flows.progress import METRIC_COLUMNS, metric_cells
 
     client = MlflowClient(cfg.tracking_uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment or cfg.name)
@@ -484,24 +544,63 @@ def compare(
         for r in client.search_runs([exp.experiment_id], order_by=[f"metrics.{metric} ASC"])
         if "mlflow.parentRunId" in r.data.tags and r.data.tags.get("atompipe.role") != "encoder"
     ]
-    cols = [
-        *(f"{prefix}_{m}" for m in ("energy_mae_per_atom", "energy_rmse_per_atom", "force_mae")),
-        "fit_time_s",
-    ]
-    table = Table(title=f"{cfg.name}: {len(runs)} model runs")
-    for c in ["model", "run", "started", *cols]:
-        table.add_column(c)
-    import datetime as dt
-
-    for r in runs:
-        started = dt.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+    rows = _one_row_per_model(runs)
+    table = Table(
+        title=f"{cfg.name}: {len(rows)} models ({len(runs)} runs), best first by {metric}",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("model", no_wrap=True)
+    table.add_column("key", no_wrap=True)
+    table.add_column("runs", justify="right", no_wrap=True)
+    for header, _, _ in METRIC_COLUMNS:  # the unit on a line of its own: never cut at 80 columns
+        table.add_column(header.replace(" (", "\n("), justify="right", no_wrap=True)
+    table.add_column("hyperparameters\nthat differ", overflow="fold", min_width=15)
+    differ = _differing_params([r for r, _ in rows])
+    for (r, n), params in zip(rows, differ, strict=True):
         table.add_row(
             r.info.run_name,
-            r.info.run_id[:8],
-            started,
-            *(f"{r.data.metrics[c]:.4g}" if c in r.data.metrics else "-" for c in cols),
+            r.data.tags.get("atompipe.model_key", r.info.run_id)[:6],
+            str(n),
+            *metric_cells(r.data.metrics, f"{prefix}_"),
+            " ".join(f"{k}={v}" for k, v in params.items()) or "-",
         )
     Console().print(table)
+
+
+def _one_row_per_model(runs: list) -> list[tuple[Any, int]]:
+    """The latest run of each model key (a rerun of an unchanged model logs the same key again)
+    with the number of runs of that key, in the order of ``runs`` (best first)."""
+    latest: dict[str, Any] = {}
+    count: dict[str, int] = {}
+    order: list[str] = []
+    for r in runs:
+        key = r.data.tags.get("atompipe.model_key", r.info.run_id)
+        if key not in latest:
+            order.append(key)
+        count[key] = count.get(key, 0) + 1
+        if key not in latest or r.info.start_time > latest[key].info.start_time:
+            latest[key] = r
+    return [(latest[k], count[k]) for k in order]
+
+
+def _differing_params(runs: list) -> list[dict[str, str]]:
+    """For each run, its logged hyperparameters whose values differ among the runs of the same
+    model type (what tells two KRR rows apart); the type itself is left out."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(runs):
+        groups.setdefault(r.data.params.get("type", r.info.run_name), []).append(i)
+    out: list[dict[str, str]] = [{} for _ in runs]
+    for members in groups.values():
+        keys = sorted({k for i in members for k in runs[i].data.params} - {"type"})
+        for k in keys:
+            values = {runs[i].data.params.get(k) for i in members}
+            if len(values) > 1:
+                for i in members:
+                    out[i][k] = runs[i].data.params.get(k, "-")
+    return out
 
 
 @app.command()
@@ -585,52 +684,106 @@ def _serve_child(cmd: list[str]) -> int:
     return INTERRUPTED if code in (-signal.SIGTERM, -signal.SIGINT) else abs(code)
 
 
+PREDICTION_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".csv": "csv"}
+_VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
+
+
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="a saved model directory")],
     files: Annotated[list[Path], typer.Argument(help="structure files")],
-    output: Annotated[Path, typer.Option("--output", "-o", help=".extxyz or .csv")] = Path(
+    output: Annotated[Path, typer.Option("--output", "-o", help=".extxyz, .xyz or .csv")] = Path(
         "predictions.extxyz"
     ),
+    device: Annotated[str, typer.Option(help="cpu | cuda (falls back to the CPU)")] = "cpu",
 ) -> None:
-    """Predict energies, forces and (where the model has one) uncertainties."""
-    import ase.io
-    import numpy as np
-    from ase.calculators.singlepoint import SinglePointCalculator
-
+    """Predict energies, forces, stress (periodic structures) and, where the model has them,
+    uncertainties (energy_std, forces_std)."""
+    fmt = PREDICTION_FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        known = ", ".join(PREDICTION_FORMATS)
+        _fail(f"-o {output}: unknown output format {output.suffix or '(no suffix)'!r}; use {known}")
+    if device not in ("cpu", "cuda"):
+        _fail(f"--device {device!r}: expected cpu or cuda")
     from atomistic.data import DataError, load_files
+    from atomistic.device import resolve_device
     from atomistic.models.base import AtomisticModel
     from atomistic.models.io import ModelFileError
+    from atomistic.predictions import predict_structures
 
     try:
         m = AtomisticModel.load(model)
+        _use_device(m, resolve_device(device, report=_note))
         ds = load_files(files, require_energy=False)
         images = ds.to_atoms()
-        out = m.predict_atoms(images, forces=m.featurizer_ is not None)
+        out = predict_structures(m, images)
     except (DataError, ModelFileError, OSError) as exc:
         _fail(str(exc))
     except ValueError as exc:  # the structures do not fit the model (e.g. an unseen element)
         _fail(f"{', '.join(map(str, files))}: {exc}")
-    if output.suffix == ".csv":
-        import csv
-
-        with output.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["structure", "n_atoms", "energy_eV", "energy_std_eV"])
-            for s, a in enumerate(images):
-                std = out.get("energy_std")
-                w.writerow([s, len(a), out["energy"][s], "" if std is None else std[s]])
+    if fmt == "csv":
+        _write_csv(output, images, out)
     else:
+        _write_extxyz(output, images, out)
+    written = [k for k in ("energy", "forces", "stress", "energy_std", "forces_std") if k in out]
+    typer.echo(f"{len(images)} structures -> {output} ({', '.join(written)})")
+
+
+def _check_devices(cfg: Any) -> None:
+    """A model asking for ``device: cuda`` on a machine without a GPU: one message now (the
+    training then runs on the CPU without repeating it)."""
+    if any(getattr(m, "device", "cpu") != "cpu" for m in cfg.models.values()):
+        from atomistic.device import resolve_device
+
+        for m in cfg.models.values():
+            resolve_device(getattr(m, "device", "cpu"), report=_note)
+
+
+def _note(message: str) -> None:
+    typer.secho(message, fg=typer.colors.YELLOW, err=True)
+
+
+def _use_device(model: Any, device: str) -> None:
+    """Predict on ``device`` with a model that runs on torch devices (networks; the kernel
+    models compute on the CPU)."""
+    if hasattr(model, "device"):
+        model.device = device
+
+
+def _write_extxyz(output: Path, images: list, out: dict) -> None:
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    for s, a in enumerate(images):
+        stress = out.get("stress", [None] * len(images))[s]
+        a.calc = SinglePointCalculator(
+            a,
+            energy=out["energy"][s],
+            forces=out["forces"][s] if "forces" in out else None,
+            stress=stress,
+        )
+        if "energy_std" in out:
+            a.info["energy_std"] = out["energy_std"][s]
+        if "forces_std" in out:
+            a.arrays["forces_std"] = out["forces_std"][s]
+    ase.io.write(output, images, format="extxyz")
+
+
+def _write_csv(output: Path, images: list, out: dict) -> None:
+    """One row per structure: energy, its std, stress (eV/Å³, Voigt order)."""
+    import csv
+
+    with output.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        stress_cols = [f"stress_{c}_eV/Å³" for c in _VOIGT] if "stress" in out else []
+        w.writerow(["structure", "n_atoms", "energy_eV", "energy_std_eV", *stress_cols])
         for s, a in enumerate(images):
-            a.calc = SinglePointCalculator(
-                a,
-                energy=float(out["energy"][s]),
-                forces=np.asarray(out["forces"][s]) if "forces" in out else None,
-            )
-            if "energy_std" in out:
-                a.info["energy_std"] = float(out["energy_std"][s])
-        ase.io.write(output, images, format="extxyz")
-    typer.echo(f"{len(images)} structures -> {output}")
+            std = out.get("energy_std")
+            row = [s, len(a), out["energy"][s], "" if std is None else std[s]]
+            if stress_cols:
+                st = out["stress"][s]
+                row += [""] * 6 if st is None else list(st)
+            w.writerow(row)
 
 
 @app.command()

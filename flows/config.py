@@ -264,6 +264,11 @@ class NeuralNetworkConfig(_Strict):
     )
     refit_shift: bool = True
     training: NetworkTrainingSettings = NetworkTrainingSettings()
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="where the networks train: cpu, or cuda (the CPU, with one message, when "
+        "no GPU is present); not part of the model's key",
+    )
 
     @field_validator("hiddenlayers")
     @classmethod

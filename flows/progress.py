@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,22 +12,26 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-__all__ = ["CampaignProgress"]
+__all__ = ["CampaignProgress", "METRIC_COLUMNS", "metric_cells"]
 
 
 class CampaignProgress:
-    """Thread-safe progress bars (featurization chunks, epochs) on stderr."""
+    """Thread-safe progress on stderr: in a terminal, a live bar per stage (featurization
+    chunks, epochs, elapsed time) whose line ends saying whether the stage ran or was cached;
+    into a file or pipe (no live display), one plain line per stage as it ends."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.console = Console(file=sys.stderr)
+        self._live = enabled and self.console.is_terminal
+        self._started: dict[str, float] = {}
         self._progress = Progress(
             TextColumn("{task.description:<28}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=self.console,
-            disable=not enabled,
+            disable=not self._live,
             transient=False,
         )
         self._bars: dict[str, Any] = {}
@@ -45,6 +50,27 @@ class CampaignProgress:
                 self._bars[label] = self._progress.add_task(label, total=total)
             self._progress.update(self._bars[label], completed=done, total=total)
 
+    def stage_started(self, label: str) -> None:
+        """A stage was submitted: a bar with its elapsed time (pulsing until it reports)."""
+        with self._lock:
+            self._started.setdefault(label, time.perf_counter())
+            if label not in self._bars:
+                self._bars[label] = self._progress.add_task(label, total=None)
+
+    def stage_finished(self, label: str, how: str) -> None:
+        """A stage ended: its bar completes, and its line says ``how`` (cached, run)."""
+        with self._lock:
+            if label not in self._bars:
+                self._bars[label] = self._progress.add_task(label, total=None)
+            bar = self._bars[label]
+            task = next(t for t in self._progress.tasks if t.id == bar)
+            total = task.total or 1
+            self._progress.update(bar, completed=total, total=total, description=f"{label} · {how}")
+            self._progress.stop_task(bar)
+            if self.enabled and not self._live:
+                took = time.perf_counter() - self._started.get(label, time.perf_counter())
+                self.console.print(f"{label:<28} {how:<22} {took:6.1f} s", highlight=False)
+
     def chunk_callback(self, label: str) -> Callable[[int, int], None]:
         return lambda done, total: self._update(label, done, total)
 
@@ -54,11 +80,30 @@ class CampaignProgress:
     def summary_table(self, summary: dict[str, Any], metric: str) -> None:
         """The models of a campaign run, best first by ``metric``."""
         table = Table(title=f"campaign {summary['campaign']}  ({summary['wall_time_s']:.1f} s)")
-        cols = ["energy_mae_per_atom", "energy_rmse_per_atom", "force_mae", "fit_time_s"]
         table.add_column("model")
-        for c in cols:
-            table.add_column(c, justify="right")
+        for header, _, _ in METRIC_COLUMNS:
+            table.add_column(header, justify="right", no_wrap=True)
         rows = sorted(summary["models"].items(), key=lambda kv: kv[1].get(metric, float("inf")))
         for name, m in rows:
-            table.add_row(name, *(f"{m[c]:.4g}" if c in m else "-" for c in cols))
+            table.add_row(name, *metric_cells(m))
         Console(file=sys.stdout).print(table)
+
+
+# the metric columns of ``atompipe run``'s summary and ``atompipe compare``: header with its
+# unit, the metric's name (eV-based, as stored), the factor to the unit shown
+METRIC_COLUMNS = (
+    ("E MAE (meV/atom)", "energy_mae_per_atom", 1000.0),
+    ("E RMSE (meV/atom)", "energy_rmse_per_atom", 1000.0),
+    ("F MAE (meV/Å)", "force_mae", 1000.0),
+    ("fit (s)", "fit_time_s", 1.0),
+)
+
+
+def metric_cells(metrics: dict[str, Any], prefix: str = "") -> list[str]:
+    """The cells of :data:`METRIC_COLUMNS` for one model's ``metrics`` ("-" where absent)."""
+    cells = []
+    for _, name, factor in METRIC_COLUMNS:
+        key = name if name == "fit_time_s" else prefix + name
+        value = metrics.get(key)
+        cells.append("-" if value is None else f"{factor * float(value):.3g}")
+    return cells

@@ -36,6 +36,7 @@ def model_key(
 ) -> str:
     # format 2 for latent features: the saved model carries its featurizer, scaler and encoder
     version = 2 if features.get("kind") == "latent" else 1
+    config = {k: v for k, v in config.items() if k != "device"}  # where it ran, not what it is
     return content_hash("atompipe-model", version, features["key"], scaler["key"], config, split)
 
 
@@ -399,6 +400,7 @@ def evaluate_model(
                     directory / "parity_energy.png",
                     f"{model['name']}: energy ({which})",
                     "eV/atom",
+                    std=pred["energy_std"] / n if "energy_std" in pred else None,
                 )
             )
         )
@@ -411,6 +413,7 @@ def evaluate_model(
                         directory / "parity_forces.png",
                         f"{model['name']}: forces ({which})",
                         "eV/Å",
+                        std=np.ravel(pred["forces_std"]) if "forces_std" in pred else None,
                     )
                 )
             )

@@ -5,7 +5,9 @@ alias "champion"."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
 import subprocess
 import tempfile
@@ -100,6 +102,54 @@ def _record_encoder(client, exp_id, pid, name, ref, config, tags) -> None:
         client.log_artifact(rid, art, artifact_path="plots")
     client.log_artifact(rid, str(directory / "card.json"), artifact_path="atompipe_encoder")
     client.set_terminated(rid)
+
+
+def _requirement() -> str:
+    """The pyfunc's pip requirement: this very version of atompipe."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"atompipe=={version('atompipe')}"
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "atompipe"
+
+
+# the pyfunc's output columns (flows/mlflow_model.py) and their MLflow types
+_OUTPUT_COLUMNS = {
+    "energy": ("double",),
+    "energy_std": ("double",),
+    "forces": ("double", 2),
+    "forces_std": ("double", 2),
+    "stress": ("double", 1),
+}
+
+
+def _signature(directory: Path, store_url: str | None, dataset_key: str):
+    """The pyfunc's signature: an ``extxyz`` string column in; out, the columns that the model
+    gives, found by predicting one stored structure (energy; forces and stress where the model
+    has its featurizer; energy_std, forces_std where it has uncertainty)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    from atomistic.data import read_dataset
+    from atomistic.models.base import AtomisticModel
+    from atomistic.predictions import predict_structures
+    from atomistic.storage import Store
+
+    names = ["energy"]
+    if store_url is not None:
+        sample = read_dataset(Store(store_url), dataset_key).subset([0]).to_atoms()
+        names = list(predict_structures(AtomisticModel.load(directory), sample))
+    outputs = []
+    for name in _OUTPUT_COLUMNS:
+        if name not in names:
+            continue
+        dtype, *depth = _OUTPUT_COLUMNS[name]
+        kind: Any = dtype
+        for _ in range(depth[0] if depth else 0):
+            kind = Array(kind)
+        outputs.append(ColSpec(kind, name))
+    return ModelSignature(inputs=Schema([ColSpec("string", "extxyz")]), outputs=Schema(outputs))
 
 
 class TrackingError(RuntimeError):
@@ -320,6 +370,7 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
         client.log_artifact(pid, str(cfg_path))
 
     metric = config.get("evaluation", {}).get("metric", "energy_mae_per_atom")
+    store_url = next(iter(features.values()))["store"] if features else None
     children: dict[str, Any] = {}
     for mname, res in results.items():
         directory = Path(res["dir"])
@@ -356,7 +407,8 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
                 name="model",
                 python_model=_MODEL_CODE,
                 artifacts={"model": str(directory)},
-                pip_requirements=["atompipe"],
+                pip_requirements=[_requirement()],
+                signature=_signature(directory, store_url, res["dataset"]),
             )
         client.set_terminated(rid)
         # a model that learned nothing useful (atomistic's TrainingWarning) never becomes champion
@@ -392,7 +444,8 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
         elif held is not None and held["score"] <= scored[best]["score"]:
             champion = held  # a run of some models only, or worse ones: the champion stays
         else:
-            mv = mlflow.register_model(children[best]["model_uri"], reg_name)
+            with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Created version"
+                mv = mlflow.register_model(children[best]["model_uri"], reg_name)
             client.set_registered_model_alias(reg_name, "champion", mv.version)
             champion = {"name": reg_name, "version": str(mv.version), "model": best}
     return {

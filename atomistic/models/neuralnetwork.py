@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ import torch
 from ase.data import atomic_numbers
 from torch import nn
 
+from atomistic.device import resolve_device
 from atomistic.features.jacobian import feature_jacobians, jacobian_nbytes
 from atomistic.models.base import (
     AtomicData,
@@ -164,6 +166,10 @@ class NeuralNetwork(AtomisticModel):
         Optimisation settings; ``training.seed`` also seeds the weight initialisation, and
         ``training.max_time`` bounds the whole fit (feature Jacobians included; a committee's
         members share it equally).
+    device : {"cpu", "cuda"}
+        Where the networks train and predict (and the featurizer runs, for forces); "cuda"
+        without a GPU falls back to the CPU with one message (:mod:`atomistic.device`).
+        The saved model is the same either way (its tensors are kept on the CPU).
 
     Learned state: ``members_`` (list of :class:`AtomicNetworks`; ``module_`` is the first),
     ``reference_`` (eV per element), ``history_`` (the first member's), ``histories_``,
@@ -184,6 +190,7 @@ class NeuralNetwork(AtomisticModel):
         refit_shift: bool = True,
         jacobian_memory: int = _JACOBIAN_MEMORY,
         training: TrainingConfig | dict[str, Any] | None = None,
+        device: str = "cpu",
     ) -> None:
         self.hiddenlayers = hiddenlayers
         self.activation = activation
@@ -197,6 +204,7 @@ class NeuralNetwork(AtomisticModel):
         self.refit_shift = refit_shift
         self.jacobian_memory = jacobian_memory
         self.training = training
+        self.device = device
 
     @property
     def has_uncertainty(self) -> bool:  # type: ignore[override]
@@ -280,6 +288,7 @@ class NeuralNetwork(AtomisticModel):
         config = self._config()
         self._remember_inputs(train)
         dtype = DTYPES[self.dtype]
+        device = resolve_device(getattr(self, "device", "cpu"))
         ds = train.dataset
         self.reference_ = self._references(ds)
         train_set = _TrainingSet(self, train, dtype)
@@ -308,14 +317,15 @@ class NeuralNetwork(AtomisticModel):
             if self.bootstrap:
                 rng = np.random.default_rng(cfg.seed)
                 pool = rng.integers(0, ds.n_structures, ds.n_structures)
-            history = run_training(
-                module,
-                self._loss_fn(),
-                train_set.source(cfg.batch_size, pool, shuffle=True),
-                None if val_set is None else val_set.source(cfg.batch_size, None, False),
-                cfg,
-                callback,
-            )
+            with _on_device(module, self.featurizer_, device) as move:
+                history = run_training(
+                    module,
+                    self._loss_fn(),
+                    move(train_set.source(cfg.batch_size, pool, shuffle=True)),
+                    None if val_set is None else move(val_set.source(cfg.batch_size, None, False)),
+                    cfg,
+                    callback,
+                )
             if self.refit_shift:
                 self._refit_shift(module, train, train_set)
             self.members_.append(module)
@@ -438,13 +448,16 @@ class NeuralNetwork(AtomisticModel):
         self._check_elements(data.dataset)
         ds = data.dataset
         members = self.members_
-        numbers, batch = torch.as_tensor(ds.numbers), torch.as_tensor(ds.batch)
+        device = resolve_device(getattr(self, "device", "cpu"))
+        numbers = torch.as_tensor(ds.numbers, device=device)
+        batch = torch.as_tensor(ds.batch, device=device)
         E = np.zeros((len(members), ds.n_structures))
         if not forces and not stress:
-            X = torch.as_tensor(data.scaled_features())
+            X = torch.as_tensor(data.scaled_features(), device=device)
             with torch.no_grad():
                 for k, m in enumerate(members):
-                    E[k] = m(X, numbers, batch, ds.n_structures).numpy()
+                    with _on_device(m, None, device):
+                        E[k] = m(X, numbers, batch, ds.n_structures).cpu().numpy()
             return self._combine(E, None)
         featurizer = data.featurizer if data.featurizer is not None else self.featurizer_
         if featurizer is None:
@@ -453,20 +466,28 @@ class NeuralNetwork(AtomisticModel):
         cache = NeighborCache(featurizer, ds)
         F = np.zeros((len(members), ds.n_atoms, 3))
         W = np.zeros((len(members), ds.n_structures, 3, 3))
-        for idx in np.array_split(
-            np.arange(ds.n_structures), max(1, -(-ds.n_structures // _PREDICT_CHUNK))
-        ):
-            b = cache.batch(idx, strain=stress)
-            X = scaled_features_torch(featurizer, scaler, b)
-            rows = b["rows"].numpy()
-            wrt = [b["positions"], b["strain"]] if stress else [b["positions"]]
-            for k, m in enumerate(members):
-                e = m(X, b["numbers"], b["batch"], len(idx))
-                grads = torch.autograd.grad(e.sum(), wrt, retain_graph=True)
-                E[k, idx] = e.detach().numpy()
-                F[k, rows] = -grads[0].numpy()
-                if stress:
-                    W[k, idx] = grads[1].numpy()
+        with _on_device(members[0], featurizer, device) as move:
+            for m in members[1:]:
+                m.to(device)
+            try:
+                for idx in np.array_split(
+                    np.arange(ds.n_structures), max(1, -(-ds.n_structures // _PREDICT_CHUNK))
+                ):
+                    b = cache.batch(idx, strain=stress)
+                    rows = b["rows"].numpy()
+                    b = move([b])[0]
+                    X = scaled_features_torch(featurizer, scaler, b)
+                    wrt = [b["positions"], b["strain"]] if stress else [b["positions"]]
+                    for k, m in enumerate(members):
+                        e = m(X, b["numbers"], b["batch"], len(idx))
+                        grads = torch.autograd.grad(e.sum(), wrt, retain_graph=True)
+                        E[k, idx] = e.detach().cpu().numpy()
+                        F[k, rows] = -grads[0].cpu().numpy()
+                        if stress:
+                            W[k, idx] = grads[1].cpu().numpy()
+            finally:
+                for m in members[1:]:
+                    m.to("cpu")
         out = self._combine(E, F if forces else None)
         if stress:
             out["stress"] = stress_from_strain_grad(W.mean(0), ds.cell)
@@ -627,6 +648,34 @@ class _TrainingSet:
                 yield self.batch(pool[i.numpy()])
 
         return make
+
+
+@contextmanager
+def _on_device(module: torch.nn.Module, featurizer: Any, device: str):
+    """Train ``module`` (and ``featurizer``, for on-the-fly features) on ``device``; yields a
+    function that moves a batch source's tensors there. Both are back on the CPU afterwards."""
+    if device == "cpu":
+        yield lambda source: source
+        return
+
+    def batch(b: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+
+    def move(source: Any) -> Any:
+        if callable(source):
+            return lambda generator: (batch(b) for b in source(generator))
+        return [batch(b) for b in source]
+
+    movable = featurizer if isinstance(featurizer, torch.nn.Module) else None
+    module.to(device)
+    if movable is not None:
+        movable.to(device)
+    try:
+        yield move
+    finally:
+        module.to("cpu")
+        if movable is not None:
+            movable.to("cpu")
 
 
 def _varying(X: np.ndarray) -> list[int]:
