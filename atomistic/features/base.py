@@ -26,10 +26,12 @@ __all__ = ["Featurizer", "featurizer_from_params"]
 
 _REGISTRY: dict[str, type[Featurizer]] = {}
 
-# atoms per forward call in featurize_arrays (bounds memory; structures are never split)
-# atoms per forward call: the three-body temporaries grow with atoms x neighbours^2; 1024 keeps
-# a dense Cu cell at 6.5 Å to ~300 MB of working memory (8192: ~610 MB) at the same speed
-_ATOMS_PER_CALL = 1024
+# neighbour pairs per forward call in featurize_arrays, by a memory model rather than an atom
+# count: a call holds ~60 float64 per pair (vectors, distances, radial terms, angular factors,
+# monomials), so 2^17 pairs is ~64 MB; three-body temporaries are chunked separately
+# (triplets.CHUNK_BYTES). Dense Cu at 6.5 Å (~100 neighbours): ~1300 atoms a call; ethanol
+# (8 neighbours): ~16000. Structures are never split.
+_PAIRS_PER_CALL = 1 << 17
 # without gradients, padded triplet blocks (no gathers) beat sparse triplets up to this much padding
 _MAX_PADDING = 1.25
 
@@ -192,9 +194,12 @@ class Featurizer(torch.nn.Module):
             self.fit_elements(numbers)
         self._check_numbers(numbers, offsets)
         out = np.zeros((len(numbers), self.n_features), dtype=np.float64)
+        cum = np.concatenate(
+            [[0.0], np.cumsum(_estimated_pairs(offsets, cells, pbcs, self.cutoff))]
+        )
         s = 0
         while s < len(cells):
-            e = int(np.searchsorted(offsets, offsets[s] + _ATOMS_PER_CALL, side="right")) - 1
+            e = int(np.searchsorted(cum, cum[s] + _PAIRS_PER_CALL, side="right")) - 1
             e = min(max(e, s + 1), len(cells))
             a, b = offsets[s], offsets[e]
             sub = offsets[s : e + 1] - a
@@ -313,6 +318,21 @@ class Featurizer(torch.nn.Module):
         diag = (left == right).view(1, -1, 1, 1)
         sums = torch.where(diag, 0.5 * (sums - tl[..., -1:]), sums)
         return term.combine(sums)
+
+
+def _estimated_pairs(offsets, cells, pbcs, cutoff: float) -> np.ndarray:
+    """Neighbour pairs of each structure, estimated before any search, shape (S,): n (n - 1) for
+    a molecule; for a periodic cell n times the atoms per cell volume in a sphere of the cutoff
+    (images included)."""
+    n = np.diff(offsets).astype(np.float64)
+    pairs = n * np.maximum(n - 1.0, 0.0)
+    periodic = pbcs.any(axis=1)
+    if periodic.any():
+        volume = np.abs(np.linalg.det(cells[periodic]))
+        sphere = 4.0 / 3.0 * np.pi * cutoff**3
+        dense = n[periodic] * n[periodic] * sphere / np.maximum(volume, 1e-12)
+        pairs[periodic] = np.minimum(dense, n[periodic] * 1e6)
+    return pairs
 
 
 def _within(distances: Tensor, cutoff: float) -> Tensor | None:

@@ -299,18 +299,22 @@ class ANIAngular(AngularTerm):
         self.register_buffer("sin_s", _buffer([math.sin(s) for s in self.sections]))
 
     def forward(self, tri: Triplets) -> tuple[Tensor, Tensor]:
-        mean = 0.5 * (tri.r_j + tri.r_k)  # shape S
-        d = mean.unsqueeze(-1) - self.shift.to(mean.dtype)
-        radial = tri.gg * torch.exp(-self.eta * d * d)  # shape (S, n_shifts)
+        # exp(-eta ((R_ij + R_ik) / 2 - R_s)^2) = exp(-eta / 4 (R_ij + R_ik - 2 R_s)^2); the
+        # factor 2 of the angular part is carried by the radial one (fewer columns)
+        d = (tri.r_j + tri.r_k).unsqueeze(-1) - 2.0 * self.shift.to(tri.distances.dtype)
+        radial = (2.0 * tri.gg) * torch.exp((d * d) * (-0.25 * self.eta))  # shape (S, n_shifts)
         c = 0.95 * tri.cos
         s = torch.sqrt(1.0 - c * c)
-        half = 0.5 + 0.5 * (
-            c.unsqueeze(-1) * self.cos_s.to(c.dtype) + s.unsqueeze(-1) * self.sin_s.to(c.dtype)
-        )
+        # (1 + cos(theta' - theta_s)) / 2 = 1/2 + c cos(theta_s) / 2 + s sin(theta_s) / 2
+        half = torch.addcmul(
+            c.unsqueeze(-1) * (0.5 * self.cos_s.to(c.dtype)),
+            s.unsqueeze(-1),
+            0.5 * self.sin_s.to(c.dtype),
+        ).add_(0.5)  # shape (S, n_sections)
         if self.zeta.is_integer():
-            angular = 2.0 * _ipow(half, int(self.zeta))  # shape (S, n_sections)
+            angular = _ipow(half, int(self.zeta))
         else:
-            angular = 2.0 * half**self.zeta
+            angular = half**self.zeta
         return radial, angular
 
     def label_params(self) -> list[dict]:
