@@ -73,8 +73,18 @@ class _Run:
         return exc
 
     def started(self, label: str, fut: Any) -> Any:
-        """A stage was submitted: its progress line starts (elapsed time, pulsing)."""
+        """A stage was submitted: its progress line starts (elapsed time, pulsing) and ends,
+        saying whether it ran or was cached, as soon as the stage is done."""
         self.progress.stage_started(label)
+
+        def report(f: Any) -> None:
+            try:
+                if f.state.is_completed():
+                    self.progress.stage_finished(label, _how(f, f.result()))
+            except Exception:  # a progress line never fails a stage; done() reports it
+                pass
+
+        fut.add_done_callback(report)
         return fut
 
     def done(self, label: str, fut: Any) -> Any:
@@ -222,17 +232,19 @@ class _Run:
         for name in names:
             model = cfg.models[name]
             epochs = getattr(getattr(model, "training", None), "epochs", None)
-            progress.stage_started(f"model {name}")
-            trained[name] = submit_cached(
-                train_model,
-                model_exists,
-                name,
-                features[model.features],
-                scalers[model.features],
-                model.model_dump(mode="json"),
-                self.split,
-                cfg.workspace,
-                on_epoch=progress.epoch_callback(f"model {name}", epochs),
+            trained[name] = self.started(
+                f"model {name}",
+                submit_cached(
+                    train_model,
+                    model_exists,
+                    name,
+                    features[model.features],
+                    scalers[model.features],
+                    model.model_dump(mode="json"),
+                    self.split,
+                    cfg.workspace,
+                    on_epoch=progress.epoch_callback(f"model {name}", epochs),
+                ),
             )
         for name, fut in trained.items():  # a failed fit is the error, not its evaluation's
             fut.wait()
@@ -246,16 +258,18 @@ class _Run:
             done = evaluation_done(
                 Path(cfg.workspace) / "models" / key, cfg.evaluation.split, cfg.evaluation.plots
             )
-            progress.stage_started(f"evaluate {name}")
-            evaluated[name] = submit_cached(
-                evaluate_model,
-                lambda *_, done=done, **__: done,  # the files, not Prefect's record of them
-                fut,
-                features[fset],
-                scalers[fset],
-                self.split,
-                cfg.evaluation.split,
-                cfg.evaluation.plots,
+            evaluated[name] = self.started(
+                f"evaluate {name}",
+                submit_cached(
+                    evaluate_model,
+                    lambda *_, done=done, **__: done,  # the files, not Prefect's record of them
+                    fut,
+                    features[fset],
+                    scalers[fset],
+                    self.split,
+                    cfg.evaluation.split,
+                    cfg.evaluation.plots,
+                ),
             )
         self.stages.update({f"train-model/{n}": f for n, f in trained.items()})
         self.stages.update({f"evaluate/{n}": f for n, f in evaluated.items()})

@@ -25,6 +25,7 @@ class CampaignProgress:
         self.console = Console(file=sys.stderr)
         self._live = enabled and self.console.is_terminal
         self._started: dict[str, float] = {}
+        self._finished: set[str] = set()
         self._progress = Progress(
             TextColumn("{task.description:<28}"),
             BarColumn(),
@@ -60,6 +61,9 @@ class CampaignProgress:
     def stage_finished(self, label: str, how: str) -> None:
         """A stage ended: its bar completes, and its line says ``how`` (cached, run)."""
         with self._lock:
+            if label in self._finished:
+                return
+            self._finished.add(label)
             if label not in self._bars:
                 self._bars[label] = self._progress.add_task(label, total=None)
             bar = self._bars[label]

@@ -139,7 +139,10 @@ def _signature(directory: Path, store_url: str | None, dataset_key: str):
     names = ["energy"]
     if store_url is not None:
         sample = read_dataset(Store(store_url), dataset_key).subset([0]).to_atoms()
-        names = list(predict_structures(AtomisticModel.load(directory), sample))
+        try:
+            names = list(predict_structures(AtomisticModel.load(directory), sample))
+        except ValueError:  # a model that predicts from precomputed features only
+            pass
     outputs = []
     for name in _OUTPUT_COLUMNS:
         if name not in names:

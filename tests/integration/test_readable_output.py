@@ -73,6 +73,24 @@ def test_run_summary_table_has_units(capsys):
     assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
 
 
+def test_one_line_per_stage_saying_cached_or_run(capsys):
+    from flows.progress import CampaignProgress
+
+    with CampaignProgress(enabled=True) as progress:  # stderr is not a terminal here
+        progress.stage_started("features g")
+        progress.chunk_callback("features g")(1, 2)
+        progress.stage_finished("features g", "run")
+        progress.stage_finished("features g", "run")  # reported once
+        progress.stage_started("model krr")
+        progress.stage_finished("model krr", "cached")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[:3] for line in lines] == [
+        ["features", "g", "run"],
+        ["model", "krr", "cached"],
+    ]
+    assert all(line.endswith(" s") for line in lines)  # with the time it took
+
+
 def _mlflow_runs(uri: str, experiment: str) -> None:
     """Four model runs as `atompipe run` logs them: krr twice unchanged (one key), krr with
     another sigma, and nn."""
