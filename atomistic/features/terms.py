@@ -204,8 +204,10 @@ class BehlerAngular(AngularTerm):
     def forward(self, tri: Triplets) -> tuple[Tensor, Tensor | list]:
         radial = tri.gg  # shape (S, n_eta)
         if self.include_jk:
-            r_jk2 = tri.r_jk2
-            f_jk = self.cutoff_fn(torch.sqrt(r_jk2))
+            # one clamp for the square root (>= 1e-12) and for the cutoff (<= R_c^2: f_c = 0
+            # there, so the clamped exponential below is multiplied by zero)
+            r_jk2 = tri.r_jk2.clamp(1e-12, self.cutoff_fn.cutoff**2)
+            f_jk = self.cutoff_fn.compute(torch.sqrt(r_jk2))
             if radial.shape[-1] == 1:
                 radial = radial * (
                     torch.exp(-self.exponent.to(r_jk2.dtype) * r_jk2) * f_jk

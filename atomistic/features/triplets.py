@@ -89,11 +89,11 @@ class Triplets:
 
     @cached_property
     def r_jk2(self) -> Tensor:
-        """R_jk^2 = R_ij^2 + R_ik^2 - 2 R_ij R_ik cos theta_ijk, shape S, Å^2 (clamped >= 1e-12;
-        four passes over the triplets: the squares are per pair)."""
+        """R_jk^2 = R_ij^2 + R_ik^2 - 2 R_ij R_ik cos theta_ijk, shape S, Å^2 (three passes over
+        the triplets: the squares are per pair; not clamped, so it may round to just below 0 for
+        coincident j, k: clamp before a square root)."""
         sq_j, sq_k = self.sides(self.distances * self.distances)
-        out = torch.addcmul(sq_j + sq_k, self.r_j * self.r_k, self.cos, value=-2.0)
-        return out.clamp_min(1e-12)
+        return torch.addcmul(sq_j + sq_k, self.r_j * self.r_k, self.cos, value=-2.0)
 
 
 class SparseTriplets(Triplets):
@@ -133,7 +133,6 @@ class BlockTriplets(Triplets):
         return x.unsqueeze(dim + 2), shifted(x, dim + 1)
 
 
-
 def tracks_derivatives(*tensors: torch.Tensor) -> bool:
     """Whether derivatives flow through any of ``tensors``: reverse mode (requires_grad with
     gradients enabled) or forward mode (a dual tensor with a tangent, as in
@@ -145,6 +144,7 @@ def tracks_derivatives(*tensors: torch.Tensor) -> bool:
         if (t.requires_grad and torch.is_grad_enabled()) or fwAD.unpack_dual(t).tangent is not None:
             return True
     return False
+
 
 def shifted(x: Tensor, dim: int) -> Tensor:
     """View y of x with a new axis after ``dim`` (size m, m odd): y[.., j, s, ..] =
