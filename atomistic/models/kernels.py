@@ -250,7 +250,7 @@ class DistanceBlocks:
                 dk = np.multiply(k, D.numpy(), out=k)
                 self._add(dk, b, rs, r_start, cs, c_start, ddiag, doff)
         K = diag + off + off.T
-        if not with_dlogsigma:
+        if ddiag is None or doff is None:
             return K, None
         return K, dscale * (ddiag + doff + doff.T)
 
