@@ -416,8 +416,8 @@ def report(curves: dict[str, list[dict]], args) -> dict:
         result["active_labels_to_match"] = need
         print(
             f"random selection at {curves['random'][-1]['labels']} labels: "
-            f"{target * 1000:.1f} meV/Å; active learning reaches it with "
-            + (f"{need:.0f} labels" if need is not None else "no budget tried (never)")
+            f"{target * 1000:.1f} meV/Å; active learning "
+            + (f"reaches it with {need:.0f} labels" if need is not None else "never reaches it")
         )
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"active_learning_{args.system}" + ("" if len(curves) > 1 else f"_{next(iter(curves))}")
