@@ -327,6 +327,7 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str) -> None:
         )
     ax.set_xlabel("labels added to the 20 seed structures")
     ax.set_ylabel("test force MAE (meV/Å)")
+    ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
