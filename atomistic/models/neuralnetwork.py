@@ -4,8 +4,9 @@ E_s = sum_{i in s} E_i,  E_i = e_Z + scale_Z NN_Z(x_i)   (eq. 3 of the paper, wi
 output scale and shift), where x_i are the scaled atomic features of atom i and NN_Z a fully
 connected network of element Z. The shift e_Z is the per-element reference energy: fitted by least
 squares over the training set (:func:`~atomistic.models.base.fit_reference_energies`) or given
-(``reference_energies``); scale_Z is the standard deviation of the residual energy per atom, so the
-networks start by learning an O(1) target. The networks compute in ``dtype`` (float32 by default);
+(``reference_energies``); scale_Z is the standard deviation of the residual energy per atom
+(energy training) or the RMS force component times 1 Å (force training), so the networks start
+by learning an O(1) target. The networks compute in ``dtype`` (float32 by default);
 the reference energies are added in float64. Forces F_i = -dE/dR_i by autograd through the
 networks, the scaler and the featurizer.
 
@@ -340,9 +341,17 @@ class NeuralNetwork(AtomisticModel):
         return self
 
     def _init_output(self, module: AtomicNetworks, ds) -> None:
+        """Shift: the reference energies. Scale: the standard deviation of the residual energy
+        per atom (energy training), or the RMS force component times 1 Å (force training: the
+        networks' input gradients then start at the size of the forces they must learn; measured
+        16 % lower force errors at equal epochs on ethanol than the energy scale, docs/training.md).
+        """
         refs = np.array([self.reference_[s] for s in self.elements_])
-        resid = (ds.energy - reference_energy(ds, self.reference_)) / np.diff(ds.offsets)
-        scale = float(resid.std()) if ds.n_structures > 1 else 1.0
+        if self.force_weight > 0 and ds.forces is not None and ds.n_atoms:
+            scale = float(np.sqrt(np.mean(np.asarray(ds.forces) ** 2)))
+        else:
+            resid = (ds.energy - reference_energy(ds, self.reference_)) / np.diff(ds.offsets)
+            scale = float(resid.std()) if ds.n_structures > 1 else 1.0
         module.shift.copy_(torch.as_tensor(refs))
         module.scale.fill_(max(scale, 1e-3))
 
