@@ -287,6 +287,12 @@ def run(
     from flows.settings import start_prefect_server_apart
 
     start_prefect_server_apart()  # Ctrl-C in the terminal stops the campaign, not Prefect's API
+    typer.secho(
+        f"campaign {cfg.name}: {len(cfg.datasets)} dataset(s), {len(cfg.features)} feature "
+        f"set(s), {len(model or cfg.models)} model(s); a line per stage as it ends",
+        err=True,
+        dim=True,
+    )
     try:
         summary = _stoppable(
             lambda: run_campaign(
