@@ -1,7 +1,8 @@
 """An MLflow pyfunc over a saved atompipe model, logged as *code* (no cloudpickle).
 
 ``mlflow.pyfunc.load_model(uri).predict(frame)`` takes a pandas DataFrame with an ``extxyz``
-column of extended-XYZ strings, one structure each (or a list of ase.Atoms), and returns a
+column of extended-XYZ strings, one structure each (the signature's input; the unwrapped
+model, ``.unwrap_python_model().predict(None, images)``, also takes ase.Atoms), and returns a
 DataFrame with one row per structure: ``energy`` (eV); where the model differentiates through
 its featurizer ``forces`` ((n_atoms, 3) nested lists, eV/Å) and ``stress`` (6 values, eV/Å³,
 ASE's Voigt order; empty for a structure without a periodic cell); where the model has

@@ -155,12 +155,20 @@ def test_campaign_caches_and_tracks(prefect_harness, workdir, monkeypatch):
     assert "(9 runs)" in table.output and "encoder" not in table.output
     assert all(name in table.output for name in ("nn", "krr", "krr_lat"))
 
-    # the registered model predicts energies from ase.Atoms through pyfunc
+    # the registered model predicts energies from extended-XYZ strings through pyfunc
+    import io
+
     import mlflow
+    import pandas as pd
 
     model = mlflow.pyfunc.load_model("models:/itest-champion@champion")
     images = ase.io.read(workdir / "cu.extxyz", ":3")
-    pred = model.predict(images)["energy"].to_numpy()
+    texts = []
+    for a in images:
+        buf = io.StringIO()
+        ase.io.write(buf, a, format="extxyz")
+        texts.append(buf.getvalue())
+    pred = model.predict(pd.DataFrame({"extxyz": texts}))["energy"].to_numpy()
     ref = np.array([a.get_potential_energy() for a in images])
     assert np.abs(pred - ref).max() / 32 < 0.05
 
