@@ -79,7 +79,6 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
             else float("nan")
         )
     rows = [(name, *[1e3 * t for t in times[name]], exponents[name]) for name in names]
-    search = _demo_search(quick)
     print(
         table(
             "kernel models: fit time (ms) against N training structures (Cu, 32 atoms each)",
@@ -90,6 +89,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         ),
         flush=True,
     )
+    search = _demo_search(quick)
     return {
         "sizes": sizes,
         "atoms": atoms,
