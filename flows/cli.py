@@ -722,7 +722,7 @@ def predict(
         _use_device(m, resolve_device(device, report=_note))
         ds = load_files(files, require_energy=False)
         images = ds.to_atoms()
-        out = predict_structures(m, images)
+        out = _predict_in_chunks(m, images, predict_structures)
     except (DataError, ModelFileError, OSError) as exc:
         _fail(str(exc))
     except ValueError as exc:  # the structures do not fit the model (e.g. an unseen element)
@@ -743,6 +743,25 @@ def _check_devices(cfg: Any) -> None:
 
         for m in cfg.models.values():
             resolve_device(getattr(m, "device", "cpu"), report=_note)
+
+
+def _predict_in_chunks(model: Any, images: list, predict_structures: Callable) -> dict:
+    """``predict_structures`` over ``images`` a chunk at a time, with a progress bar (a line
+    when stderr is not a terminal): a kernel model with forces takes seconds a structure."""
+    from flows.progress import CampaignProgress
+
+    chunk = 16
+    label = f"predict {len(images)} structures"
+    out: dict[str, list] = {}
+    with CampaignProgress(enabled=len(images) > chunk) as progress:
+        progress.stage_started(label)
+        for start in range(0, len(images), chunk):
+            part = predict_structures(model, images[start : start + chunk])
+            for name, values in part.items():
+                out.setdefault(name, []).extend(values)
+            progress.chunk_callback(label)(min(start + chunk, len(images)), len(images))
+        progress.stage_finished(label, "done")
+    return out
 
 
 def _note(message: str) -> None:
