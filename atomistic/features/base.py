@@ -180,11 +180,10 @@ class Featurizer(torch.nn.Module):
         """
         return batch_neighbor_list(positions, cells, pbcs, offsets, self.cutoff)
 
-    def featurize_arrays(self, numbers, positions, cells, pbcs, offsets) -> np.ndarray:
-        """Features of a flat ragged batch: (N, n_features) float64 numpy array, unscaled.
-
-        Shapes as :meth:`neighbors`. Structures are processed together, many per forward call.
-        """
+    def batch_arrays(self, numbers, positions, cells, pbcs, offsets) -> tuple[np.ndarray, ...]:
+        """A flat ragged batch as contiguous numpy arrays of the expected dtypes and shapes
+        (as :meth:`neighbors`), its elements checked (and fixed first if the featurizer has
+        none yet)."""
         numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
         positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
         cells = np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)
@@ -193,6 +192,16 @@ class Featurizer(torch.nn.Module):
         if self.elements is None:
             self.fit_elements(numbers)
         self._check_numbers(numbers, offsets)
+        return numbers, positions, cells, pbcs, offsets
+
+    def featurize_arrays(self, numbers, positions, cells, pbcs, offsets) -> np.ndarray:
+        """Features of a flat ragged batch: (N, n_features) float64 numpy array, unscaled.
+
+        Shapes as :meth:`neighbors`. Structures are processed together, many per forward call.
+        """
+        numbers, positions, cells, pbcs, offsets = self.batch_arrays(
+            numbers, positions, cells, pbcs, offsets
+        )
         out = np.zeros((len(numbers), self.n_features), dtype=np.float64)
         cum = np.concatenate(
             [[0.0], np.cumsum(_estimated_pairs(offsets, cells, pbcs, self.cutoff))]

@@ -49,13 +49,9 @@ def feature_jacobians(
     Shapes: numbers (N,), positions (N, 3) Å, cells (S, 3, 3) Å, pbcs (S, 3), offsets (S+1,).
     Computed in float64 and returned in ``dtype``.
     """
-    numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
-    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
-    cells = np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)
-    pbcs = np.asarray(pbcs, dtype=bool).reshape(-1, 3)
-    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
-    if featurizer.elements is None:
-        featurizer.fit_elements(numbers)
+    numbers, positions, cells, pbcs, offsets = featurizer.batch_arrays(
+        numbers, positions, cells, pbcs, offsets
+    )
     sizes = np.diff(offsets)
     n_max = int(sizes.max()) if len(sizes) else 0
     n_atoms, n_feat = len(numbers), featurizer.n_features
