@@ -23,6 +23,8 @@ passes over the whole dataset, independent of the number of features. Memory: N 
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -31,6 +33,7 @@ __all__ = ["feature_jacobians", "jacobian_nbytes"]
 
 # structures per forward pass: bounds the working memory of the featurizer's pair/triplet terms
 _ATOMS_PER_CALL = 4096
+_FORWARD_AD = threading.Lock()
 
 
 def jacobian_nbytes(n_features: int, offsets: np.ndarray, dtype: torch.dtype) -> int:
@@ -73,7 +76,9 @@ def feature_jacobians(
             nl.to_torch(),
         )
         loc = torch.from_numpy(local[a:b])
-        with torch.no_grad():
+        # forward-mode levels are global to the process: two threads (a campaign trains models
+        # concurrently) must not open them at once
+        with torch.no_grad(), _FORWARD_AD:
             X[a:b] = featurizer(*args).to(dtype)
             for k in range(3 * int(sizes[s:e].max())):
                 tangent = torch.zeros((b - a, 3), dtype=torch.float64)

@@ -165,3 +165,18 @@ def test_per_element_widths(mol_data):
     assert widths == {"H": [6, 1], "C": [5, 4, 1], "O": [3, 1]}
     with pytest.raises(ValueError, match="no widths for element"):
         NeuralNetwork({"H": (4,)}, training=TrainingConfig(epochs=1)).fit(mol_data)
+
+
+def test_jacobians_from_two_threads_at_once():
+    """A campaign trains models in threads; forward-mode levels are process-wide, so two
+    Jacobian computations at once must not collide (they raised 'Nested forward mode AD')."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    f = AEV.like_ani1x(("H", "C", "O"))
+    ds = Dataset.from_atoms(molecule_images(6, seed=2))
+    args = (ds.numbers, ds.positions, ds.cell, ds.pbc, ds.offsets)
+    ref = feature_jacobians(f, *args)[1]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: feature_jacobians(f, *args)[1], range(4)))
+    for J in results:
+        torch.testing.assert_close(J, ref, rtol=0, atol=0)
