@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from atomistic.features.store import (
 )
 from atomistic.storage import Store, content_hash
 from tasks.caching import stage_task
+from tasks.models import _publish_dir, _staging
 
 __all__ = [
     "active_model_key",
@@ -137,15 +137,9 @@ def train_stage(
             warnings.simplefilter("ignore", models.TrainingWarning)
             model.fit(train, val)
         interrupt.check()  # a fit cut short by a stop request is never published
-        build = Path(workspace) / "models" / ".staging" / f"{key[:16]}-{uuid.uuid4().hex}"
-        build.parent.mkdir(parents=True, exist_ok=True)
+        build = _staging(workspace, key)
         model.save(build)
-        try:
-            os.rename(build, target)
-        except OSError:
-            if not (target / "card.json").exists():
-                raise
-            shutil.rmtree(build, ignore_errors=True)
+        _publish_dir(build, target)
         shutil.rmtree(Path(workspace) / "checkpoints" / key, ignore_errors=True)
     evaluation = target / "evaluation.json"
     if not evaluation.exists():
