@@ -1,34 +1,15 @@
 """The ASE calculator: same numbers as the model, uncertainty where the model has one, and
 energy conservation in NVE molecular dynamics with a small trained Cu potential."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from ase import units
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
+from atoms_factory import cu_images, make_data
 
-
-def _models_conftest():
-    """tests/unit/models/conftest.py by its path: ``import conftest`` finds whichever conftest
-    pytest imported first (tests/conftest.py when this file runs alone)."""
-    import importlib.util
-
-    path = Path(__file__).parent / "models" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("atompipe_models_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _models_conftest()
-cu_images, make_data = _helpers.cu_images, _helpers.make_data
-
-from atomistic.calculator import AtompipeCalculator  # noqa: E402
-from atomistic.models import GaussianProcess, NeuralNetwork, TrainingConfig  # noqa: E402
+from atomistic.calculator import AtompipeCalculator
+from atomistic.models import GaussianProcess, NeuralNetwork, TrainingConfig
 
 
 @pytest.fixture(scope="module")

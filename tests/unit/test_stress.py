@@ -2,38 +2,21 @@
 finite differences of the energy under strain (``ase.calculators.fd.calculate_numerical_stress``,
 which also fixes ASE's sign and Voigt conventions: checked on EMT's analytic stress)."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
 from ase.calculators.fd import calculate_numerical_stress
+from atoms_factory import cu_images, make_data
 
-pytestmark = pytest.mark.filterwarnings("ignore::atomistic.models.TrainingWarning")
-
-
-def _models_conftest():
-    import importlib.util
-
-    path = Path(__file__).parent / "models" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("atompipe_models_conftest_stress", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _models_conftest()
-cu_images, make_data = _helpers.cu_images, _helpers.make_data
-
-from atomistic.calculator import AtompipeCalculator  # noqa: E402
-from atomistic.models import (  # noqa: E402
+from atomistic.calculator import AtompipeCalculator
+from atomistic.models import (
     GaussianProcess,
     KernelRidge,
     NeuralNetwork,
     TrainingConfig,
 )
+
+pytestmark = pytest.mark.filterwarnings("ignore::atomistic.models.TrainingWarning")
 
 
 @pytest.fixture(scope="module")
