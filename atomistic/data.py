@@ -418,7 +418,10 @@ def make_split(
         starts = sizes - np.array([len(m) for m in members])
         which = np.searchsorted([n_train, n_train + n_val], starts, side="right")
         parts = [
-            np.concatenate([m for m, w in zip(members, which, strict=True) if w == k] or [[]])
+            np.concatenate(
+                [m for m, w in zip(members, which, strict=True) if w == k]
+                or [np.empty(0, dtype=np.int64)]
+            )
             for k in range(3)
         ]
     return {name: np.sort(p).astype(np.int64) for name, p in zip(SPLIT_NAMES, parts, strict=True)}
@@ -478,9 +481,13 @@ def read_dataset(store: Store | str, key: str) -> Dataset:
     store = store if isinstance(store, Store) else Store(store)
     group = store.open("datasets", key)
     stored = group.attrs.get("checksums")
+    if stored is not None and not isinstance(stored, dict):
+        raise CorruptionError(f"{store.url}: datasets/{key}: its checksums are not a mapping")
     names = [n for n in _ARRAYS if (n in stored if stored is not None else n in group)]
     arrays = {name: read_verified(group, name, store.url) for name in names}
-    ds = Dataset(**arrays, sources=tuple(group.attrs.get("sources", ())))
+    sources = group.attrs.get("sources", [])
+    listed = sources if isinstance(sources, list) else []
+    ds = Dataset(**arrays, sources=tuple(s for s in listed if isinstance(s, dict)))
     if stored is None and ds.key != key:
         raise CorruptionError(
             f"{store.url}: datasets/{key}: its arrays no longer hash to its key (a chunk file "

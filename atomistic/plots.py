@@ -185,7 +185,9 @@ def parity_plot(
     )
     for axis in (ax.xaxis, ax.yaxis):  # few, short tick labels: none overlap
         axis.set_major_locator(MaxNLocator(nbins=4))
-        axis.get_major_formatter().set_useOffset(False)
+        formatter = axis.get_major_formatter()
+        if isinstance(formatter, ScalarFormatter):  # the default formatter
+            formatter.set_useOffset(False)
     ax.tick_params(axis="x", labelrotation=30)
     within = "" if s is None else f"\nwithin 1σ {100 * np.mean(np.abs(err) <= s):.0f}%"
     ax.text(

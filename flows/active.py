@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from prefect import flow, get_run_logger
 
-from flows.config import CampaignConfig, ConfigError, LatentFeatures
+from flows.config import ActiveConfig, CampaignConfig, ConfigError, LatentFeatures
 from tasks.active import (
     explore_exists,
     explore_stage,
@@ -37,8 +37,14 @@ from tasks.stages import featurize, featurize_exists, fit_scaler, ingest, ingest
 __all__ = ["active_flow", "check_active", "run_active"]
 
 
-def check_active(cfg: CampaignConfig) -> None:
-    """The ``active:`` section refers to what the campaign has; errors name the key."""
+def check_active(cfg: CampaignConfig) -> ActiveConfig:
+    """The ``active:`` section refers to what the campaign has; errors name the key.
+
+    Returns
+    -------
+    ActiveConfig
+        ``cfg.active``, checked.
+    """
     a = cfg.active
     if a is None:
         raise ConfigError(f"campaign {cfg.name}: no `active:` section")
@@ -64,6 +70,7 @@ def check_active(cfg: CampaignConfig) -> None:
             f"active.labelling.calculator: {calc!r} is neither built in {BUILTIN_CALCULATORS} "
             "nor listed in active.labelling.allow"
         )
+    return a
 
 
 def _ingest(cfg: CampaignConfig, name: str) -> dict[str, Any]:
@@ -169,12 +176,12 @@ def _record(cfg: CampaignConfig, rows: list[dict[str, Any]], config: dict[str, A
 def active_flow(config: dict[str, Any]) -> dict[str, Any]:
     """The active-learning loop of a campaign (``CampaignConfig.model_dump(mode="json")``)."""
     cfg = CampaignConfig.model_validate(config)
-    check_active(cfg)
-    a = cfg.active
+    a = check_active(cfg)
     log = get_run_logger()
     Path(cfg.workspace).mkdir(parents=True, exist_ok=True)
     model_cfg = cfg.models[a.model].model_dump(mode="json")
     feat = cfg.features[cfg.models[a.model].features]
+    assert not isinstance(feat, LatentFeatures)  # check_active refuses latent features
     t0 = time.perf_counter()
 
     # iteration 0: the campaign's first stages and a first committee

@@ -9,7 +9,7 @@ Independent branches (feature sets, models) are submitted concurrently.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,7 @@ class _Run:
         check_against_data(self.cfg, datasets, models)
 
     # -- 1. datasets ------------------------------------------------------------------------
-    def ingest(self, models: list[str] = ()) -> dict[str, Any]:
+    def ingest(self, models: Sequence[str] = ()) -> dict[str, Any]:
         cfg, split = self.cfg, self.split
         for name in cfg.datasets:  # what the globs and folders hold now stays inside the root
             cfg.dataset_files(name)

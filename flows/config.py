@@ -186,7 +186,8 @@ class AEVFeatures(_Strict):
     def featurizer_params(self) -> dict[str, Any]:
         from atomistic.features.aev import PRESETS
 
-        out = {**(PRESETS[self.preset] if self.preset != "ani1x" else {}), **self.params}
+        preset: dict[str, Any] = dict(PRESETS[self.preset]) if self.preset != "ani1x" else {}
+        out = {**preset, **self.params}
         if self.elements:
             out["elements"] = self.elements
         return out
@@ -720,7 +721,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path, source: str) -> None:
             raw["store"] = resolve("store", store)
     tracking = raw.get("tracking")
     uri = tracking.get("uri") if isinstance(tracking, dict) else None
-    if isinstance(uri, str) and uri.startswith("sqlite:///"):  # a local database file
+    if isinstance(tracking, dict) and isinstance(uri, str) and uri.startswith("sqlite:///"):
         tracking["uri"] = "sqlite:///" + resolve("tracking.uri", uri[len("sqlite:///") :])
     datasets = raw.get("datasets")
     for name, ds in datasets.items() if isinstance(datasets, dict) else ():

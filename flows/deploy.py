@@ -44,11 +44,11 @@ def build_deployment(
     watch: Path | None = None,
     name: str | None = None,
 ) -> Any:
-    from prefect.events import DeploymentEventTrigger
+    from prefect.events import DeploymentEventTrigger, DeploymentTriggerTypes, TriggerTypes
 
     from flows.campaign import campaign
 
-    triggers = []
+    triggers: list[DeploymentTriggerTypes | TriggerTypes] = []
     if watch is not None:
         triggers.append(
             DeploymentEventTrigger(

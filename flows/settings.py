@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 _DEFAULTS = {
     "DO_NOT_TRACK": "1",
@@ -31,6 +32,7 @@ def start_prefect_server_apart() -> None:
     """
     import signal
     import subprocess
+    import types
 
     from prefect.server.api import server as api_server
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
@@ -49,8 +51,8 @@ def start_prefect_server_apart() -> None:
         except (OSError, AttributeError):  # not Linux
             pass
 
-    class _Apart:  # the `subprocess` module as Prefect's server module sees it, for one call
-        def __getattr__(self, name: str):
+    class _Apart(types.ModuleType):  # `subprocess` as Prefect's server module sees it, one call
+        def __getattr__(self, name: str) -> Any:
             return getattr(subprocess, name)
 
         @staticmethod
@@ -59,7 +61,7 @@ def start_prefect_server_apart() -> None:
             kwargs.setdefault("preexec_fn", die_with_parent)
             return subprocess.Popen(*args, **kwargs)
 
-    api_server.subprocess = _Apart()
+    api_server.subprocess = _Apart("subprocess")
     try:
         instance.start()
     finally:

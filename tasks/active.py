@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase import Atoms
 
 from atomistic import interrupt
-from atomistic.data import Dataset, read_dataset, write_dataset
+from atomistic.data import Dataset, read_dataset, read_structures, write_dataset
 from atomistic.features.scaling import Scaler
 from atomistic.features.store import (
     feature_key,
@@ -143,12 +144,12 @@ def train_stage(
         shutil.rmtree(Path(workspace) / "checkpoints" / key, ignore_errors=True)
     evaluation = target / "evaluation.json"
     if not evaluation.exists():
-        model = models.load_model(target)
+        trained = models.load_model(target)
         ds = read_dataset(test["store"], test["dataset"]).subset(test["indices"])
-        pred = model.predict_atoms(ds.to_atoms(), forces=True)
+        pred = trained.predict_atoms(ds.to_atoms(), forces=True)
         pred["forces"] = np.concatenate(pred["forces"])
         out = {k: v for k, v in evaluate(ds, pred).items() if not k.startswith("calibration")}
-        if "forces_std" in pred:
+        if "forces_std" in pred and ds.forces is not None:
             cal = force_calibration(ds.forces, pred["forces"], pred["forces_std"])
             out.update({f"force_calibration_{k}": v for k, v in cal.items()})
         out["test_structures"] = ds.n_structures
@@ -189,7 +190,7 @@ def explore_stage(
         for f in frames:
             f.calc = None
         _write_atomic(path, lambda p: ase.io.write(p, frames, format="extxyz"))
-    frames = ase.io.read(path, ":")
+    frames = read_structures(path)
     u = [float(f.info["uncertainty"]) for f in frames]
     return {"key": key, "path": str(path), "n": len(frames), "uncertainty": u}
 
@@ -209,7 +210,6 @@ def select_stage(
     """Indices of the snapshots to label and the threshold used (``settings``: the campaign's
     ``active.selection``, plus ``upper``: ``active.exploration.max_uncertainty``, above which
     nothing is picked; ``max_labels`` may be lower than its own, near the end of a budget)."""
-    import ase.io
 
     from atomistic.active import (
         calibrate_threshold,
@@ -231,7 +231,7 @@ def select_stage(
         pred = net.predict(val, forces=True)
         vu = structure_uncertainty(pred["forces_std"], val.dataset.offsets)
         threshold = calibrate_threshold(vu, settings["quantile"], settings["factor"])
-    frames = ase.io.read(explored["path"], ":")
+    frames = read_structures(explored["path"])
     descriptors = None
     if settings["diversity"] == "fps":
         net = net or load_model(model["dir"])
@@ -262,6 +262,7 @@ def _label_one(path: str, index: int, labelling: dict[str, Any], labels_dir: str
     from atomistic.active import LabelStore, label_structures, reference_calculator
 
     atoms = ase.io.read(path, index)
+    assert isinstance(atoms, Atoms)  # one index, one structure
     _, computed = label_structures(
         [atoms],
         lambda: reference_calculator(
@@ -283,14 +284,13 @@ def label_stage(
     """Label the picked snapshots on Dask (one task per structure). Not cached by Prefect: the
     label store itself is the cache, so a rerun after a kill computes only the missing labels.
     Returns {"keys": structure keys in order, "computed": labels computed now}."""
-    import ase.io
 
     from atomistic.active import LabelStore, reference_calculator, structure_key
     from tasks.cluster import dask_client
 
     labels_dir = str(Path(workspace) / "active" / "labels")
     store = LabelStore(labels_dir)
-    frames = ase.io.read(explored["path"], ":")
+    frames = read_structures(explored["path"])
     keys = [structure_key(frames[i]) for i in indices]
     todo = [i for i, k in zip(indices, keys, strict=True) if k not in store]
     todo = list(dict.fromkeys(todo))
@@ -332,12 +332,11 @@ def grow_stage(
     """The parent dataset followed by the newly labelled structures, stored as a new version, and
     its features: the parent's rows copied, the new structures' rows computed. Returns
     ({"store", "key", "summary", "parent"}, feature reference) as {"dataset", "features"}."""
-    import ase.io
 
     from atomistic.active import LabelStore, label_structures
 
     store = Store(parent["store"])
-    frames = ase.io.read(explored["path"], ":")
+    frames = read_structures(explored["path"])
     new, _ = label_structures(
         [frames[i] for i in indices], _no_calculator, LabelStore(labels["labels_dir"])
     )

@@ -114,10 +114,10 @@ def _requirement() -> str:
         return "atompipe"
 
 
-# the pyfunc's output columns (flows/mlflow_model.py) and their MLflow types
-_OUTPUT_COLUMNS = {
-    "energy": ("double",),
-    "energy_std": ("double",),
+# the pyfunc's output columns (flows/mlflow_model.py): MLflow type and array depth
+_OUTPUT_COLUMNS: dict[str, tuple[str, int]] = {
+    "energy": ("double", 0),
+    "energy_std": ("double", 0),
     "forces": ("double", 2),
     "forces_std": ("double", 2),
     "stress": ("double", 1),
@@ -129,7 +129,7 @@ def _signature(directory: Path, store_url: str | None, dataset_key: str):
     gives, found by predicting one stored structure (energy; forces and stress where the model
     has its featurizer; energy_std, forces_std where it has uncertainty)."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, Schema
+    from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
 
     from atomistic.data import read_dataset
     from atomistic.models.base import AtomisticModel
@@ -143,13 +143,13 @@ def _signature(directory: Path, store_url: str | None, dataset_key: str):
             names = list(predict_structures(AtomisticModel.load(directory), sample))
         except ValueError:  # a model that predicts from precomputed features only
             pass
-    outputs = []
+    outputs: list[ColSpec | TensorSpec] = []
     for name in _OUTPUT_COLUMNS:
         if name not in names:
             continue
-        dtype, *depth = _OUTPUT_COLUMNS[name]
+        dtype, depth = _OUTPUT_COLUMNS[name]
         kind: Any = dtype
-        for _ in range(depth[0] if depth else 0):
+        for _ in range(depth):
             kind = Array(kind)
         outputs.append(ColSpec(kind, name))
     return ModelSignature(inputs=Schema([ColSpec("string", "extxyz")]), outputs=Schema(outputs))

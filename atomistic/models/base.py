@@ -53,8 +53,9 @@ def _dataset(data: Any, require_energy: bool = False) -> Dataset:
     if isinstance(data, str | Path):
         from ase.io import read
 
-        images = read(str(data), index=":")
-        return Dataset.from_atoms(images, source=str(data), require_energy=require_energy)
+        frames = read(str(data), index=":")
+        frames = frames if isinstance(frames, list) else [frames]
+        return Dataset.from_atoms(frames, source=str(data), require_energy=require_energy)
     images = [data] if isinstance(data, Atoms) else list(data)
     if not all(isinstance(a, Atoms) for a in images):
         raise TypeError(
@@ -150,6 +151,8 @@ def fit_reference_energies(dataset: Dataset, elements: Sequence[str]) -> dict[st
     then sum_Z n_Z e_Z equals the mean energy). Better than a mean energy per atom when
     compositions vary.
     """
+    if dataset.energy is None:
+        raise ValueError("fitting reference energies needs a dataset with energies")
     C = _counts(dataset.numbers, dataset.offsets, elements)
     ref, *_ = np.linalg.lstsq(C, dataset.energy, rcond=None)
     return {sym: float(e) for sym, e in zip(elements, ref, strict=True)}
@@ -402,12 +405,14 @@ class AtomisticModel:
         and, for models with uncertainty, energy_std (S,) eV.
         """
         self._check_fitted()
-        images = [images] if isinstance(images, Atoms) else list(images)
-        data = self._as_data(images)
-        out = self.predict(data, forces=forces, **({"stress": True} if stress else {}))
+        frames = [images] if isinstance(images, Atoms) else list(images)
+        data = self._as_data(frames)
+        out: dict[str, Any] = self.predict(
+            data, forces=forces, **({"stress": True} if stress else {})
+        )
         if forces:
             o = data.dataset.offsets
-            out["forces"] = [out["forces"][o[s] : o[s + 1]] for s in range(len(images))]
+            out["forces"] = [out["forces"][o[s] : o[s + 1]] for s in range(len(frames))]
         return out
 
     # persistence ----------------------------------------------------------------------------
