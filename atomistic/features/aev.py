@@ -7,14 +7,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from .base import Featurizer
 from .terms import ANIAngular, ANIRadial
 
-__all__ = ["AEV", "ANI1X", "ANI2X"]
+__all__ = ["AEV", "ANI1X", "ANI2X", "AEVConstants"]
 
-ANI1X = {
+
+class AEVConstants(TypedDict):
+    """The constants of an AEV (NeuroChem/TorchANI names): cutoffs Å, widths Å^-2, shifts Å,
+    zeta, angle sections rad."""
+
+    Rcr: float
+    EtaR: float
+    ShfR: list[float]
+    Rca: float
+    EtaA: float
+    Zeta: float
+    ShfA: list[float]
+    ShfZ: list[float]
+
+
+ANI1X: AEVConstants = {
     "Rcr": 5.2,
     "EtaR": 16.0,
     "ShfR": [0.9 + 0.26875 * k for k in range(16)],
@@ -27,7 +42,7 @@ ANI1X = {
 
 # ANI-2x (Devereux et al., J. Chem. Theory Comput. 16, 4192 (2020)): H, C, N, O, F, S, Cl;
 # shifts cover [start, cutoff) linearly, as TorchANI's AEVComputer.like_2x
-ANI2X = {
+ANI2X: AEVConstants = {
     "Rcr": 5.1,
     "EtaR": 19.7,
     "ShfR": [0.8 + (5.1 - 0.8) / 16 * k for k in range(16)],
@@ -38,7 +53,7 @@ ANI2X = {
     "ShfZ": [math.pi / 8 + k * math.pi / 4 for k in range(4)],
 }
 ANI2X_ELEMENTS = ("H", "C", "N", "O", "F", "S", "Cl")
-PRESETS = {"ani1x": ANI1X, "ani2x": ANI2X}
+PRESETS: dict[str, AEVConstants] = {"ani1x": ANI1X, "ani2x": ANI2X}
 
 
 class AEV(Featurizer):
@@ -56,12 +71,16 @@ class AEV(Featurizer):
         ShfR, ShfA: radial shifts R_s, Å.
         Zeta: angular exponent.
         ShfZ: angle sections theta_s, rad.
+        device: "cpu" or "cuda", where :meth:`featurize` computes (the CPU, with one message,
+            when no GPU is present); not part of :meth:`get_params`.
 
     Columns (TorchANI's order): [element] x [ShfR], then [element pair (0,0), (0,1), ...] x
     [ShfA outer] x [ShfZ inner].
     """
 
     name = "aev"
+    radial: ANIRadial
+    angular: ANIAngular
 
     def __init__(
         self,
@@ -74,8 +93,10 @@ class AEV(Featurizer):
         Zeta: float = ANI1X["Zeta"],
         ShfA: Sequence[float] | None = None,
         ShfZ: Sequence[float] | None = None,
+        *,
+        device: str = "cpu",
     ) -> None:
-        super().__init__(elements=elements)
+        super().__init__(elements=elements, device=device)
         self.radial = ANIRadial(Rcr, EtaR, ANI1X["ShfR"] if ShfR is None else ShfR)
         self.angular = ANIAngular(
             Rca,

@@ -10,6 +10,8 @@ in torch from positions and cells, so gradients reach both (forces, stress).
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -18,6 +20,7 @@ import torch
 from ase.data import atomic_numbers, chemical_symbols
 from torch import Tensor
 
+from ..device import resolve_device
 from ..neighbors import NeighborList, batch_neighbor_list
 from .terms import AngularTerm, RadialTerm
 from .triplets import block_sums, padding_ratio, sparse_sums, tracks_derivatives
@@ -34,6 +37,8 @@ _REGISTRY: dict[str, type[Featurizer]] = {}
 _PAIRS_PER_CALL = 1 << 17
 # without gradients, padded triplet blocks (no gathers) beat sparse triplets up to this much padding
 _MAX_PADDING = 1.25
+# one copy of a featurizer per device is made at a time (featurize_arrays may run in threads)
+_REPLICAS = threading.Lock()
 
 
 def _normalize_elements(elements: Iterable[Any]) -> tuple[str, ...]:
@@ -53,26 +58,72 @@ class Featurizer(torch.nn.Module):
 
     Subclasses set ``self.radial`` (a RadialTerm), ``self.angular`` (an AngularTerm or None),
     ``self.weighted`` and implement :meth:`get_params`.
+
+    ``device`` (``cpu`` or ``cuda``) is where :meth:`featurize`, :meth:`featurize_arrays` and
+    the feature Jacobians compute; their numpy results are the same on either, to rounding.
+    ``cuda`` without a GPU falls back to the CPU with one message per process
+    (:func:`atomistic.device.resolve_device`). Where a featurizer runs is not what it is: the
+    device is not among :meth:`get_params` (nor in any content key). ``forward`` runs wherever
+    its input tensors are (the module's buffers must be there too: ``featurizer.to(...)``).
     """
 
     name: ClassVar[str] = ""
     radial: RadialTerm
     angular: AngularTerm | None
     weighted: bool = False
+    species_bin: Tensor  # buffer (119,): the element bin of each atomic number, -1 if absent
+    pair_bin: Tensor  # buffer (n_bins, n_bins): the index of each unordered pair of bins
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
             _REGISTRY[cls.name] = cls
 
-    def __init__(self, elements: Iterable[Any] | None = None, weighted: bool = False) -> None:
+    def __init__(
+        self, elements: Iterable[Any] | None = None, weighted: bool = False, device: str = "cpu"
+    ) -> None:
         super().__init__()
         self.weighted = bool(weighted)
         self.register_buffer("species_bin", torch.full((119,), -1, dtype=torch.long))
         self.register_buffer("pair_bin", torch.zeros((1, 1), dtype=torch.long))
         self.elements: tuple[str, ...] | None = None
+        self._replicas: dict[str, Featurizer] = {}
+        self.device = device
         if elements is not None:
             self._set_elements(_normalize_elements(elements))
+
+    # -- device --------------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """Where :meth:`featurize_arrays` computes: ``cpu`` or ``cuda[:N]`` (after fallback)."""
+        return str(self.__dict__.get("_device", "cpu"))  # "cpu" for one unpickled from before
+
+    @device.setter
+    def device(self, requested: str) -> None:
+        self._device = resolve_device(requested)
+
+    def _compute_module(self, device: str | None = None) -> Featurizer:
+        """This featurizer, or a copy of it on ``device`` (default :attr:`device`) when its
+        buffers are elsewhere. The copy is kept: ``self`` is never moved, so callers running
+        ``forward`` on CPU tensors (forces, stress, export) are unaffected."""
+        target = self.device if device is None else resolve_device(device)
+        want, have = torch.device(target), self.species_bin.device
+        if want.type == have.type and want.index in (None, have.index):
+            return self
+        with _REPLICAS:
+            replicas: dict[str, Featurizer] = self.__dict__.setdefault("_replicas", {})
+            replica = replicas.get(target)
+            if replica is None:
+                replica = copy.deepcopy(self).to(target)
+                replica.device = target
+                replicas[target] = replica
+        return replica
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles and deep copies leave out the device copies (rebuilt where needed)."""
+        state = self.__dict__.copy()
+        state["_replicas"] = {}
+        return state
 
     # -- elements ------------------------------------------------------------------------------
     def _set_elements(self, elements: tuple[str, ...]) -> None:
@@ -88,6 +139,7 @@ class Featurizer(torch.nn.Module):
         pair_bin[a, b] = pair_bin[b, a] = torch.arange(a.numel())
         device = self.species_bin.device
         self.species_bin, self.pair_bin = species_bin.to(device), pair_bin.to(device)
+        self._replicas = {}  # copies made for other devices have the old elements
 
     def fit_elements(self, images_or_numbers: Any) -> Featurizer:
         """Fix the element list from structures (ase.Atoms or a list of them) or atomic numbers
@@ -194,14 +246,19 @@ class Featurizer(torch.nn.Module):
         self._check_numbers(numbers, offsets)
         return numbers, positions, cells, pbcs, offsets
 
-    def featurize_arrays(self, numbers, positions, cells, pbcs, offsets) -> np.ndarray:
+    def featurize_arrays(
+        self, numbers, positions, cells, pbcs, offsets, device: str | None = None
+    ) -> np.ndarray:
         """Features of a flat ragged batch: (N, n_features) float64 numpy array, unscaled.
 
-        Shapes as :meth:`neighbors`. Structures are processed together, many per forward call.
+        Shapes as :meth:`neighbors`. Structures are processed together, many per forward call,
+        on ``device`` (default :attr:`device`); neighbour lists are built on the CPU.
         """
         numbers, positions, cells, pbcs, offsets = self.batch_arrays(
             numbers, positions, cells, pbcs, offsets
         )
+        module = self._compute_module(device)
+        on = module.species_bin.device
         out = np.zeros((len(numbers), self.n_features), dtype=np.float64)
         cum = np.concatenate(
             [[0.0], np.cumsum(_estimated_pairs(offsets, cells, pbcs, self.cutoff))]
@@ -215,19 +272,20 @@ class Featurizer(torch.nn.Module):
             nl = self.neighbors(numbers[a:b], positions[a:b], cells[s:e], pbcs[s:e], sub)
             batch = np.repeat(np.arange(e - s), np.diff(sub))
             with torch.no_grad():
-                x = self.forward(
-                    torch.from_numpy(numbers[a:b]),
-                    torch.from_numpy(positions[a:b]),
-                    torch.from_numpy(cells[s:e]),
-                    torch.from_numpy(batch),
+                x = module.forward(
+                    torch.from_numpy(numbers[a:b]).to(on),
+                    torch.from_numpy(positions[a:b]).to(on),
+                    torch.from_numpy(cells[s:e]).to(on),
+                    torch.from_numpy(batch).to(on),
                     nl,
                 )
-            out[a:b] = x.numpy()
+            out[a:b] = x.cpu().numpy()
             s = e
         return out
 
-    def featurize(self, images: Any) -> list[np.ndarray]:
-        """Features of ase.Atoms structures: a list of (n_atoms_i, n_features) float64 arrays."""
+    def featurize(self, images: Any, device: str | None = None) -> list[np.ndarray]:
+        """Features of ase.Atoms structures: a list of (n_atoms_i, n_features) float64 arrays,
+        computed on ``device`` (default :attr:`device`)."""
         if hasattr(images, "get_atomic_numbers"):
             images = [images]
         images = list(images)
@@ -243,6 +301,7 @@ class Featurizer(torch.nn.Module):
             np.stack([a.cell.array for a in images]),
             np.stack([a.pbc for a in images]),
             offsets,
+            device=device,
         )
         return np.split(x, offsets[1:-1])
 
@@ -309,6 +368,8 @@ class Featurizer(torch.nn.Module):
         """Separable angular sums (G4, integer zeta) from per-atom tensor moments, O(pairs):
         sum_{j<k} g_j g_k (u_j . u_k)^p = 1/2 (|sum_j g_j u_j^(x)p|^2 - sum_j g_j^2) per element."""
         term = self.angular
+        if term is None or not term.separable:
+            raise TypeError("per-atom moments need a separable angular term")
         nb, a = self.n_bins, factors.shape[1]
         unit = vectors / distances.unsqueeze(-1)  # shape (pairs, 3)
         grad = tracks_derivatives(vectors, factors)

@@ -126,6 +126,8 @@ class Gaussian(Featurizer):
             (-1, 1)}) (the default), ("StandardScaler", None), or None for none.
         save_preprocessor: ML4Chem's path for the fitted scaler; atompipe writes it as JSON.
             Neither changes the features or :meth:`get_params`.
+        device: "cpu" or "cuda", where :meth:`featurize` computes (the CPU, with one message,
+            when no GPU is present); not part of :meth:`get_params`.
 
     Output of ``forward``/``featurize``: (n_atoms, n_features), dimensionless.
     """
@@ -143,6 +145,7 @@ class Gaussian(Featurizer):
         *,
         preprocessor: Any = ("MinMaxScaler", None),
         save_preprocessor: str | None = None,
+        device: str = "cpu",
     ) -> None:
         if angular_type not in ("G3", "G4"):
             raise ValueError(f"angular_type must be 'G3' or 'G4', not {angular_type!r}")
@@ -157,7 +160,7 @@ class Gaussian(Featurizer):
             self._cutoff_param = float(cutoff)
         if min(rc_radial, rc_angular) <= 0:
             raise ValueError("cutoffs must be positive")
-        super().__init__(elements=elements, weighted=weighted)
+        super().__init__(elements=elements, weighted=weighted, device=device)
         self.preprocessor, self.save_preprocessor = preprocessor, save_preprocessor
         self.normalized = bool(normalized)
         self.angular_type = angular_type

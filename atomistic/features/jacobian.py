@@ -50,7 +50,8 @@ def feature_jacobians(
     """Features X (N, F) and their position Jacobian J (N, F, n_max, 3) (module docstring).
 
     Shapes: numbers (N,), positions (N, 3) Å, cells (S, 3, 3) Å, pbcs (S, 3), offsets (S+1,).
-    Computed in float64 and returned in ``dtype``.
+    Computed in float64 on the featurizer's ``device`` (the CPU for one without) and returned
+    on the CPU in ``dtype``.
     """
     numbers, positions, cells, pbcs, offsets = featurizer.batch_arrays(
         numbers, positions, cells, pbcs, offsets
@@ -61,6 +62,10 @@ def feature_jacobians(
     X = torch.zeros((n_atoms, n_feat), dtype=dtype)
     J = torch.zeros((n_atoms, n_feat, n_max, 3), dtype=dtype)
     local = np.arange(n_atoms) - np.repeat(offsets[:-1], sizes)  # index of each atom in its frame
+    on_device = getattr(featurizer, "_compute_module", None)
+    module = featurizer if on_device is None else on_device()
+    buffer = next(iter(module.buffers()), None) if isinstance(module, torch.nn.Module) else None
+    device = torch.device("cpu") if buffer is None else buffer.device
     s = 0
     while s < len(sizes):
         e = int(np.searchsorted(offsets, offsets[s] + _ATOMS_PER_CALL, side="right")) - 1
@@ -69,23 +74,23 @@ def feature_jacobians(
         sub = offsets[s : e + 1] - a
         nl = featurizer.neighbors(numbers[a:b], positions[a:b], cells[s:e], pbcs[s:e], sub)
         args = (
-            torch.from_numpy(numbers[a:b]),
-            torch.from_numpy(positions[a:b]),
-            torch.from_numpy(cells[s:e]),
-            torch.from_numpy(np.repeat(np.arange(e - s), np.diff(sub))),
-            nl.to_torch(),
+            torch.from_numpy(numbers[a:b]).to(device),
+            torch.from_numpy(positions[a:b]).to(device),
+            torch.from_numpy(cells[s:e]).to(device),
+            torch.from_numpy(np.repeat(np.arange(e - s), np.diff(sub))).to(device),
+            nl.to_torch(device),
         )
-        loc = torch.from_numpy(local[a:b])
+        loc = torch.from_numpy(local[a:b]).to(device)
         # forward-mode levels are global to the process: two threads (a campaign trains models
         # concurrently) must not open them at once
         with torch.no_grad(), _FORWARD_AD:
-            X[a:b] = featurizer(*args).to(dtype)
+            X[a:b] = module(*args).to(dtype).cpu()
             for k in range(3 * int(sizes[s:e].max())):
-                tangent = torch.zeros((b - a, 3), dtype=torch.float64)
+                tangent = torch.zeros((b - a, 3), dtype=torch.float64, device=device)
                 tangent[loc == k // 3, k % 3] = 1.0
                 with fwAD.dual_level():
                     dual = fwAD.make_dual(args[1], tangent)
-                    out = featurizer(args[0], dual, *args[2:])
-                    J[a:b, :, k // 3, k % 3] = fwAD.unpack_dual(out).tangent.to(dtype)
+                    out = module(args[0], dual, *args[2:])
+                    J[a:b, :, k // 3, k % 3] = fwAD.unpack_dual(out).tangent.to(dtype).cpu()
         s = e
     return X, J

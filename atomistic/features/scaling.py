@@ -40,6 +40,10 @@ class Scaler:
     dicts symbol -> (n_features,).
     """
 
+    n_features_: int
+    scale_: np.ndarray | dict[str, np.ndarray]
+    offset_: np.ndarray | dict[str, np.ndarray]
+
     def __init__(
         self,
         kind: str = "minmax",
@@ -79,10 +83,12 @@ class Scaler:
         if numbers is None:
             raise ValueError("a per-element scaler needs the atomic numbers of the rows")
         numbers = np.asarray(numbers)
-        self.scale_, self.offset_ = {}, {}
+        scales: dict[str, np.ndarray] = {}
+        offsets: dict[str, np.ndarray] = {}
         for z in np.unique(numbers):
             sym = chemical_symbols[int(z)]
-            self.scale_[sym], self.offset_[sym] = self._fit_one(X[numbers == z])
+            scales[sym], offsets[sym] = self._fit_one(X[numbers == z])
+        self.scale_, self.offset_ = scales, offsets
         return self
 
     def _check_fitted(self) -> None:
@@ -91,8 +97,8 @@ class Scaler:
 
     def _rows(self, numbers: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-row scale and offset, each (n, n_features) or broadcastable (n_features,)."""
-        if not self.per_element:
-            return self.scale_, self.offset_
+        if not isinstance(self.scale_, dict) or not isinstance(self.offset_, dict):
+            return np.asarray(self.scale_), np.asarray(self.offset_)
         if numbers is None:
             raise ValueError("a per-element scaler needs the atomic numbers of the rows")
         numbers = np.asarray(numbers)
@@ -146,12 +152,12 @@ class Scaler:
         }
         if hasattr(self, "scale_"):
             d["n_features"] = self.n_features_
-            if self.per_element:
+            if isinstance(self.scale_, dict) and isinstance(self.offset_, dict):
                 d["scale"] = {s: v.tolist() for s, v in self.scale_.items()}
                 d["offset"] = {s: v.tolist() for s, v in self.offset_.items()}
             else:
-                d["scale"] = self.scale_.tolist()
-                d["offset"] = self.offset_.tolist()
+                d["scale"] = np.asarray(self.scale_).tolist()
+                d["offset"] = np.asarray(self.offset_).tolist()
         return d
 
     @classmethod
@@ -160,9 +166,10 @@ class Scaler:
         if "scale" in d:
             obj.n_features_ = int(d["n_features"])
             if obj.per_element:
-                obj.scale_ = {s: np.asarray(v, dtype=np.float64) for s, v in d["scale"].items()}
+                scales = {s: np.asarray(v, dtype=np.float64) for s, v in d["scale"].items()}
+                obj.scale_ = scales
                 obj.offset_ = {s: np.asarray(v, dtype=np.float64) for s, v in d["offset"].items()}
-                for s in obj.scale_:
+                for s in scales:
                     atomic_numbers[s]  # unknown symbol -> KeyError naming it
             else:
                 obj.scale_ = np.asarray(d["scale"], dtype=np.float64)

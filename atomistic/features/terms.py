@@ -78,6 +78,8 @@ class BehlerRadial(RadialTerm):
     the / R_c^2 only when ``normalized``. Columns: eta outer, R_s inner."""
 
     term = "G2"
+    exponent: Tensor  # buffer (F,): eta, divided by R_c^2 when normalized
+    shift: Tensor  # buffer (F,): R_s, Å
 
     def __init__(self, cutoff: float, etas, shifts, normalized: bool = True) -> None:
         super().__init__(cutoff)
@@ -100,6 +102,7 @@ class ANIRadial(RadialTerm):
     0.25 exp(-eta (R_ij - R_s)^2) f_c(R_ij). Columns: one per shift R_s."""
 
     term = "radial"
+    shift: Tensor  # buffer (F,): R_s, Å
 
     def __init__(self, cutoff: float, eta: float, shifts) -> None:
         super().__init__(cutoff)
@@ -145,6 +148,22 @@ class AngularTerm(torch.nn.Module):
         """(..., a, b) sums -> (..., n_features) columns; default: flatten a outer, b inner."""
         return sums.flatten(-2)
 
+    # -- what a ``separable`` term adds (per-atom tensor moments; BehlerAngular's G4) ----------
+    #: (M, P) buffer: the weight of each of M monomials in (u . v)^p, by degree p
+    mono_degree: Tensor
+
+    def pair_monomials(self, unit: Tensor) -> Tensor:  # pragma: no cover - separable only
+        """unit vectors (pairs, 3) -> monomials (pairs, M)."""
+        raise NotImplementedError
+
+    def pair_monomials_t(self, unit_t: Tensor) -> Tensor:  # pragma: no cover - separable only
+        """:meth:`pair_monomials` transposed, (3, pairs) -> (M, pairs), without gradients."""
+        raise NotImplementedError
+
+    def moment_products(self, left: Tensor, right: Tensor) -> Tensor:  # pragma: no cover
+        """(..., M), (..., M) moments -> (..., P) sums by degree (separable terms only)."""
+        raise NotImplementedError
+
     @property
     def n_features(self) -> int:
         return len(self.label_params())
@@ -167,6 +186,13 @@ class BehlerAngular(AngularTerm):
     (:meth:`pair_monomials`, :meth:`moment_products`).
     """
 
+    exponent: Tensor  # buffer (n_eta,): eta, divided by R_c^2 when normalized
+    coef: Tensor  # buffer (P, columns) for integer zetas, else (columns, columns)
+    zeta: Tensor  # buffer (columns,)
+    lam: Tensor  # buffer (columns,)
+    mono_exps: Tensor  # buffer (M, 3), separable terms only
+    max_power: int  # the largest zeta, integer zetas only
+
     def __init__(
         self, cutoff: float, etas, zetas, lambdas, normalized: bool = True, include_jk: bool = True
     ) -> None:
@@ -183,9 +209,10 @@ class BehlerAngular(AngularTerm):
         self.register_buffer("exponent", _buffer([e * scale for e in self.etas]))
         columns = list(product(self.zetas, self.lambdas))
         if self.integer:
-            self.max_power = max(self.zetas)
+            self.max_power = max(int(z) for z in self.zetas)
             coef = torch.zeros(self.max_power + 1, len(columns), dtype=torch.float64)
-            for c, (z, lam) in enumerate(columns):
+            for c, (zeta, lam) in enumerate(columns):
+                z = int(zeta)  # every zeta is an integer here
                 for p in range(z + 1):
                     coef[p, c] = 2.0 ** (1 - z) * math.comb(z, p) * lam**p
         else:
@@ -218,8 +245,10 @@ class BehlerAngular(AngularTerm):
         cos = tri.cos
         if self.integer:
             powers: list[Tensor | None] = [None, cos]  # None: the constant 1
+            power = cos
             for _ in range(self.max_power - 1):
-                powers.append(powers[-1] * cos)
+                power = power * cos
+                powers.append(power)
             return radial, powers[: self.max_power + 1]
         base = 1.0 + self.lam.to(cos.dtype) * cos.unsqueeze(-1)
         return radial, base.clamp_min(0.0) ** self.zeta.to(cos.dtype)  # shape (S, columns)
@@ -291,6 +320,10 @@ class ANIAngular(AngularTerm):
     """ANI angular term (Smith et al. 2017, eq. 4) as TorchANI computes it:
     2 ((1 + cos(theta' - theta_s)) / 2)^zeta exp(-eta ((R_ij + R_ik)/2 - R_s)^2)
     f_c(R_ij) f_c(R_ik), theta' = arccos(0.95 cos theta). Columns: R_s outer, theta_s inner."""
+
+    shift: Tensor  # buffer (n_shifts,): R_s, Å
+    cos_s: Tensor  # buffer (n_sections,): cos theta_s
+    sin_s: Tensor  # buffer (n_sections,): sin theta_s
 
     def __init__(self, cutoff: float, eta: float, zeta: float, shifts, sections) -> None:
         super().__init__(cutoff)

@@ -128,13 +128,13 @@ class EncodedFeaturizer(torch.nn.Module):
     def from_params(cls, params: dict[str, Any], tensors: dict[str, Tensor]) -> EncodedFeaturizer:
         """Rebuild from :meth:`get_params` and :meth:`state_tensors`."""
         from atomistic.features import featurizer_from_params
-        from atomistic.models.autoencoders import VAE, AutoEncoder
+        from atomistic.models.autoencoders import ENCODER_CLASSES
 
         f = params["featurizer"]
         base = featurizer_from_params(f["name"], f["params"])
         scaler = None if params["scaler"] is None else Scaler.from_dict(params["scaler"])
         e = params["encoder"]
-        klass = {"AutoEncoder": AutoEncoder, "VAE": VAE}.get(e["model"])
+        klass = ENCODER_CLASSES.get(e["model"])
         if klass is None:
             raise ValueError(f"unknown encoder class {e['model']!r} in the model card")
         enc = klass(**e["hyperparameters"])

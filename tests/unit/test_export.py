@@ -183,7 +183,7 @@ def test_cli_export_loads_without_atompipe(cu_data, tmp_path):
             capture_output=True,
             text=True,
             cwd=empty,
-            timeout=120,
+            timeout=600,  # a fresh Python imports torch: minutes on a crowded machine
         )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)

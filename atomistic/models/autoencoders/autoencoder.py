@@ -1,36 +1,14 @@
-"""Autoencoders of scaled atomic features: ML4Chem's unsupervised atomistic models.
-
-Inputs are scaled atomic features ``X`` (n_atoms, n_features), dimensionless, with the atoms'
-atomic numbers ``numbers`` (n_atoms,). With ``per_element=True`` (the default) each element has its
-own network (an ``nn.ModuleDict`` keyed by chemical symbol), as in Behler–Parrinello models; with
-``per_element=False`` one network serves all elements.
-
-``hiddenlayers`` follows ML4Chem: ``{"encoder": (20, 10, 4), "decoder": (4, 10, 20)}``; the last
-encoder size is the latent dimension and the decoder tuple starts with it. The input width is taken
-from the data, and the decoder's output layer maps back to it.
-
-- :class:`AutoEncoder`: deterministic encoder and decoder, loss = mean squared error.
-- :class:`VAE` (Kingma & Welling 2014, arXiv:1312.6114): Gaussian encoder q(z|x) = N(mu, diag
-  sigma^2) with the reparameterisation z = mu + sigma * eps, prior N(0, I), and
-  ``variant="multivariate"``: Gaussian decoder p(x|z) = N(mu_x, diag sigma_x^2), reconstruction
-  term = Gaussian negative log-likelihood; ``variant="bernoulli"``: Bernoulli decoder (binary
-  cross-entropy on logits) for features scaled to [0, 1].
-  Loss per atom = reconstruction + beta(epoch) * KL,
-  KL = -1/2 sum_k (1 + log s_k^2 - mu_k^2 - s_k^2) (Kingma & Welling 2014, appendix B).
-  Cyclical annealing (Fu et al. 2019, NAACL, "Cyclical Annealing Schedule", eq. 5):
-  tau = mod(t, ceil(T/M)) / (T/M), beta_t = beta * tau / R for tau <= R, else beta
-  (T epochs, M cycles, ratio R, 0-based epoch t).
-
-Training runs through :func:`atomistic.models.training.train`; one sample is one atom, so
-``TrainingConfig.batch_size`` counts atoms here. Weights are saved with safetensors beside a JSON
-card; nothing is pickled.
+"""The deterministic autoencoder of scaled atomic features, and what the VAE inherits from it:
+hyperparameters, the encoder's content key, element routing, fitting through
+:func:`atomistic.models.training.train`, and persistence (safetensors beside a JSON card; never
+a pickle). The definitions and formulas are in the package docstring
+(:mod:`atomistic.models.autoencoders`); the networks are in :mod:`.networks`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,91 +17,21 @@ import numpy as np
 import safetensors.torch
 import torch
 from ase.data import atomic_numbers, chemical_symbols
-from torch import nn
-from torch.nn import functional as F
 
+from atomistic.models.autoencoders.networks import SHARED, Batch, ElementNet, ElementNetworks
 from atomistic.models.base import NotFittedError
 from atomistic.models.io import ModelFileError, read_card, read_tensors, write_model_dir
-from atomistic.models.layers import ACTIVATIONS, mlp
+from atomistic.models.layers import ACTIVATIONS
 from atomistic.models.training import History, TrainingConfig, minibatches, train
 
-__all__ = ["AutoEncoder", "VAE", "load_autoencoder"]
+__all__ = ["ENCODER_CLASSES", "FORMAT_VERSION", "AutoEncoder", "load_autoencoder"]
 
 FORMAT_VERSION = 1
 _WEIGHTS = "weights"  # weights.safetensors beside card.json
-_SHARED = "all"  # the ModuleDict key of the one network when per_element=False
-_LOGVAR_MIN = -10.0  # soft floor of the decoder's log-variance (sigma >= 7e-3 scaled units)
 _DEFAULT_LAYERS = {"encoder": (20, 10, 4), "decoder": (4, 10, 20)}
-Batch = tuple[torch.Tensor, list[int]]  # x (B, F) float64 rows sorted by element, rows per element
 
-
-class _Net(nn.Module):
-    """One element's encoder and decoder. ``encode`` returns {"mean"[, "logvar"]} of shape
-    (B, latent); ``decode`` returns {"mean"[, "logvar"]} or {"logits"} of shape (B, F)."""
-
-    def __init__(self, n_features: int, enc: tuple, dec: tuple, activation: str, kind: str):
-        super().__init__()
-        self.kind = kind  # "ae" | "multivariate" | "bernoulli"
-        latent = enc[-1]
-        if kind == "ae":
-            self.encoder = mlp([n_features, *enc], activation, last=False)
-            self.decoder = mlp([*dec, n_features], activation, last=False)
-            return
-        self.encoder = mlp([n_features, *enc[:-1]], activation, last=True)
-        width = enc[-2] if len(enc) > 1 else n_features
-        self.z_mean, self.z_logvar = nn.Linear(width, latent), nn.Linear(width, latent)
-        self.decoder = mlp(list(dec), activation, last=True)
-        self.x_head = nn.Linear(dec[-1], n_features)  # mean, or logits when bernoulli
-        if kind == "multivariate":
-            self.x_logvar = nn.Linear(dec[-1], n_features)
-
-    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.kind == "ae":
-            return {"mean": self.encoder(x)}
-        h = self.encoder(x)
-        return {"mean": self.z_mean(h), "logvar": self.z_logvar(h)}
-
-    def decode(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.kind == "ae":
-            return {"mean": self.decoder(z)}
-        h = self.decoder(z)
-        if self.kind == "bernoulli":
-            return {"logits": self.x_head(h)}
-        raw = self.x_logvar(h)
-        return {"mean": self.x_head(h), "logvar": _LOGVAR_MIN + F.softplus(raw - _LOGVAR_MIN)}
-
-
-class _Model(nn.Module):
-    """Networks keyed by element symbol (or one keyed ``"all"``); inputs are rows sorted by
-    element with ``counts[k]`` rows of ``keys[k]``. ``beta`` is the KL weight of the current epoch
-    (a buffer, so that it is checkpointed and a resumed run continues the schedule)."""
-
-    beta: torch.Tensor
-
-    def __init__(self, keys: list[str], nets: list[_Net], per_element: bool):
-        super().__init__()
-        self.keys, self.per_element = keys, per_element
-        self.nets = nn.ModuleDict(dict(zip(keys, nets, strict=True)))
-        self.register_buffer("beta", torch.zeros((), dtype=torch.float64))
-
-    def _route(self, method: str, x: torch.Tensor, counts: list[int]) -> dict[str, torch.Tensor]:
-        """Apply ``method`` to rows sorted by element: ``counts[k]`` rows of ``keys[k]`` follow
-        each other (contiguous slices, no scatter; cheap in the backward pass)."""
-        if not self.per_element:
-            return getattr(self.nets[_SHARED], method)(x)
-        parts: dict[str, list[torch.Tensor]] = {}
-        for key, chunk in zip(self.keys, torch.split(x, counts), strict=True):
-            if chunk.shape[0] == 0:
-                continue
-            for name, value in getattr(self.nets[key], method)(chunk).items():
-                parts.setdefault(name, []).append(value)
-        return {name: torch.cat(values) for name, values in parts.items()}
-
-    def encode(self, x: torch.Tensor, counts: list[int]) -> dict[str, torch.Tensor]:
-        return self._route("encode", x, counts)
-
-    def decode(self, z: torch.Tensor, counts: list[int]) -> dict[str, torch.Tensor]:
-        return self._route("decode", z, counts)
+# the saved classes by name (the card's "model"); a subclass registers itself on definition
+ENCODER_CLASSES: dict[str, type[AutoEncoder]] = {}
 
 
 def _sha256_json(payload: Any) -> str:
@@ -150,7 +58,9 @@ class AutoEncoder:
     ``feature_key_``. Using an unfitted model raises ``NotFittedError``.
     """
 
-    _kind = "ae"
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        ENCODER_CLASSES[cls.__name__] = cls
 
     def __init__(
         self,
@@ -271,11 +181,15 @@ class AutoEncoder:
         return X, numbers
 
     # -- fitting -----------------------------------------------------------------------------
-    def _build(self, n_features: int) -> _Model:
+    def _net_kind(self) -> str:
+        """The :class:`~.networks.ElementNet` kind: ``"ae"`` here."""
+        return "ae"
+
+    def _build(self, n_features: int) -> ElementNetworks:
         enc, dec = self._layers()
-        keys = self.elements_ if self.per_element else [_SHARED]
-        nets = [_Net(n_features, enc, dec, self.activation, self._kind) for _ in keys]
-        return _Model(list(keys), nets, self.per_element).double()
+        keys = self.elements_ if self.per_element else [SHARED]
+        nets = [ElementNet(n_features, enc, dec, self.activation, self._net_kind()) for _ in keys]
+        return ElementNetworks(list(keys), nets, self.per_element).double()
 
     def _validate_fit(self, config: TrainingConfig) -> None:
         """Hook for subclasses (hyperparameter checks that need the config)."""
@@ -423,8 +337,7 @@ class AutoEncoder:
         """Read a model written by :meth:`save`. The weights file's sha256 is checked against the
         card before it is read, with safetensors only (:class:`ModelFileError` otherwise)."""
         card = read_card(directory)
-        classes = {c.__name__: c for c in (AutoEncoder, VAE)}
-        klass = classes.get(card["model"])
+        klass = ENCODER_CLASSES.get(card["model"])
         if klass is None or not issubclass(klass, cls):
             raise ModelFileError(f"{directory}: holds a {card['model']}, not a {cls.__name__}")
         state = read_tensors(directory, card, _WEIGHTS)
@@ -445,173 +358,7 @@ class AutoEncoder:
         return f"{type(self).__name__}({args})"
 
 
-class VAE(AutoEncoder):
-    """Variational autoencoder of scaled atomic features (ML4Chem ``VAE``; see module docstring).
-
-    Parameters (beyond :class:`AutoEncoder`'s)
-    ----------
-    variant:
-        ``"multivariate"`` (Gaussian decoder, Gaussian NLL) or ``"bernoulli"`` (Bernoulli decoder,
-        binary cross-entropy; inputs must lie in [0, 1], e.g. MinMax scaled to (0, 1)).
-    beta:
-        Weight of the KL term (beta-VAE, Higgins et al. 2017); the annealing target.
-    annealing:
-        None (constant beta) or ``{"kind": "cyclical", "cycles": M, "ratio": R}`` (Fu et al. 2019);
-        ``{"kind": "monotonic", "ratio": R}`` is the one-cycle case.
-
-    The loss per atom sums the reconstruction term over features and the KL over latent
-    dimensions; it is averaged over atoms. Training samples z by reparameterisation; evaluation
-    (validation) decodes the mean and weighs the KL by the full ``beta``, so that the monitored
-    loss is the same objective at every epoch. With annealing and no validation data the training
-    atoms are monitored in that way (reported as ``val_*``). The schedule depends on the total
-    number of epochs T (Fu et al.'s formula), so an interrupted run resumes on the same schedule
-    only with the same ``epochs``.
-
-    Extra fitted state: ``kl_history_`` (mean KL per atom after each epoch, training batches).
-    """
-
-    def __init__(
-        self,
-        hiddenlayers: dict[str, tuple[int, ...]] | None = None,
-        activation: str = "tanh",
-        variant: str = "multivariate",
-        beta: float = 1.0,
-        annealing: dict[str, Any] | None = None,
-        per_element: bool = True,
-    ) -> None:
-        super().__init__(hiddenlayers, activation, per_element)
-        self.variant = variant
-        self.beta = beta
-        self.annealing = annealing
-
-    @property
-    def _kind(self) -> str:  # type: ignore[override]
-        return self.variant
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            **super().get_params(),
-            "variant": self.variant,
-            "beta": float(self.beta),
-            "annealing": None if self.annealing is None else dict(self.annealing),
-        }
-
-    def _validate_fit(self, config: TrainingConfig) -> None:
-        if self.variant not in ("multivariate", "bernoulli"):
-            raise ValueError(f"variant must be 'multivariate' or 'bernoulli', got {self.variant!r}")
-        if not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
-        sched = self._annealing()
-        if sched is not None and 0 < config.epochs <= sched[0]:
-            raise ValueError(
-                f"cyclical annealing with {sched[0]} cycles needs more than {sched[0]} epochs "
-                f"(got {config.epochs}): with one epoch per cycle beta would stay 0"
-            )
-
-    def _annealing(self) -> tuple[int, float] | None:
-        """(cycles, ratio) of the schedule, or None for a constant beta."""
-        a = self.annealing
-        if a is None:
-            return None
-        kind = a.get("kind")
-        allowed = {"cyclical": {"kind", "cycles", "ratio"}, "monotonic": {"kind", "ratio"}}
-        if kind not in allowed:
-            raise ValueError(f"annealing kind must be 'cyclical' or 'monotonic', got {kind!r}")
-        if set(a) - allowed[kind]:
-            raise ValueError(f"unknown annealing key(s) {sorted(set(a) - allowed[kind])}")
-        cycles = int(a.get("cycles", 4)) if kind == "cyclical" else 1
-        ratio = float(a.get("ratio", 0.5))
-        if cycles < 1 or not 0 < ratio <= 1:
-            raise ValueError(f"annealing needs cycles >= 1 and 0 < ratio <= 1, got {a}")
-        return cycles, ratio
-
-    def beta_schedule(self, epoch: int, epochs: int | None = None) -> float:
-        """KL weight at 0-based ``epoch`` of a run of ``epochs`` epochs (default: the fitted
-        config's). Cyclical (Fu et al. 2019): tau = mod(t, ceil(T/M)) / (T/M);
-        beta_t = beta * min(1, tau / R)."""
-        sched = self._annealing()
-        if sched is None:
-            return float(self.beta)
-        if epochs is None:
-            if not self._fitted():
-                raise ValueError("beta_schedule needs `epochs` before the model is fitted")
-            epochs = self.config_.epochs
-        cycles, ratio = sched
-        period = epochs / cycles
-        tau = (epoch % math.ceil(period)) / period
-        return float(self.beta) * min(1.0, tau / ratio)
-
-    def _set_beta(self, epoch: int, epochs: int) -> None:
-        self.module_.beta.fill_(self.beta_schedule(epoch, max(epochs, 1)))
-
-    def _monitor_on_train(self) -> bool:
-        return self._annealing() is not None
-
-    def _check_range(self, X: np.ndarray, where: str) -> None:
-        if self.variant == "bernoulli" and X.size and (X.min() < 0.0 or X.max() > 1.0):
-            raise ValueError(
-                f"{where}: a Bernoulli VAE needs features in [0, 1], got values in "
-                f"[{X.min():.4g}, {X.max():.4g}]; scale with feature_range=(0, 1)"
-            )
-
-    def _loss(self, module: Any, batch: Batch) -> dict[str, torch.Tensor]:
-        x, counts = batch
-        q = module.encode(x, counts)
-        mu, logvar = q["mean"], q["logvar"]
-        if module.training:  # reparameterisation z = mu + sigma * eps
-            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-            beta = module.beta
-        else:
-            z, beta = mu, torch.tensor(float(self.beta), dtype=x.dtype)
-        p = module.decode(z, counts)
-        if self.variant == "bernoulli":
-            rec = F.binary_cross_entropy_with_logits(p["logits"], x, reduction="none").sum(1)
-            x_hat = torch.sigmoid(p["logits"])
-        else:  # Gaussian NLL per atom: 1/2 sum_f [log 2 pi + log s^2 + (x - m)^2 / s^2]
-            rec = 0.5 * (
-                math.log(2 * math.pi) + p["logvar"] + (x - p["mean"]) ** 2 * torch.exp(-p["logvar"])
-            ).sum(1)
-            x_hat = p["mean"]
-        kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)
-        rec, kl = rec.mean(), kl.mean()
-        return {
-            "loss": rec + beta * kl,
-            "reconstruction": rec.detach(),
-            "kl": kl.detach(),
-            "mse": ((x_hat - x) ** 2).mean().detach(),
-            "beta": beta.detach().clone(),
-            "weight": torch.tensor(float(len(x))),
-        }
-
-    @property
-    def kl_history_(self) -> list[float]:
-        self._check_fitted()
-        return list(self.history_.metrics.get("train_kl", []))
-
-    def kl_divergence(self, X: np.ndarray, numbers: np.ndarray) -> float:
-        """Mean KL(q(z|x) || N(0, I)) per atom (nats) of scaled features ``X`` (n_atoms,
-        n_features)."""
-        X, numbers = self._checked(X, numbers, "kl_divergence")
-        self._check_range(X, "kl_divergence")
-        q = self._apply("encode", X, numbers)
-        mu, logvar = q["mean"], q["logvar"]
-        return float(np.mean(-0.5 * (1 + logvar - mu**2 - np.exp(logvar)).sum(1)))
-
-    def sample(self, n: int, element: str | None = None, seed: int = 0) -> np.ndarray:
-        """Draw ``n`` codes from the prior N(0, I) (seeded) and decode them with ``element``'s
-        network: (n, n_features) decoded features (decoder mean, or Bernoulli probabilities)."""
-        self._check_fitted()
-        if element is None:
-            if self.per_element and len(self.elements_) > 1:
-                raise ValueError(f"sample needs an element, one of {self.elements_}")
-            element = self.elements_[0]
-        if element not in self.elements_:
-            raise ValueError(
-                f"this model was not fitted on element {element!r}; it knows {self.elements_}"
-            )
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn((n, self.latent_dim_), generator=g, dtype=torch.float64)
-        return self.decode(z.numpy(), np.full(n, atomic_numbers[element]))
+ENCODER_CLASSES[AutoEncoder.__name__] = AutoEncoder
 
 
 def load_autoencoder(directory: str | Path) -> AutoEncoder:
