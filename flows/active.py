@@ -107,7 +107,7 @@ def _record(cfg: CampaignConfig, rows: list[dict[str, Any]], config: dict[str, A
     import mlflow
     from mlflow import MlflowClient
 
-    from flows.config import flatten
+    from tasks.tracking import flatten
 
     ws = Path(cfg.workspace)
     name = (cfg.tracking.experiment or cfg.name) + "-active"
