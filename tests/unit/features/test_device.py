@@ -87,10 +87,11 @@ def test_cuda_request_without_gpu_falls_back_once(structures, tmp_path):
         np.savez(sys.argv[2], **out)
         """
     )
-    from ase.io import write
+    from ase.io import read, write
 
     images = [structures[k] for k in ("ethanol", "triclinic", "slab")]  # small: a fresh Python
     write(tmp_path / "batch.extxyz", images)
+    images = read(tmp_path / "batch.extxyz", ":")  # the positions the child reads (8 decimals)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
     run = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "batch.extxyz"), str(tmp_path / "x.npz")],
