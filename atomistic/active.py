@@ -20,6 +20,11 @@ The uncertainty of a structure is the largest, over its atoms, of the norm of th
 per-component force standard deviation, u = max_i |σ_F,i| (eV/Å), with σ_F,i (3,) from
 ``predict(...)["forces_std"]`` (a committee ``NeuralNetwork(ensemble=N)``, or a
 ``GaussianProcess(forces=True)``).
+
+Why it is one module of ~500 lines: it follows the loop's four steps in order, each a handful of
+short functions with its equations and references beside it; a reader checks one step against
+docs/active-learning.md here, and each part (identity and uncertainty, exploration, selection,
+labelling) would be a file of 60 to 140 lines that only this loop uses.
 """
 
 from __future__ import annotations
