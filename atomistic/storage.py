@@ -11,6 +11,7 @@ its ``zarr.json`` written last, which is when a Zarr v3 group starts to exist fo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -32,9 +33,25 @@ __all__ = [
     "CorruptionError",
     "chunk_digest",
     "read_verified",
+    "array",
+    "read_array",
 ]
 
 KINDS = ("datasets", "features", "latent")
+# who stages a group: host and process id (no "-" in the host part), so that a later writer can
+# tell a dead writer's leftovers from a live one's
+_HOST = (os.uname().nodename if hasattr(os, "uname") else "host").replace("-", "_") or "host"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class StoreError(RuntimeError):
@@ -58,6 +75,27 @@ def chunk_digest(data: np.ndarray) -> int:
     return int.from_bytes(h.digest(), "little") or 1
 
 
+def array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group``; KeyError when it is absent or a group."""
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise KeyError(f"{group.path}/{name} is a group, not an array")
+    return node
+
+
+def read_array(
+    group: zarr.Group, name: str, lo: int | None = None, hi: int | None = None
+) -> np.ndarray:
+    """Rows ``lo:hi`` (all by default) of the array ``name`` of ``group`` as a numpy array."""
+    return np.asarray(array(group, name)[lo:hi])
+
+
+def _checksums(group: zarr.Group) -> dict[str, str] | None:
+    """The ``checksums`` attribute of a sealed group (None for a group without one)."""
+    sums = group.attrs.get("checksums")
+    return {str(k): str(v) for k, v in sums.items()} if isinstance(sums, dict) else None
+
+
 def _arrays(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array]]:
     for name, node in sorted(group.members()):
         if isinstance(node, zarr.Array):
@@ -69,7 +107,7 @@ def _arrays(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Arr
 def seal(group: zarr.Group) -> None:
     """Record a checksum of every array of ``group`` in its ``checksums`` attribute."""
     group.attrs["checksums"] = {
-        name: f"{chunk_digest(arr[...]):016x}" for name, arr in _arrays(group)
+        name: f"{chunk_digest(np.asarray(arr[...])):016x}" for name, arr in _arrays(group)
     }
 
 
@@ -82,10 +120,10 @@ def read_verified(group: zarr.Group, name: str, store_url: str = "") -> np.ndarr
     """
     where = f"{store_url}: {group.path}" if store_url else group.path
     try:
-        data = group[name][...]
+        data = read_array(group, name)
     except (KeyError, ValueError, OSError) as exc:
         raise CorruptionError(f"{where}: array {name} is missing or unreadable ({exc})") from exc
-    expected = group.attrs.get("checksums")
+    expected = _checksums(group)
     if expected is None:
         return data
     if name not in expected or f"{chunk_digest(data):016x}" != expected[name]:
@@ -179,9 +217,10 @@ class Store:
     def keys(self, kind: str) -> list[str]:
         """Keys of the complete groups of one kind."""
         self._check_kind(kind)
-        if kind not in self.root:
+        section = self.root.get(kind)
+        if not isinstance(section, zarr.Group):
             return []
-        return sorted(k for k in self.root[kind].group_keys() if self.has(kind, k))
+        return sorted(k for k in section.group_keys() if self.has(kind, k))
 
     # -- writing -------------------------------------------------------------------------
     @contextmanager
@@ -192,7 +231,8 @@ class Store:
         writer's copy is dropped (same key means same content).
         """
         self._check_kind(kind)
-        staging = f".staging/{kind}-{key[:16]}-{uuid.uuid4().hex}"
+        self._sweep_staging()
+        staging = f".staging/{kind}-{key[:16]}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex}"
         if self.path is None:
             yield from self._writing_remote(kind, key, staging)
             return
@@ -216,6 +256,47 @@ class Store:
             if not self._is_ours(exc):
                 raise  # e.g. the caller's source file: not a store error
             raise StoreError(f"cannot write {kind}/{key} to the store {self.url}: {exc}") from exc
+
+    def _sweep_staging(self) -> None:
+        """Remove staged groups left by writers that died on this host (a crash or SIGKILL
+        between staging and publishing; on an object store, an interrupted copy). A staged
+        group is named after its writer's host and process id; one whose process is gone is
+        an orphan (decided by the process table, not by its age: no clock involved). Groups
+        of live writers, of other hosts, or named before this scheme are left alone."""
+        try:
+            names = self._staged_names()
+            for name in names:
+                parts = name.split("-")
+                if len(parts) < 5 or parts[-3] != _HOST or not parts[-2].isdigit():
+                    continue
+                pid = int(parts[-2])
+                if pid == os.getpid() or _alive(pid):
+                    continue
+                if self.path is not None:
+                    shutil.rmtree(self.path / ".staging" / name, ignore_errors=True)
+                else:
+                    import fsspec
+
+                    fs, root = fsspec.url_to_fs(self.url)
+                    fs.rm(f"{root}/.staging/{name}", recursive=True)
+        except (OSError, ValueError):  # a sweep never fails a write
+            return
+
+    def _staged_names(self) -> list[str]:
+        if self.path is not None:
+            folder = self.path / ".staging"
+            return [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+        import fsspec
+
+        fs, root = fsspec.url_to_fs(self.url)
+        fs.invalidate_cache(f"{root}/.staging")
+        try:
+            entries = fs.ls(f"{root}/.staging", detail=False)
+        except FileNotFoundError:
+            return []
+        return [
+            str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries if not str(e).endswith(".json")
+        ]
 
     def _is_ours(self, exc: OSError) -> bool:
         """An OSError of the store's own files: it names none (a failed write: EFBIG, ENOSPC)
@@ -275,8 +356,17 @@ class Store:
 
     # -- a small index: content key of some input -> key of what was made from it ------
     def remember(self, source_key: str, key: str) -> None:
-        """Record that ``source_key`` (e.g. the hash of some files' bytes) made ``key``."""
-        self.root.require_group(f"index/{source_key}").attrs["key"] = key
+        """Record that ``source_key`` (e.g. the hash of some files' bytes) made ``key``.
+
+        The index is a cache: a store that may be read but not written (another user's, a
+        read-only file system) still serves the datasets it holds, so the entry is skipped."""
+        try:
+            self.root.require_group(f"index/{source_key}").attrs["key"] = key
+        except PermissionError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
 
     def lookup(self, source_key: str) -> str | None:
         """The key recorded for ``source_key``, if its dataset is still complete."""
@@ -285,7 +375,7 @@ class Store:
         except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
             return None
         key = node.attrs.get("key")
-        return key if key and self.has("datasets", key) else None
+        return key if isinstance(key, str) and key and self.has("datasets", key) else None
 
     def _ensure_parent_group(self, kind: str) -> None:
         if kind not in self.root:

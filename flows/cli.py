@@ -247,6 +247,46 @@ def _no_third_party_chatter(record) -> bool:
     return record.levelno >= logging.ERROR or top in ("prefect", "root", *_OWN_PACKAGES)
 
 
+def _not_writable(folder: Path) -> OSError | None:
+    """Why a file cannot be created in ``folder`` (None when it can, or it does not exist)."""
+    import os
+    import uuid
+
+    if not folder.is_dir():
+        return None
+    probe = folder / f".atompipe-probe-{uuid.uuid4().hex}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        return exc
+    os.close(fd)
+    probe.unlink()
+    return None
+
+
+def _results_folder(campaign: Path, cfg: Any, records: bool) -> Path:
+    """Where Prefect keeps this campaign's results: ``<workspace>/prefect-results``, or, when
+    the workspace is read-only, a temporary folder (results are a cache; the stages check
+    their outputs in the store and the model folders). A read-only workspace that holds the
+    MLflow database or its artifacts (sqlite or file tracking: ``<workspace>/mlartifacts``)
+    cannot succeed when the run is recorded (not ``--features-only``): one line says so,
+    before any work."""
+    import tempfile
+
+    work = cfg.workspace_path.resolve()
+    denied = _not_writable(work)
+    if denied is None:
+        return work / "prefect-results"
+    uri = cfg.tracking_uri
+    if records and not uri.startswith(("http://", "https://")):
+        _fail(
+            f"{campaign}: workspace {work} is read-only ({denied}); atompipe run records every "
+            f"run in MLflow ({uri}, artifacts in {work / 'mlartifacts'}): make the workspace "
+            "writable, or set tracking.uri to an MLflow server"
+        )
+    return Path(tempfile.mkdtemp(prefix="atompipe-results-"))
+
+
 @app.command()
 def run(
     campaign: Annotated[Path, typer.Argument(help="campaign YAML file")],
@@ -271,10 +311,10 @@ def run(
     _check_devices(cfg)
     import os
 
-    # Prefect's cached results live with the campaign's workspace, not in ~/.prefect
-    os.environ.setdefault(
-        "PREFECT_LOCAL_STORAGE_PATH", str((cfg.workspace_path / "prefect-results").resolve())
-    )
+    # Prefect's cached results live with the campaign's workspace, not in ~/.prefect; in a
+    # read-only workspace (every stage done: nothing to write there) in a folder of their own
+    results = _results_folder(campaign, cfg, records=not features_only)
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(results))
     from flows.campaign import run_campaign
     from tasks.record import TrackingError, check_tracking
 
@@ -495,19 +535,25 @@ def latent(
     from flows.latent import run_latent
 
     split = SplitConfig(seed=seed)
-    try:
-        ref = run_latent(
-            store,
-            features_key,
-            str(workspace),
-            settings.canonical(),
-            scaling.model_dump(mode="json"),
-            {"fractions": list(split.fractions), "seed": split.seed},
-            map_path=map_png,
-            samples=samples,
+    try:  # SIGINT/SIGTERM stop the encoder's training at its next batch, as for `run`
+        ref = _stoppable(
+            lambda: run_latent(
+                store,
+                features_key,
+                str(workspace),
+                settings.canonical(),
+                scaling.model_dump(mode="json"),
+                {"fractions": list(split.fractions), "seed": split.seed},
+                map_path=map_png,
+                samples=samples,
+            )
         )
-    except (KeyError, ValueError, StoreError, OSError) as exc:
-        _fail(exc)
+    except BaseException as exc:
+        if _stopped(exc):
+            _exit_interrupted(f"latent features of {features_key}")
+        if isinstance(exc, KeyError | ValueError | StoreError | OSError):
+            _fail(exc)
+        raise
     typer.echo(f"latent {ref['key']}")
     typer.echo(f"  encoder                    {ref['encoder_dir']}")
     typer.echo(f"  reconstruction MSE (test)  {ref['reconstruction_mse_test']:.4g}")

@@ -27,10 +27,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import zarr
 
 from atomistic import interrupt
 from atomistic.data import Dataset
-from atomistic.storage import CorruptionError, Store, chunk_digest, content_hash
+from atomistic.storage import (
+    CorruptionError,
+    Store,
+    array,
+    chunk_digest,
+    content_hash,
+    read_array,
+    read_verified,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -102,50 +111,102 @@ def plan_feature_group(
         raise ValueError(f"featurizer {featurizer.name} {params} gives zero feature columns")
     if store.has(kind, key) and repair_feature_group(store, key, kind):
         group = store.open(kind, key)
-        return FeaturePlan(key, int(group.attrs["rows_per_chunk"]), dataset.n_atoms, ())
+        return FeaturePlan(key, _rows_attr(group), dataset.n_atoms, ())
     group = store.require(kind, key)
     same = group.attrs.get("dataset") == dataset.key
     bad = verify_feature_group(store, key, kind) if same else None
     if bad is not None:  # resume; a done chunk whose rows were lost is done again
-        rows = int(group.attrs["rows_per_chunk"])
+        rows = _rows_attr(group)
         for c in bad:
-            group["done"][c] = False
-        done = group["done"][...]
+            array(group, "done")[c] = False
+        done = read_array(group, "done")
     else:
-        rows = _rows_per_chunk(dataset.offsets, n_features, rows_per_chunk)
-        n_chunks = max(1, -(-dataset.n_atoms // rows))
-        group.create_array(
-            "values",
-            shape=(dataset.n_atoms, n_features),
-            dtype="float64",
-            chunks=(rows, n_features),
-            overwrite=True,
-        )
-        group.create_array(
-            "offsets", data=dataset.offsets, chunks=dataset.offsets.shape, overwrite=True
-        )
-        group.create_array(
-            "done", shape=(n_chunks,), dtype="bool", chunks=(1,), fill_value=False, overwrite=True
-        )
-        group.create_array(
-            "sums", shape=(n_chunks,), dtype="uint64", chunks=(1,), fill_value=0, overwrite=True
-        )
-        group.attrs.update(
-            {
-                "format_version": FORMAT_VERSION,
-                "featurizer": featurizer.name,
-                "params": params,
-                "dataset": dataset.key,
-                "elements": list(featurizer.elements),
-                "labels": [_jsonable(lab) for lab in featurizer.labels],
-                "rows_per_chunk": rows,
-                "checksums": {"offsets": f"{chunk_digest(dataset.offsets):016x}"},
-                "complete": False,
-            }
-        )
-        done = np.zeros(n_chunks, dtype=bool)
+        rows = _lay_out(group, dataset, featurizer, rows_per_chunk)
+        kept = verify_feature_group(store, key, kind)  # chunks another planner finished
+        if kept is None:  # what was kept does not read back: start the group afresh
+            rows = _lay_out(group, dataset, featurizer, rows_per_chunk, fresh=True)
+        done = read_array(group, "done")
+        for c in kept or []:
+            done[c] = False
+            array(group, "done")[c] = False
     todo = tuple(int(c) for c in np.flatnonzero(~done))
+    if not todo and not group.attrs.get("complete", False):
+        # every chunk done but the group never marked complete (a process that died between
+        # its last chunk and the mark, or a planner that reset the mark after another process
+        # finished): mark it now, or no later run would
+        finish_feature_group(store, key, kind)
     return FeaturePlan(key, rows, dataset.n_atoms, todo)
+
+
+def _require_array(group: Any, name: str, fresh: bool, **spec: Any) -> zarr.Array:
+    """``group[name]`` as ``spec`` (shape, dtype, chunks; or data) describes it: an existing
+    array that matches is kept with its bytes (another planner of the same key, on a store
+    without a lock, may be filling it), one that does not is replaced."""
+    data = spec.get("data")
+    shape = tuple(data.shape) if data is not None else tuple(spec["shape"])
+    node = None if fresh else group.get(name)
+    if isinstance(node, zarr.Array) and tuple(node.shape) == shape:
+        same_chunks = tuple(node.chunks) == tuple(spec["chunks"])
+        if same_chunks and (data is None or np.array_equal(node[...], data)):
+            return node
+    try:
+        return group.create_array(name, **spec, overwrite=True)
+    except Exception as exc:  # noqa: BLE001 - zarr's errors name no store; this one does
+        raise OSError(f"{group.path}/{name}: cannot create the array ({exc})") from exc
+
+
+def _lay_out(
+    group: Any, dataset: Dataset, featurizer: Any, rows_per_chunk: int | None, fresh: bool = False
+) -> int:
+    """Create the arrays and attributes of a feature group, keeping any that another planner
+    already made (no lock is needed on object stores: nothing it wrote is overwritten, and the
+    chunks both compute are byte-identical). Returns the rows per work chunk."""
+    n_features = featurizer.n_features
+    rows = _rows_per_chunk(dataset.offsets, n_features, rows_per_chunk)
+    existing = None if fresh else group.get("values")
+    if isinstance(existing, zarr.Array) and tuple(existing.shape) == (
+        dataset.n_atoms,
+        n_features,
+    ):
+        rows = int(existing.chunks[0])  # the layout another planner chose
+    n_chunks = max(1, -(-dataset.n_atoms // rows))
+    _require_array(
+        group,
+        "values",
+        fresh,
+        shape=(dataset.n_atoms, n_features),
+        dtype="float64",
+        chunks=(rows, n_features),
+    )
+    _require_array(group, "offsets", fresh, data=dataset.offsets, chunks=dataset.offsets.shape)
+    _require_array(
+        group, "done", fresh, shape=(n_chunks,), dtype="bool", chunks=(1,), fill_value=False
+    )
+    _require_array(
+        group, "sums", fresh, shape=(n_chunks,), dtype="uint64", chunks=(1,), fill_value=0
+    )
+    attrs: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "featurizer": featurizer.name,
+        "params": featurizer.get_params(),
+        "dataset": dataset.key,
+        "elements": list(featurizer.elements),
+        "labels": [_jsonable(lab) for lab in featurizer.labels],
+        "rows_per_chunk": rows,
+        "checksums": {"offsets": f"{chunk_digest(dataset.offsets):016x}"},
+    }
+    if "complete" not in group.attrs:  # a concurrent planner's mark is left as it is
+        attrs["complete"] = False
+    group.attrs.update(attrs)
+    return rows
+
+
+def _rows_attr(group: Any) -> int:
+    """The ``rows_per_chunk`` attribute of a feature group."""
+    rows = group.attrs["rows_per_chunk"]
+    if not isinstance(rows, int | float | str):
+        raise CorruptionError(f"{group.path}: rows_per_chunk {rows!r} is not a number")
+    return int(rows)
 
 
 def _jsonable(label: dict[str, Any]) -> dict[str, Any]:
@@ -167,9 +228,9 @@ def compute_chunk(
     """
     store = Store(store_url)
     group = store.require(kind, key)
-    rows = int(group.attrs["rows_per_chunk"])
+    rows = _rows_attr(group)
     dsg = store.open("datasets", dataset_key)
-    offsets = dsg["offsets"][...]
+    offsets = read_array(dsg, "offsets")
     n_atoms = int(offsets[-1])
     lo, hi = chunk * rows, min((chunk + 1) * rows, n_atoms)
     s0 = int(np.searchsorted(offsets, lo, side="right")) - 1
@@ -177,23 +238,24 @@ def compute_chunk(
     a0, a1 = int(offsets[s0]), int(offsets[s1])
     sub_offsets = offsets[s0 : s1 + 1] - a0
     values = featurizer.featurize_arrays(
-        dsg["numbers"][a0:a1],
-        dsg["positions"][a0:a1],
-        dsg["cell"][s0:s1],
-        dsg["pbc"][s0:s1],
+        read_array(dsg, "numbers", a0, a1),
+        read_array(dsg, "positions", a0, a1),
+        read_array(dsg, "cell", s0, s1),
+        read_array(dsg, "pbc", s0, s1),
         sub_offsets,
     )
     rows_out = np.asarray(values, dtype=np.float64)[lo - a0 : hi - a0]
-    group["values"][lo:hi] = rows_out
-    group["sums"][chunk] = chunk_digest(rows_out)  # rows first, then their checksum, then done
-    group["done"][chunk] = True
+    array(group, "values")[lo:hi] = rows_out
+    # rows first, then their checksum, then done
+    array(group, "sums")[chunk] = chunk_digest(rows_out)
+    array(group, "done")[chunk] = True
     return hi - lo
 
 
 def finish_feature_group(store: Store, key: str, kind: str = "features") -> None:
     """Publish the group once every chunk is done; an error names the missing chunks."""
     group = store.require(kind, key)
-    done = group["done"][...]
+    done = read_array(group, "done")
     if not done.all():
         missing = np.flatnonzero(~done)[:10].tolist()
         raise RuntimeError(f"{store.url}: {kind}/{key} is missing chunks {missing}")
@@ -230,7 +292,7 @@ def read_features(
     counts = np.diff(offsets)[idx]
     new_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     if idx.size == 0:
-        return np.zeros((0, group["values"].shape[1])), new_offsets
+        return np.zeros((0, array(group, "values").shape[1])), new_offsets
     lo, hi = int(offsets[idx.min()]), int(offsets[idx.max() + 1])
     block = _verified_rows(store, group, key, kind, lo, hi)  # one read, then a gather
     rows = np.concatenate([np.arange(offsets[s], offsets[s + 1]) for s in idx]) - lo
@@ -242,23 +304,21 @@ def _layout_ok(group: Any) -> bool:
 
 
 def _verified_offsets(store: Store, group: Any, key: str, kind: str) -> np.ndarray:
-    from atomistic.storage import read_verified
-
     if "checksums" in group.attrs:
         return read_verified(group, "offsets", store.url)
     try:
-        return group["offsets"][...]
+        return read_array(group, "offsets")
     except (KeyError, ValueError, OSError) as exc:
         raise CorruptionError(f"{store.url}: {kind}/{key}: offsets unreadable ({exc})") from exc
 
 
 def _bad_chunks(group: Any, lo: int, hi: int) -> tuple[np.ndarray, list[int]]:
     """Rows lo:hi read as whole work chunks, and the chunks whose checksum does not match."""
-    rows = int(group.attrs["rows_per_chunk"])
-    n_atoms = group["values"].shape[0]
+    rows = _rows_attr(group)
+    n_atoms = array(group, "values").shape[0]
     c0, c1 = lo // rows, -(-hi // rows) if hi > lo else lo // rows
-    block = group["values"][c0 * rows : min(c1 * rows, n_atoms)]
-    sums = group["sums"][c0:c1]
+    block = read_array(group, "values", c0 * rows, min(c1 * rows, n_atoms))
+    sums = read_array(group, "sums", c0, c1)
     bad = [
         c
         for c in range(c0, c1)
@@ -290,12 +350,10 @@ def verify_feature_group(store: Store, key: str, kind: str = "features") -> list
         group = store.require(kind, key)
         if not _layout_ok(group) or "rows_per_chunk" not in group.attrs:
             return None
-        done = group["done"][...]
-        n_atoms = group["values"].shape[0]
+        done = read_array(group, "done")
+        n_atoms = array(group, "values").shape[0]
         _, bad = _bad_chunks(group, 0, n_atoms)
         if "checksums" in group.attrs:
-            from atomistic.storage import read_verified
-
             read_verified(group, "offsets", store.url)
     except Exception:  # an array gone, a chunk that no longer decodes (any codec's error)
         return None
@@ -316,7 +374,7 @@ def repair_feature_group(store: Store, key: str, kind: str = "features") -> bool
     group = store.require(kind, key)
     group.attrs["complete"] = False
     for c in bad:
-        group["done"][c] = False
+        array(group, "done")[c] = False
     return False
 
 

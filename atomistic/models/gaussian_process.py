@@ -37,6 +37,7 @@ import scipy.linalg
 import scipy.optimize
 import torch
 
+from atomistic import interrupt
 from atomistic.metrics import calibration
 from atomistic.models.base import AtomicData
 from atomistic.models.kernelridge import _KernelModel, _validation_metrics
@@ -189,6 +190,7 @@ class GaussianProcess(_KernelModel):
         step = [0]
 
         def neg_lml(theta: np.ndarray, grad: bool = True) -> tuple[float, np.ndarray]:
+            interrupt.check()  # a stop request: at the next likelihood evaluation
             s, gg = math.exp(theta[0]), math.exp(theta[1])
             K, dK = train_kernel(s, with_dlogsigma=grad)
             A = K + gg * np.eye(n)
@@ -251,7 +253,7 @@ class GaussianProcess(_KernelModel):
                 train.featurizer,
                 train.scaler,
             )
-            best = None
+            best: tuple[float, float, float, float] | None = None
             for step, s in enumerate((sigma / 2, sigma, 2 * sigma)):
                 trial = type(self)(**{**self.get_params(), "optimize": False})
                 trial._prepare(sub)
@@ -262,6 +264,7 @@ class GaussianProcess(_KernelModel):
                     callback(step, {"log_marginal_likelihood": lml, "sigma": s})
                 if best is None or lml > best[0]:
                     best = (lml, s, r_e, r_f)
+            assert best is not None  # three widths were tried
             _, sigma, rE, rF = best
         self._choose_sparse(train)
         ne = self._normal_equations(train, y, sigma)
@@ -277,6 +280,7 @@ class GaussianProcess(_KernelModel):
         self.energy_noise_ = rE * self.amplitude_
         self.force_noise_ = rF * self.amplitude_
         self.noise_ = self.energy_noise_**2
+        interrupt.check()
         self.alpha_, self.cholesky_ = solve(
             ne, self.energy_noise_, self.force_noise_, self.amplitude_
         )
@@ -346,6 +350,7 @@ class GaussianProcess(_KernelModel):
         )
         with torch.no_grad():
             for d in blocks:
+                assert d.KF is not None and d.kEE is not None and d.kFF is not None  # prior rows
                 E[d.idx] = d.KE.numpy() @ self.alpha_
                 varE[d.idx] = self._sparse_variance(d.KE.numpy(), d.kEE.numpy())
                 varE[d.idx] += self.energy_noise_**2 * counts[d.idx]

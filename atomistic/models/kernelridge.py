@@ -28,6 +28,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from atomistic import interrupt
 from atomistic.models.base import (
     AtomicData,
     AtomisticModel,
@@ -38,7 +39,13 @@ from atomistic.models.base import (
     stress_from_strain_grad,
 )
 from atomistic.models.kernels import DEFAULT_BUDGET, KERNELS, blas_threads, structure_kernel
-from atomistic.models.sparse_kernel import SPARSE_METHODS, accumulate, select_sparse, solve
+from atomistic.models.sparse_kernel import (
+    SPARSE_METHODS,
+    NormalEquations,
+    accumulate,
+    select_sparse,
+    solve,
+)
 
 __all__ = ["KernelRidge"]
 
@@ -53,6 +60,19 @@ class _KernelModel(AtomisticModel):
     kernel: str
     baseline: str | None
     budget: int
+    # the sparse (forces=True) model's hyperparameters; both subclasses set them in __init__
+    forces: bool
+    n_sparse: int
+    sparse_method: str
+    seed: int
+    # learned state
+    X_train_: torch.Tensor
+    numbers_train_: torch.Tensor
+    batch_train_: torch.Tensor
+    n_train_: int
+    reference_: dict[str, float]
+    sigma_: float
+    alpha_: np.ndarray
 
     def _check_hyper(self) -> None:
         if self.kernel not in KERNELS:
@@ -87,7 +107,7 @@ class _KernelModel(AtomisticModel):
         self.batch_train_ = torch.arange(len(rows))
         self.n_train_ = len(rows)
 
-    def _normal_equations(self, train: AtomicData, y: np.ndarray, sigma: float):
+    def _normal_equations(self, train: AtomicData, y: np.ndarray, sigma: float) -> NormalEquations:
         return accumulate(
             train, y, self.X_train_, self.numbers_train_, sigma, forces=True, budget=self.budget
         )
@@ -107,13 +127,16 @@ class _KernelModel(AtomisticModel):
             self.reference_ = {s: 0.0 for s in self.elements_}
         return ds.energy - reference_energy(ds, self.reference_)
 
-    def _train_kernel(self, sigma: float, with_dlogsigma: bool = False):
+    def _train_kernel(
+        self, sigma: float, with_dlogsigma: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         X, z, b, n = self.X_train_, self.numbers_train_, self.batch_train_, self.n_train_
         with torch.no_grad():
-            K, dK = structure_kernel(
+            Kt, dK = structure_kernel(
                 X, z, b, n, X, z, b, n, self.kernel, sigma, with_dlogsigma, self.budget
             )
-        K = K.numpy()
+        interrupt.check()  # the kernel is the long part of a fit: stop before its solve
+        K = Kt.numpy()
         K = 0.5 * (K + K.T)
         return (K, None if dK is None else dK.numpy())
 
@@ -291,6 +314,7 @@ class KernelRidge(_KernelModel):
         if self._sparse:
             self._choose_sparse(train)
             ne = self._normal_equations(train, y, self.sigma_)
+            interrupt.check()
             self.alpha_, _ = solve(ne, float(self.energy_noise), float(self.force_noise))
             self.metrics_ = _validation_metrics(self, validation)
             return self

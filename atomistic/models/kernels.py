@@ -27,6 +27,8 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import Tensor
 
+from atomistic import interrupt
+
 __all__ = [
     "KERNELS",
     "atomic_kernel",
@@ -124,6 +126,7 @@ def structure_kernel(
         Bz, seg_b = XB[ib], batch_b[ib]
         rows = max(1, budget // ib.numel())
         for r0 in range(0, ia.numel(), rows):
+            interrupt.check()  # a stop request (SIGINT/SIGTERM): at the next block
             blk = ia[r0 : r0 + rows]
             k, dk = atomic_kernel(XA[blk], Bz, kernel, sigma, with_dlogsigma)  # shape (b, m)
             kc = k.new_zeros((blk.numel(), n_b)).index_add_(1, seg_b, k)  # shape (b, n_b)
@@ -211,6 +214,7 @@ class DistanceBlocks:
         blocks = []
         with torch.no_grad():
             for ia, r0, r1 in self._plan:
+                interrupt.check()
                 idx = torch.from_numpy(ia)
                 A, B = self.X[idx[r0:r1]], self.X[idx[r0:]]
                 if self.kernel == "rbf":

@@ -54,6 +54,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
+from atomistic import interrupt
 from atomistic.models.base import AtomicData, NeighborCache, scaled_features_torch
 
 __all__ = [
@@ -183,6 +184,30 @@ def _energy_rows(X, numbers, batch, B, XM, blocks, sigma):
     return KE, ks
 
 
+def _energy_design_blocks(
+    data: AtomicData, XM: Tensor, numbers_M: Tensor, sigma: float, per: int, prior: bool
+) -> Iterator[Design]:
+    """The energy rows of :func:`design_blocks` from stored features, ``per`` structures a
+    block."""
+    ds = data.dataset
+    counts = np.diff(ds.offsets)
+    Xall = torch.as_tensor(data.scaled_features())
+    numbers_all = torch.as_tensor(ds.numbers)
+    for s0 in range(0, ds.n_structures, per):
+        interrupt.check()
+        idx = np.arange(s0, min(ds.n_structures, s0 + per))
+        a, b = int(ds.offsets[idx[0]]), int(ds.offsets[idx[-1] + 1])
+        X, z = Xall[a:b], numbers_all[a:b]
+        batch = torch.repeat_interleave(torch.arange(len(idx)), torch.as_tensor(counts[idx]))
+        KE, _ = _energy_rows(X, z, batch, len(idx), XM, _element_blocks(z, numbers_M), sigma)
+        d = Design(idx, np.arange(a, b), KE)
+        if prior:
+            i, j = _pairs(z, batch)
+            kij = torch.exp(-((X[i] - X[j]) ** 2).sum(1) / (2.0 * sigma**2))
+            d.kEE = X.new_zeros(len(idx)).index_add_(0, batch[i], kij)
+        yield d
+
+
 def design_blocks(
     data: AtomicData,
     XM: Tensor,
@@ -211,20 +236,7 @@ def design_blocks(
     XM = XM.to(torch.float64)
     inv_s2 = 1.0 / sigma**2
     if not forces:
-        Xall = torch.as_tensor(data.scaled_features())
-        numbers_all = torch.as_tensor(ds.numbers)
-        for s0 in range(0, ds.n_structures, per):
-            idx = np.arange(s0, min(ds.n_structures, s0 + per))
-            a, b = int(ds.offsets[idx[0]]), int(ds.offsets[idx[-1] + 1])
-            X, z = Xall[a:b], numbers_all[a:b]
-            batch = torch.repeat_interleave(torch.arange(len(idx)), torch.as_tensor(counts[idx]))
-            KE, _ = _energy_rows(X, z, batch, len(idx), XM, _element_blocks(z, numbers_M), sigma)
-            d = Design(idx, np.arange(a, b), KE)
-            if prior:
-                i, j = _pairs(z, batch)
-                kij = torch.exp(-((X[i] - X[j]) ** 2).sum(1) / (2.0 * sigma**2))
-                d.kEE = X.new_zeros(len(idx)).index_add_(0, batch[i], kij)
-            yield d
+        yield from _energy_design_blocks(data, XM, numbers_M, sigma, per, prior)
         return
     if featurizer is None:
         featurizer, scaler = data.featurizer, data.scaler
@@ -232,17 +244,24 @@ def design_blocks(
         raise ValueError("force rows need a differentiable featurizer (none given)")
     cache = NeighborCache(featurizer, ds)
     for s0 in range(0, ds.n_structures, per):
+        interrupt.check()  # a stop request: at the next block of structures
         idx = np.arange(s0, min(ds.n_structures, s0 + per))
-        b = cache.batch(idx)
-        pos = b["positions"].detach()
+        b: dict[str, Any] = cache.batch(idx)
+        pos: Tensor = b["positions"].detach()
         z, batch, n = b["numbers"], b["batch"], int(pos.shape[0])
         starts = np.repeat(ds.offsets[idx] - ds.offsets[idx[0]], counts[idx])
         local = torch.arange(n) - torch.as_tensor(starts)  # index of an atom in its structure
         blocks = _element_blocks(z, numbers_M)
         KF = pos.new_zeros((n, 3, M))
-        kFF = pos.new_zeros((n, 3)) if prior else None
-        X = KE = ks = pairs = kij = None
+        kFF = pos.new_zeros((n, 3))
+        # the features, energy rows and like-atom pairs come with the first tangent's pass
+        X: Tensor | None = None
+        KE = pos.new_zeros((len(idx), M))
+        ks: list[Tensor] = []
+        pairs = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+        kij = pos.new_zeros(0)
         for a in range(int(counts[idx].max())):
+            interrupt.check()  # and at the next atom: 3 featurizer passes each
             moved = torch.nonzero(local == a).squeeze(1)  # atom a of every structure, shape (B',)
             for c in range(3):
                 tangent = torch.zeros_like(pos)
@@ -274,7 +293,7 @@ def design_blocks(
                     kFF[moved, c] = X.new_zeros(len(idx)).index_add_(0, batch[i], val)[batch[moved]]
         d = Design(idx, b["rows"].numpy(), KE, KF.reshape(3 * n, M))
         if prior:
-            d.kEE = X.new_zeros(len(idx)).index_add_(0, batch[pairs[0]], kij)
+            d.kEE = pos.new_zeros(len(idx)).index_add_(0, batch[pairs[0]], kij)
             d.kFF = kFF.reshape(-1)
         yield d
 
@@ -336,7 +355,7 @@ def accumulate(
             W = scipy.linalg.solve_triangular(L, (d.KE.numpy() * r[:, None]).T, lower=True)
             Gw_E += W @ W.T
             cw_E += W @ (y[d.idx] * r)
-            if forces:
+            if forces and d.KF is not None:
                 W = scipy.linalg.solve_triangular(L, d.KF.numpy().T, lower=True)
                 f = np.asarray(ds.forces, dtype=np.float64)[d.rows].reshape(-1)
                 Gw_F += W @ W.T
@@ -438,7 +457,8 @@ def optimize_noise(
 
     n = ne.n_E + ne.n_F
 
-    def f(theta):  # per label, so that the first L-BFGS step is of order one
+    def f(theta: np.ndarray) -> tuple[float, np.ndarray]:  # per label: a first step of order 1
+        interrupt.check()  # a stop request: at the next likelihood evaluation
         try:
             lml, g, _ = log_marginal_likelihood(ne, theta[0], theta[1])
         except np.linalg.LinAlgError:
@@ -448,10 +468,9 @@ def optimize_noise(
     start = np.array([2 * math.log(energy_ratio), 2 * math.log(force_ratio)])
     bounds = [(x - 9.2, x + 9.2) for x in start]  # ratios within 100x of the start
     # the likelihood can be multimodal: start from the best of a coarse grid (factors of e)
-    grid = grid and [start + np.array([a, b]) for a in (-2.0, 0.0, 2.0) for b in (-2.0, 0.0, 2.0)]
-    if grid and not ne.n_F:
-        grid = [start + np.array([a, 0.0]) for a in (-2.0, 0.0, 2.0)]
-    x0 = min(grid, key=lambda x: f(x)[0]) if grid else start
+    steps_F = (-2.0, 0.0, 2.0) if ne.n_F else (0.0,)
+    starts = [start + np.array([a, b]) for a in (-2.0, 0.0, 2.0) for b in steps_F]
+    x0 = min(starts, key=lambda x: f(x)[0]) if grid else start
     res = scipy.optimize.minimize(
         f, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 100}
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import zarr
-from reliability_support import atompipe_env, cli, write_campaign, write_cu
+from reliability_support import atompipe_cmd, atompipe_env, cli, write_campaign, write_cu
 from test_faults import (
     _checkpoint_epochs,
     _chunk_files,
@@ -140,3 +140,131 @@ def test_sigint_during_featurization_and_training_stops_and_resumes(prefect_api,
     history = json.loads((model_dir / "history.json").read_text())
     assert history["resumed_from"] >= k3
     assert history["epochs_completed"] == EPOCHS
+
+
+def _stderr_lines(proc: subprocess.Popen) -> list[str]:
+    """The command's stderr lines as they come (read by a thread), for waiting on a stage."""
+    import threading
+
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            lines.append(raw.decode(errors="replace"))
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _signal_and_wait(proc: subprocess.Popen, lines: list[str], sig: int) -> tuple[float, str]:
+    t0 = time.monotonic()
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    seconds = time.monotonic() - t0
+    time.sleep(0.2)  # the reader thread takes the last lines
+    return seconds, "".join(lines)
+
+
+def test_sigint_during_kernel_fits_stops_within_seconds(prefect_api, tmp_path, capfd):
+    """KRR and GP fits (the sparse models on energies and forces, whose kernel rows and
+    likelihood search take minutes here) stop at their next block or likelihood evaluation:
+    exit 130 within 10 s, nothing published; the rerun reuses every feature chunk."""
+    data = write_cu(tmp_path / "cu.extxyz", n=16)
+    _, fkey, _ = _feature_key(data, {"cutoff": 4.0})
+    sparse = {"features": "g", "forces": True, "n_sparse": 40}
+    models = {
+        "gp": {"type": "gaussianprocess", **sparse},
+        "krr": {"type": "kernelridge", **sparse},
+    }
+    campaign = write_campaign(tmp_path, models=models)
+    work = tmp_path / "workspace"
+    store = work / "store.zarr"
+    env = atompipe_env(prefect_api)
+    proc = subprocess.Popen(
+        atompipe_cmd("run", str(campaign)),  # stage lines on: "scaler g" ends before the fits
+        cwd=str(tmp_path),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    lines = _stderr_lines(proc)
+
+    def fitting() -> bool | None:
+        return True if any(line.startswith("scaler g") for line in lines) else None
+
+    _wait_until(proc, fitting, "the scaler stage ended (the fits started)", timeout=600)
+    time.sleep(3.0)  # well inside both fits
+    seconds, err = _signal_and_wait(proc, lines, signal.SIGINT)
+    _assert_stopped(proc, seconds, err, "KRR and GP fits", capfd)
+    assert not list(work.glob("models/*/card.json"))  # nothing partial published
+    assert not [p for p in (work / "models" / ".staging").glob("*")]
+    files = _chunk_files(store, fkey)
+
+    code, err = cli(
+        ["run", campaign, "--quiet", "--model", "krr", "--set", "models.gp=null"], capfd
+    )
+    assert code == 0, err[-3000:]
+    assert _chunk_files(store, fkey) == files  # the features were not computed again
+    assert len(list(work.glob("models/*/card.json"))) == 1
+
+
+def test_sigint_stops_atompipe_latent_and_the_rerun_resumes(tmp_path, capfd):
+    """``atompipe latent`` stops as ``atompipe run`` does: at the next batch, exit 130 within
+    10 s, one line, no latent group and no encoder published; the rerun resumes from the
+    checkpoint."""
+    from atomistic.data import load_files, write_dataset
+    from tasks.featurize import featurize_dataset
+
+    data = write_cu(tmp_path / "cu.extxyz", n=16)
+    store = str(tmp_path / "store.zarr")
+    dkey, _ = write_dataset(load_files([data]), store)
+    fkey = featurize_dataset(store, dkey, "gaussian", {"cutoff": 4.0})["key"]
+    ws = tmp_path / "ws"
+    args = ["latent", fkey, "--store", store, "--workspace", str(ws), "--encoder", "8,3"]
+    args += ["--epochs", "400", "--batch-size", "16"]
+    env = atompipe_env("-")  # the latent stages run without Prefect's API
+    env.pop("PREFECT_API_URL")
+    proc = subprocess.Popen(
+        atompipe_cmd(*args),
+        cwd=str(tmp_path),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    lines = _stderr_lines(proc)
+
+    def some_epochs() -> Path | None:
+        for ckpt in ws.glob("checkpoints/*/last.pt"):
+            epochs = _checkpoint_epochs(ckpt)
+            if epochs is not None and 2 <= epochs <= 300:
+                return ckpt
+        return None
+
+    ckpt = _wait_until(proc, some_epochs, "some encoder epochs were checkpointed", timeout=600)
+    seconds, err = _signal_and_wait(proc, lines, signal.SIGINT)
+    last = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130, err[-3000:]
+    assert seconds < 10, f"atompipe latent exited {seconds:.1f} s after SIGINT"
+    assert last[-1].startswith(f"interrupted: latent features of {fkey} stopped"), err[-3000:]
+    assert "Traceback" not in err
+    assert not (tmp_path / "store.zarr" / "latent").exists() or not any(
+        (tmp_path / "store.zarr" / "latent").iterdir()
+    )
+    assert not list(ws.glob("models/*/card.json"))
+    k = _checkpoint_epochs(ckpt)
+    assert k is not None and k < 400
+    with capfd.disabled():
+        print(f"\nCASE stop during atompipe latent: exit 130 after {seconds:.1f} s: {last[-1]}")
+
+    code, err = cli(args, capfd)
+    assert code == 0, err[-3000:]
+    (enc,) = [p.parent for p in ws.glob("models/*/card.json")]
+    history = json.loads((enc / "history.json").read_text())
+    assert history["resumed_from"] >= k and history["epochs_completed"] == 400
