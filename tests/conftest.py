@@ -35,6 +35,7 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = f"{reason} (a reference package is required here)"
 
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 SHIPPED = {
     "cu": DATA / "cu_emt.extxyz",

@@ -23,7 +23,11 @@ FORMAT_VERSION = 1
 
 
 class Encoder(Protocol):
-    encoder_key: str
+    """What latent features need of an encoder: a content key and ``encode``."""
+
+    @property
+    def encoder_key(self) -> str: ...
+
     latent_dim_: int
 
     def encode(self, X: np.ndarray, numbers: np.ndarray) -> np.ndarray: ...

@@ -82,6 +82,11 @@ class AtomicNetworks(nn.Module):
     ``forward(X, numbers, batch, n_structures)`` -> energies (n_structures,) float64, eV.
     """
 
+    columns: torch.Tensor
+    shift: torch.Tensor
+    scale: torch.Tensor
+    z: torch.Tensor
+
     def __init__(
         self,
         elements: tuple[str, ...],
@@ -585,18 +590,18 @@ class _TrainingSet:
         self.n_features = int(f.n_features)
         n_cols = self.n_features if columns is None else len(columns)
         if jacobian_nbytes(n_cols, ds.offsets, dtype) <= model.jacobian_memory:
-            X, J = feature_jacobians(
+            Xt, J = feature_jacobians(
                 f, ds.numbers, ds.positions, ds.cell, ds.pbc, ds.offsets, dtype=torch.float64
             )
             if data.scaler is not None:
                 scale, _ = data.scaler._rows(ds.numbers, ds.n_atoms)
-                X = torch.as_tensor(data.scaler.transform(X.numpy(), ds.numbers))
-                J *= torch.as_tensor(np.array(np.broadcast_to(scale, X.shape))).reshape(
-                    *X.shape, 1, 1
+                Xt = torch.as_tensor(data.scaler.transform(Xt.numpy(), ds.numbers))
+                J *= torch.as_tensor(np.array(np.broadcast_to(scale, Xt.shape))).reshape(
+                    *Xt.shape, 1, 1
                 )
-            self.columns = _varying(X.numpy()) if columns is None else columns
+            self.columns = _varying(Xt.numpy()) if columns is None else columns
             keep = torch.as_tensor(self.columns)
-            self.X = X.index_select(1, keep).to(dtype)
+            self.X = Xt.index_select(1, keep).to(dtype)
             self.J = J.index_select(1, keep).reshape(ds.n_atoms, len(keep), -1).to(dtype)
             del J
             n_max = int(self.sizes.max())
@@ -623,6 +628,7 @@ class _TrainingSet:
             b = self.cache.batch(idx)
             b["forces"] = self.all_forces[b["rows"]].to(self.dtype)
             return {**b, **common}
+        assert self.X is not None  # precomputed features whenever there is no neighbour cache
         counts = self.sizes[idx]
         rows = np.repeat(ds.offsets[idx] - np.cumsum(counts) + counts, counts) + np.arange(
             counts.sum()
