@@ -90,8 +90,30 @@ def _mae(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 # -- the plain TorchANI loop ---------------------------------------------------------------------
-def torchani_loop(parts: dict, budget: float, seed: int = 0) -> dict:
-    """Train TorchANI's AEVComputer + ANINetworks for ``budget`` s; test errors and throughput."""
+def torchani_loop(parts: dict, budget: float, seed: int = 0, members: int = 1) -> dict:
+    """Train TorchANI's AEVComputer + ANINetworks for ``budget`` s; test errors and throughput.
+
+    ``members`` > 1: that many networks one after another (seeds ``seed + k``), each with an
+    equal share of what is left of the budget, and the test predictions averaged (a committee,
+    as TorchANI's own ANI models are)."""
+    if members > 1:
+        t_start = time.perf_counter()
+        outs = []
+        for k in range(members):
+            left = budget - (time.perf_counter() - t_start)
+            outs.append(torchani_loop(parts, left / (members - k), seed + k))
+        e_ref = np.array([a.get_potential_energy() for a in parts["test"]])
+        f_ref = np.stack([a.get_forces() for a in parts["test"]])
+        e_pred = np.mean([o.pop("_energy") for o in outs], axis=0)
+        f_pred = np.mean([o.pop("_forces") for o in outs], axis=0)
+        return {
+            "energy_mae_meV": 1e3 * _mae(e_pred, e_ref),
+            "force_mae_meV_A": 1e3 * _mae(f_pred, f_ref),
+            "epochs": sum(o["epochs"] for o in outs),
+            "structures_per_s": statistics.mean(o["structures_per_s"] for o in outs),
+            "wall_s": time.perf_counter() - t_start,
+            "members": members,
+        }
     import torchani
     from torchani.nn import ANINetworks, AtomicNetwork
 
@@ -173,12 +195,17 @@ def torchani_loop(parts: dict, budget: float, seed: int = 0) -> dict:
         "epochs": epochs,
         "structures_per_s": steps / step_time,
         "wall_s": time.perf_counter() - t_start,
+        "_energy": e_pred.double().numpy() + base_te,
+        "_forces": f_pred.double().numpy(),
     }
 
 
 # -- atompipe ------------------------------------------------------------------------------------
-def atompipe_fit(parts: dict, budget: float, settings: dict | None = None) -> dict:
-    """Train atompipe's NeuralNetwork for ``budget`` s (all preparation included)."""
+def atompipe_fit(
+    parts: dict, budget: float, settings: dict | None = None, members: int = 1
+) -> dict:
+    """Train atompipe's NeuralNetwork for ``budget`` s (all preparation included); ``members``
+    > 1 trains a committee (``ensemble``) within the same budget and averages it."""
     from atomistic.data import Dataset
     from atomistic.features import AEV
     from atomistic.features.scaling import Scaler
@@ -197,19 +224,21 @@ def atompipe_fit(parts: dict, budget: float, settings: dict | None = None) -> di
     spent = time.perf_counter() - t_start
     training["max_time"] = budget - spent
     layers = {s: ANI_LAYERS[s] for s in d.elements}
-    model = NeuralNetwork(layers, training=TrainingConfig(**training), **settings)
+    model = NeuralNetwork(layers, training=TrainingConfig(**training), ensemble=members, **settings)
     model.fit(data["train"], data["validation"])
-    h = model.history_
     n_train = d.n_structures
-    step_time = sum(h.metrics["epoch_time"])
     errors = evaluate(ds["test"], model.predict(data["test"], forces=True))
+    hs = model.histories_
     return {
         "energy_mae_meV": 1e3 * errors["energy_mae"],
         "force_mae_meV_A": 1e3 * errors["force_mae"],
-        "epochs": h.epochs_completed,
-        "best_epoch": h.best_epoch,
-        "structures_per_s": n_train * h.epochs_completed / step_time,
+        "epochs": sum(h.epochs_completed for h in hs),
+        "best_epoch": hs[0].best_epoch,
+        "structures_per_s": statistics.mean(
+            n_train * h.epochs_completed / sum(h.metrics["epoch_time"]) for h in hs
+        ),
         "wall_s": time.perf_counter() - t_start,
+        "members": members,
     }
 
 
@@ -267,8 +296,10 @@ def run(
     repeats: int = 1,
     threads: int = 2,
     committee: int = 4,
+    members: int = 1,
 ) -> dict:
-    """Both sides on each molecule, ``repeats`` times; medians, spreads and ratios."""
+    """Both sides on each molecule, ``repeats`` times; medians, spreads and ratios. ``members``
+    > 1: both sides train committees of that many networks within the same budget."""
     if device != "cpu":
         raise SystemExit("nn_accuracy compares CPU training at equal threads; --device cpu only")
     if quick:  # the suite's smoke run: one molecule, a few seconds a side
@@ -277,19 +308,22 @@ def run(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(budget, molecules, repeats, threads, committee)
+        return _run(budget, molecules, repeats, threads, committee, members)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run(budget: float, molecules, repeats: int, threads: int, committee: int) -> dict:
+def _run(
+    budget: float, molecules, repeats: int, threads: int, committee: int, members: int = 1
+) -> dict:
     rows, raw = [], {}
     for name in molecules:
         parts = split_frames(name)
         runs: dict[str, list[dict]] = {"atompipe": [], "torchani": []}
         for _ in range(repeats):
-            runs["torchani"].append(torchani_loop(parts, budget))
-            runs["atompipe"].append(atompipe_fit(parts, budget))
+            t = torchani_loop(parts, budget, members=members)
+            runs["torchani"].append({k: v for k, v in t.items() if not k.startswith("_")})
+            runs["atompipe"].append(atompipe_fit(parts, budget, members=members))
         raw[name] = runs
         med = {
             side: {k: _summary([r[k] for r in rs]) for k in rs[0] if k != "best_epoch"}
@@ -312,8 +346,9 @@ def _run(budget: float, molecules, repeats: int, threads: int, committee: int) -
         )
     print(
         table(
-            f"Force-trained NN, test errors after {budget:.0f} s each ({threads} threads, float32,"
-            f" median of {repeats}, ± = max - min)",
+            f"Force-trained NN{f', committees of {members}' if members > 1 else ''}, test"
+            f" errors after {budget:.0f} s each ({threads} threads, float32, median of {repeats},"
+            " ± = max - min)",
             [
                 "molecule",
                 "E MAE atompipe (meV)",
@@ -335,6 +370,7 @@ def _run(budget: float, molecules, repeats: int, threads: int, committee: int) -
         "budget_s": budget,
         "threads": threads,
         "repeats": repeats,
+        "members": members,
         "runs": raw,
         "table": rows,
     }
@@ -361,10 +397,23 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--committee", type=int, default=4, help="committee size (0: none)")
+    p.add_argument(
+        "--members",
+        type=int,
+        default=1,
+        help="both sides train committees of this many networks within the budget, averaged",
+    )
     p.add_argument("--out", default=str(RESULTS / "nn_accuracy.json"))
     args = p.parse_args(argv)
     result = run(
-        False, "cpu", args.budget, args.molecules, args.repeats, args.threads, args.committee
+        False,
+        "cpu",
+        args.budget,
+        args.molecules,
+        args.repeats,
+        args.threads,
+        args.committee,
+        args.members,
     )
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1, default=float)
