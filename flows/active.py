@@ -196,6 +196,7 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
         scheduler=cfg.dask.address,
         n_workers=cfg.dask.n_workers,
         rows_per_chunk=cfg.dask.rows_per_chunk,
+        device=feat.device,
     ).result()
     sc = cfg.scaler
     scaler = fit_scaler.submit(

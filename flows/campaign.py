@@ -191,6 +191,7 @@ class _Run:
                         n_workers=cfg.dask.n_workers,
                         rows_per_chunk=cfg.dask.rows_per_chunk,
                         on_chunk=progress.chunk_callback(f"features {name}"),
+                        device=feat.device,
                     ),
                 )
                 for name, feat in direct.items()

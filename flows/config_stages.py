@@ -147,6 +147,11 @@ class GaussianFeatures(Strict):
     custom: dict[str, dict[str, list[float]]] | None = None
     weighted: bool = False
     elements: list[str] | None = None
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="where the features are computed: cpu, or cuda (the CPU, with one message, "
+        "when no GPU is present); not part of the features' key",
+    )
 
     @field_validator("cutoff")
     @classmethod
@@ -165,7 +170,7 @@ class GaussianFeatures(Strict):
         return self
 
     def featurizer_params(self) -> dict[str, Any]:
-        out = self.model_dump(exclude={"type", "dataset", "preset"}, exclude_none=True)
+        out = self.model_dump(exclude={"type", "dataset", "preset", "device"}, exclude_none=True)
         if self.preset == "dense":
             from atomistic.features.gaussian import dense_parameters
 
@@ -183,6 +188,11 @@ class AEVFeatures(Strict):
         description="AEV constants (Rcr, EtaR, ShfR, Rca, EtaA, Zeta, ShfA, ShfZ) over the preset",
     )
     elements: list[str] | None = None
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="where the features are computed: cpu, or cuda (the CPU, with one message, "
+        "when no GPU is present); not part of the features' key",
+    )
 
     def featurizer_params(self) -> dict[str, Any]:
         from atomistic.features.aev import PRESETS

@@ -21,7 +21,14 @@ STAGE_VERSION = 1
 
 def content_cache_key(
     stage: str,
-    ignore: tuple[str, ...] = ("on_chunk", "on_epoch", "scheduler", "n_workers", "rows_per_chunk"),
+    ignore: tuple[str, ...] = (
+        "on_chunk",
+        "on_epoch",
+        "scheduler",
+        "n_workers",
+        "rows_per_chunk",
+        "device",
+    ),
 ) -> Callable[[Any, dict[str, Any]], str]:
     """A Prefect ``cache_key_fn`` for ``stage``: a hash of its JSON-able parameters (callbacks
     and execution settings, which do not change the output, left out)."""

@@ -29,15 +29,23 @@ def build_featurizer(name: str, params: dict[str, Any], elements: tuple[str, ...
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_featurizer(name: str, params_json: str) -> Any:
-    return featurizer_from_params(name, json.loads(params_json))
+def _cached_featurizer(name: str, params_json: str, device: str = "cpu") -> Any:
+    featurizer = featurizer_from_params(name, json.loads(params_json))
+    featurizer.device = device  # where it computes, not what: not part of the params or key
+    return featurizer
 
 
 def _run_chunk(
-    store_url: str, dataset_key: str, key: str, chunk: int, name: str, params_json: str
+    store_url: str,
+    dataset_key: str,
+    key: str,
+    chunk: int,
+    name: str,
+    params_json: str,
+    device: str = "cpu",
 ) -> int:
     try:
-        featurizer = _cached_featurizer(name, params_json)
+        featurizer = _cached_featurizer(name, params_json, device)
         return compute_chunk(store_url, dataset_key, key, chunk, featurizer)
     except OSError as exc:  # disk full, read-only store: name the store and the chunk
         raise StoreError(
@@ -76,11 +84,13 @@ def featurize_dataset(
     client: Client | None = None,
     rows_per_chunk: int | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Featurize ``datasets/<dataset_key>`` into ``features/<key>``; resumes an interrupted run.
 
     Chunks run on ``client`` (one task per chunk; workers read their structures from the store
-    and write their rows), or serially in this process when ``client`` is None.
+    and write their rows), or serially in this process when ``client`` is None, computing on
+    ``device`` (``cpu`` or ``cuda``; the CPU, with one message, where no GPU is present).
     ``on_chunk(done, total)`` reports progress. Returns a small reference:
     {"store", "kind", "key", "dataset", "featurizer", "params", "computed_chunks", "n_chunks"}.
     """
@@ -99,7 +109,7 @@ def featurize_dataset(
         if client is None:
             for chunk in plan.todo:
                 interrupt.check()  # a stop request: the finished chunks stay, resumable
-                _run_chunk(store_url, dataset_key, plan.key, chunk, name, params_json)
+                _run_chunk(store_url, dataset_key, plan.key, chunk, name, params_json, device)
                 finished += 1
                 if on_chunk:
                     on_chunk(finished, total)
@@ -112,6 +122,7 @@ def featurize_dataset(
                 list(plan.todo),
                 [name] * len(plan.todo),
                 [params_json] * len(plan.todo),
+                [device] * len(plan.todo),
                 pure=False,
             )
             pending = set(futures)

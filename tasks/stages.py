@@ -134,8 +134,10 @@ def featurize(
     n_workers: int | None = None,
     rows_per_chunk: int | None = None,
     on_chunk: Any = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Featurize a stored dataset on Dask (a LocalCluster unless ``scheduler`` is given)."""
+    """Featurize a stored dataset on Dask (a LocalCluster unless ``scheduler`` is given), on
+    ``device``."""
     from tasks.cluster import dask_client
 
     with dask_client(scheduler, n_workers) as client:
@@ -147,6 +149,7 @@ def featurize(
             client=client,
             rows_per_chunk=rows_per_chunk,
             on_chunk=on_chunk,
+            device=device,
         )
     return ref
 
