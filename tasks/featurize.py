@@ -67,7 +67,12 @@ def _planning_lock(store: Store, name: str) -> Iterator[None]:
         return
     lock_dir = store.path / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"features-{name}.lock", "a") as fh:
+    lock = lock_dir / f"features-{name}.lock"
+    try:
+        fh = open(lock, "a")  # noqa: SIM115 - closed below
+    except PermissionError:  # a store this user may only read: flock needs no write access
+        fh = open(lock, "rb")  # noqa: SIM115
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
