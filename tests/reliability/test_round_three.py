@@ -360,6 +360,8 @@ def test_rt10_an_interrupted_copy_to_object_storage_leaves_no_orphans(cu, s3_env
 
     old = {k: os.environ.get(k) for k in s3_env}
     os.environ.update(s3_env)
+    # clients cached by an earlier test hold another server's endpoint: start from none
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         fs = s3fs.S3FileSystem(endpoint_url=s3_env["AWS_ENDPOINT_URL"], skip_instance_cache=True)
         bucket = f"atompipe-{uuid.uuid4().hex[:12]}"
@@ -388,9 +390,7 @@ def test_rt10_an_interrupted_copy_to_object_storage_leaves_no_orphans(cu, s3_env
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        import s3fs as _s3fs
-
-        _s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_rt11_a_read_only_workspace_whose_stages_are_done(cu, tmp_path, prefect_api, capfd):

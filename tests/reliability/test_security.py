@@ -18,7 +18,7 @@ from flows.config import ConfigError, load_campaign
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("atomistic", "tasks", "flows", "benchmarks")
-SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "_UniqueKeyLoader"}
+SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "UniqueKeyLoader"}  # the last: a SafeLoader
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "cloudpickle", "dill", "joblib", "marshal"}
 
 
