@@ -7,7 +7,7 @@ import functools
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 from distributed import Client, wait
 
@@ -68,8 +68,9 @@ def _planning_lock(store: Store, name: str) -> Iterator[None]:
     lock_dir = store.path / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_dir / f"features-{name}.lock"
+    fh: IO[Any]
     try:
-        fh = open(lock, "a")  # noqa: SIM115 - closed below
+        fh = open(lock, "ab")  # noqa: SIM115 - closed below
     except PermissionError:  # a store this user may only read: flock needs no write access
         fh = open(lock, "rb")  # noqa: SIM115
     with fh:
