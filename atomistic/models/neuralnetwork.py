@@ -53,6 +53,21 @@ from atomistic.models.base import (
     scaled_features_torch,
     stress_from_strain_grad,
 )
+from atomistic.models.keys import (
+    BATCH_KEY,
+    FEATURES_KEY,
+    FORCE_MASK_KEY,
+    FORCES_KEY,
+    JACOBIAN_KEY,
+    N_ATOMS_KEY,
+    NEIGHBORS_KEY,
+    NUMBERS_KEY,
+    POSITIONS_KEY,
+    ROWS_KEY,
+    SIZES_KEY,
+    STRAIN_KEY,
+    TARGET_KEY,
+)
 from atomistic.models.layers import ACTIVATIONS, mlp
 from atomistic.models.training import History, TrainingConfig, minibatches
 from atomistic.models.training import train as run_training
@@ -413,20 +428,20 @@ class NeuralNetwork(AtomisticModel):
         featurizer, scaler = self.featurizer_, self.scaler_
 
         def loss_fn(module: AtomicNetworks, b: dict[str, Any]) -> dict[str, torch.Tensor]:
-            S = len(b["target"])
-            n = b["n_atoms"]
-            if "nl" in b:  # on-the-fly features
+            S = len(b[TARGET_KEY])
+            n = b[N_ATOMS_KEY]
+            if NEIGHBORS_KEY in b:  # on-the-fly features
                 X = scaled_features_torch(featurizer, scaler, b).to(module.dtype)
-                e_atom = module.residual(X, b["numbers"])
-                wrt = b["positions"]
+                e_atom = module.residual(X, b[NUMBERS_KEY])
+                wrt = b[POSITIONS_KEY]
             else:
-                X = b["X"].requires_grad_(fw > 0)
-                e_atom = module.residual_sorted(X, b["sizes"])
+                X = b[FEATURES_KEY].requires_grad_(fw > 0)
+                e_atom = module.residual_sorted(X, b[SIZES_KEY])
                 wrt = X
-            E = e_atom.new_zeros(S).index_add_(0, b["batch"], e_atom)
-            err = (E - b["target"]) / (n.sqrt() if sqrt_n else n)
+            E = e_atom.new_zeros(S).index_add_(0, b[BATCH_KEY], e_atom)
+            err = (E - b[TARGET_KEY]) / (n.sqrt() if sqrt_n else n)
             e_mse = (err**2).mean()
-            per_atom = ((E - b["target"]) / n) ** 2
+            per_atom = ((E - b[TARGET_KEY]) / n) ** 2
             out = {
                 "energy_mse": per_atom.mean().detach(),
                 "weight": torch.tensor(float(S)),
@@ -434,14 +449,14 @@ class NeuralNetwork(AtomisticModel):
             loss = ew * e_mse
             if fw > 0:
                 (g,) = torch.autograd.grad(e_atom.sum(), wrt, create_graph=module.training)
-                if "J" in b:  # dE/dR_(s, a) = sum_(i in s) dE/dx_i . dx_i/dR_(s, a)
-                    J = b["J"]  # shape (atoms, F, n_max * 3)
+                if JACOBIAN_KEY in b:  # dE/dR_(s, a) = sum_(i in s) dE/dx_i . dx_i/dR_(s, a)
+                    J = b[JACOBIAN_KEY]  # shape (atoms, F, n_max * 3)
                     dEdR = torch.bmm(g.unsqueeze(1), J).squeeze(1)  # shape (atoms, n_max * 3)
-                    dEdR = dEdR.new_zeros((S, J.shape[2])).index_add_(0, b["batch"], dEdR)
-                    diff = (-dEdR - b["forces"]) * b["mask"]
-                    f_mse = (diff**2).sum() / b["mask"].sum()
+                    dEdR = dEdR.new_zeros((S, J.shape[2])).index_add_(0, b[BATCH_KEY], dEdR)
+                    diff = (-dEdR - b[FORCES_KEY]) * b[FORCE_MASK_KEY]
+                    f_mse = (diff**2).sum() / b[FORCE_MASK_KEY].sum()
                 else:
-                    f_mse = ((-g - b["forces"]) ** 2).mean()
+                    f_mse = ((-g - b[FORCES_KEY]) ** 2).mean()
                 out["force_mse"] = f_mse.detach()
                 loss = loss + fw * f_mse
             out["loss"] = loss
@@ -488,12 +503,12 @@ class NeuralNetwork(AtomisticModel):
                     np.arange(ds.n_structures), max(1, -(-ds.n_structures // _PREDICT_CHUNK))
                 ):
                     b = cache.batch(idx, strain=stress)
-                    rows = b["rows"].numpy()
+                    rows = b[ROWS_KEY].numpy()
                     b = move([b])[0]
                     X = scaled_features_torch(featurizer, scaler, b)
-                    wrt = [b["positions"], b["strain"]] if stress else [b["positions"]]
+                    wrt = [b[POSITIONS_KEY], b[STRAIN_KEY]] if stress else [b[POSITIONS_KEY]]
                     for k, m in enumerate(members):
-                        e = m(X, b["numbers"], b["batch"], len(idx))
+                        e = m(X, b[NUMBERS_KEY], b[BATCH_KEY], len(idx))
                         grads = torch.autograd.grad(e.sum(), wrt, retain_graph=True)
                         E[k, idx] = e.detach().cpu().numpy()
                         F[k, rows] = -grads[0].cpu().numpy()
@@ -623,10 +638,10 @@ class _TrainingSet:
         """The tensors of structures ``idx`` (a 1-D integer array)."""
         ds = self.ds
         t_idx = torch.as_tensor(idx)
-        common = {"target": self.target[t_idx], "n_atoms": self.n_atoms[t_idx]}
+        common = {TARGET_KEY: self.target[t_idx], N_ATOMS_KEY: self.n_atoms[t_idx]}
         if self.cache is not None:
             b = self.cache.batch(idx)
-            b["forces"] = self.all_forces[b["rows"]].to(self.dtype)
+            b[FORCES_KEY] = self.all_forces[b[ROWS_KEY]].to(self.dtype)
             return {**b, **common}
         assert self.X is not None  # precomputed features whenever there is no neighbour cache
         counts = self.sizes[idx]
@@ -639,14 +654,14 @@ class _TrainingSet:
         t_rows = torch.as_tensor(rows)
         b = {
             **common,
-            "X": self.X.index_select(0, t_rows),
-            "sizes": np.bincount(self.kind[rows], minlength=self.n_kinds).tolist(),
-            "batch": torch.as_tensor(local_batch),
+            FEATURES_KEY: self.X.index_select(0, t_rows),
+            SIZES_KEY: np.bincount(self.kind[rows], minlength=self.n_kinds).tolist(),
+            BATCH_KEY: torch.as_tensor(local_batch),
         }
         if self.J is not None:
-            b["J"] = self.J.index_select(0, t_rows)
-            b["forces"] = self.padded_forces[t_idx]
-            b["mask"] = self.mask[t_idx]
+            b[JACOBIAN_KEY] = self.J.index_select(0, t_rows)
+            b[FORCES_KEY] = self.padded_forces[t_idx]
+            b[FORCE_MASK_KEY] = self.mask[t_idx]
         return b
 
     def source(self, batch_size: int, pool: np.ndarray | None, shuffle: bool):

@@ -14,6 +14,16 @@ import torch
 
 from atomistic.data import Dataset
 from atomistic.features.scaling import Scaler
+from atomistic.models.keys import (
+    BATCH_KEY,
+    CELLS_KEY,
+    N_ATOMS_KEY,
+    NEIGHBORS_KEY,
+    NUMBERS_KEY,
+    POSITIONS_KEY,
+    ROWS_KEY,
+    STRAIN_KEY,
+)
 from atomistic.neighbors import NeighborList
 
 __all__ = ["NeighborCache", "scaled_features_torch", "stress_from_strain_grad"]
@@ -87,21 +97,21 @@ class NeighborCache:
                     _slice_nl(v, p, d.offsets, idx) for v, p in zip(self._nl, po, strict=True)
                 )
         out = {
-            "rows": torch.as_tensor(rows),
-            "numbers": torch.as_tensor(d.numbers[rows]),
-            "positions": torch.tensor(d.positions[rows], dtype=torch.float64, requires_grad=True),
-            "cells": torch.as_tensor(d.cell[idx], dtype=torch.float64),
-            "batch": torch.repeat_interleave(torch.arange(len(idx)), torch.as_tensor(counts)),
-            "n_atoms": torch.as_tensor(counts, dtype=torch.float64),
-            "nl": nl,
+            ROWS_KEY: torch.as_tensor(rows),
+            NUMBERS_KEY: torch.as_tensor(d.numbers[rows]),
+            POSITIONS_KEY: torch.tensor(d.positions[rows], dtype=torch.float64, requires_grad=True),
+            CELLS_KEY: torch.as_tensor(d.cell[idx], dtype=torch.float64),
+            BATCH_KEY: torch.repeat_interleave(torch.arange(len(idx)), torch.as_tensor(counts)),
+            N_ATOMS_KEY: torch.as_tensor(counts, dtype=torch.float64),
+            NEIGHBORS_KEY: nl,
         }
         if strain:
             eps = torch.zeros((len(idx), 3, 3), dtype=torch.float64, requires_grad=True)
             deform = torch.eye(3, dtype=torch.float64) + eps  # shape (S, 3, 3)
-            pos = out["positions"]
-            out["positions"] = torch.bmm(pos.unsqueeze(1), deform[out["batch"]]).squeeze(1)
-            out["cells"] = torch.bmm(out["cells"], deform)
-            out["strain"] = eps
+            pos = out[POSITIONS_KEY]
+            out[POSITIONS_KEY] = torch.bmm(pos.unsqueeze(1), deform[out[BATCH_KEY]]).squeeze(1)
+            out[CELLS_KEY] = torch.bmm(out[CELLS_KEY], deform)
+            out[STRAIN_KEY] = eps
         return out
 
 
@@ -119,5 +129,5 @@ def stress_from_strain_grad(dE_deps: torch.Tensor | np.ndarray, cells: np.ndarra
 
 def scaled_features_torch(featurizer: Any, scaler: Scaler | None, b: dict[str, Any]):
     """Differentiable scaled features (n_atoms, n_features) of a :meth:`NeighborCache.batch`."""
-    X = featurizer(b["numbers"], b["positions"], b["cells"], b["batch"], b["nl"])
-    return X if scaler is None else scaler.transform_torch(X, b["numbers"])
+    X = featurizer(b[NUMBERS_KEY], b[POSITIONS_KEY], b[CELLS_KEY], b[BATCH_KEY], b[NEIGHBORS_KEY])
+    return X if scaler is None else scaler.transform_torch(X, b[NUMBERS_KEY])
