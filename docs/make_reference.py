@@ -101,7 +101,6 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "GaussianFeatures": {
         "type": "Behler–Parrinello Gaussian symmetry functions (ML4Chem's `Gaussian`)",
-        "dataset": "name of an entry of `datasets`",
         "cutoff": "cutoff radius R_c in Å, or `{radial: r, angular: r}`; > 0",
         "normalized": "divide the exponents by R_c² (ML4Chem's convention)",
         "angular_type": (
@@ -124,7 +123,6 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "AEVFeatures": {
         "type": "ANI atomic environment vectors, equal to TorchANI's AEVComputer",
-        "dataset": "name of an entry of `datasets`",
         "preset": (
             "the constant set that `params` override: ANI-1x (Smith et al., Chem. Sci. 8, 3192 "
             "(2017)) or ANI-2x (Devereux et al., JCTC 16, 4192 (2020)); an empty `params` gives "

@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "DaskConfig",
     "DatasetConfig",
+    "DirectFeatures",
     "EvaluationConfig",
     "FeatureConfig",
     "GaussianFeatures",
@@ -135,9 +136,21 @@ class NetworkTrainingSettings(TrainingSettings):
     patience: int | None = Field(None, ge=1)
 
 
-class GaussianFeatures(Strict):
+class DirectFeatures(Strict):
+    """A feature set computed from a dataset's structures (Gaussian, AEV): what every such set
+    has, before the keys of its featurizer."""
+
+    type: str
+    dataset: str = Field(description="name of an entry of `datasets`")
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="where the features are computed: cpu, or cuda (the CPU, with one message, "
+        "when no GPU is present); not part of the features' key",
+    )
+
+
+class GaussianFeatures(DirectFeatures):
     type: Literal["gaussian"] = "gaussian"
-    dataset: str
     preset: Literal["ml4chem", "dense"] = Field(
         "ml4chem", description="ML4Chem's default set, or a dense shifted set (docs/features.md)"
     )
@@ -147,11 +160,6 @@ class GaussianFeatures(Strict):
     custom: dict[str, dict[str, list[float]]] | None = None
     weighted: bool = False
     elements: list[str] | None = None
-    device: Literal["cpu", "cuda"] = Field(
-        "cpu",
-        description="where the features are computed: cpu, or cuda (the CPU, with one message, "
-        "when no GPU is present); not part of the features' key",
-    )
 
     @field_validator("cutoff")
     @classmethod
@@ -179,20 +187,14 @@ class GaussianFeatures(Strict):
         return out
 
 
-class AEVFeatures(Strict):
+class AEVFeatures(DirectFeatures):
     type: Literal["aev"] = "aev"
-    dataset: str
     preset: Literal["ani1x", "ani2x"] = "ani1x"
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="AEV constants (Rcr, EtaR, ShfR, Rca, EtaA, Zeta, ShfA, ShfZ) over the preset",
     )
     elements: list[str] | None = None
-    device: Literal["cpu", "cuda"] = Field(
-        "cpu",
-        description="where the features are computed: cpu, or cuda (the CPU, with one message, "
-        "when no GPU is present); not part of the features' key",
-    )
 
     def featurizer_params(self) -> dict[str, Any]:
         from atomistic.features.aev import PRESETS
