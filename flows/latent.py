@@ -12,24 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from atomistic.storage import Store
+from tasks.refs import FeatureRef
 
-__all__ = ["feature_reference", "run_latent"]
-
-
-def feature_reference(store_url: str, key: str) -> dict[str, Any]:
-    """The small reference the stages pass around, rebuilt from a feature group's attributes."""
-    store = Store(store_url)
-    group = store.open("features", key)  # KeyError naming the store and key when absent
-    attrs = dict(group.attrs)
-    return {
-        "store": store_url,
-        "kind": "features",
-        "key": key,
-        "dataset": attrs["dataset"],
-        "featurizer": attrs["featurizer"],
-        "params": attrs["params"],
-    }
+__all__ = ["run_latent"]
 
 
 def run_latent(
@@ -55,7 +40,7 @@ def run_latent(
     from tasks.models import train_encoder
     from tasks.stages import fit_scaler
 
-    features = feature_reference(store_url, feature_key)
+    features = FeatureRef.from_store(store_url, feature_key)
     scaler_ref = fit_scaler.fn(
         features,
         scaler["kind"],

@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from atomistic.features.store import (
 from atomistic.storage import Store, content_hash
 from tasks.caching import stage_task
 from tasks.models import _publish_dir, _staging
+from tasks.refs import DatasetRef, FeatureRef, ModelRef, ScalerRef
 
 __all__ = [
     "active_model_key",
@@ -56,19 +58,19 @@ __all__ = [
 _VERSION = 1
 
 
-def _featurizer(ref: dict[str, Any]):
+def _featurizer(ref: FeatureRef):
     from atomistic.features import featurizer_from_params
 
-    return featurizer_from_params(ref["featurizer"], ref["params"])
+    return featurizer_from_params(ref.featurizer, ref.params)
 
 
-def _atomic_data(features: dict[str, Any], scaler: dict[str, Any], indices) -> Any:
+def _atomic_data(features: FeatureRef, scaler: ScalerRef, indices) -> Any:
     from atomistic.models.base import AtomicData
 
-    store = Store(features["store"])
-    dataset = read_dataset(store, features["dataset"]).subset(indices)
-    X, _ = read_features(store, features["key"], indices)
-    sc = Scaler.from_dict(scaler["scaler"])
+    store = Store(features.store)
+    dataset = read_dataset(store, features.dataset).subset(indices)
+    X, _ = read_features(store, features.key, indices)
+    sc = Scaler.from_dict(scaler.scaler)
     return AtomicData(dataset, sc.transform(X, dataset.numbers), _featurizer(features), sc)
 
 
@@ -87,14 +89,15 @@ def _write_atomic(path: Path, text_writer) -> None:
 
 # -- training --------------------------------------------------------------------------------------
 def active_model_key(features, scaler, config, parts, previous) -> str:
+    """The active-train stage's key (its model directory)."""
     return content_hash(
         "atompipe-active-model",
         _VERSION,
-        features["key"],
-        scaler["key"],
+        FeatureRef.of(features).key,
+        ScalerRef.of(scaler).key,
         config,
         {k: [int(i) for i in v] for k, v in parts.items()},
-        None if previous is None else previous["key"],
+        None if previous is None else ModelRef.of(previous).key,
     )
 
 
@@ -105,11 +108,11 @@ def train_exists(features, scaler, config, parts, previous, workspace, *_: Any, 
 
 @stage_task("active-train")
 def train_stage(
-    features: dict[str, Any],
-    scaler: dict[str, Any],
+    features: FeatureRef | dict[str, Any],
+    scaler: ScalerRef | dict[str, Any],
     config: dict[str, Any],
     parts: dict[str, list[int]],
-    previous: dict[str, Any] | None,
+    previous: ModelRef | dict[str, Any] | None,
     workspace: str,
     test: dict[str, Any],
 ) -> dict[str, Any]:
@@ -120,9 +123,10 @@ def train_stage(
     from atomistic.active import force_calibration, warm_start
     from atomistic.metrics import evaluate
 
-    key = active_model_key(features, scaler, config, parts, previous)
+    f, sc = FeatureRef.of(features), ScalerRef.of(scaler)
+    key = active_model_key(f, sc, config, parts, previous)
     target = Path(workspace) / "models" / key
-    ref = {"key": key, "dir": str(target), "dataset": features["dataset"]}
+    ref = ModelRef(key=key, dir=str(target), dataset=f.dataset)
     if not (target / "card.json").exists():
         params = {k: v for k, v in config.items() if k not in ("type", "features")}
         params["training"] = {
@@ -131,9 +135,9 @@ def train_stage(
         }
         model = models.NeuralNetwork(**params)
         if previous is not None:
-            warm_start(model, models.load_model(previous["dir"]))
-        train = _atomic_data(features, scaler, parts["train"])
-        val = _atomic_data(features, scaler, parts["validation"]) if parts["validation"] else None
+            warm_start(model, models.load_model(ModelRef.of(previous).dir))
+        train = _atomic_data(f, sc, parts["train"])
+        val = _atomic_data(f, sc, parts["validation"]) if parts["validation"] else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", models.TrainingWarning)
             model.fit(train, val)
@@ -154,12 +158,16 @@ def train_stage(
             out.update({f"force_calibration_{k}": v for k, v in cal.items()})
         out["test_structures"] = ds.n_structures
         _write_atomic(evaluation, lambda p: Path(p).write_text(json.dumps(out, indent=1)))
-    return {**ref, "metrics": json.loads(evaluation.read_text())}
+    return replace(ref, metrics=json.loads(evaluation.read_text())).to_dict()
 
 
 # -- exploration -----------------------------------------------------------------------------------
-def explore_key(model: dict[str, Any], starts: list[int], settings: dict[str, Any], seed: int):
-    return content_hash("atompipe-active-explore", _VERSION, model["key"], starts, settings, seed)
+def explore_key(
+    model: ModelRef | dict[str, Any], starts: list[int], settings: dict[str, Any], seed: int
+) -> str:
+    """The active-explore stage's key (its snapshot file)."""
+    key = ModelRef.of(model).key
+    return content_hash("atompipe-active-explore", _VERSION, key, starts, settings, seed)
 
 
 def explore_exists(model, dataset, starts, settings, seed, workspace, *_: Any, **__: Any) -> bool:
@@ -169,8 +177,8 @@ def explore_exists(model, dataset, starts, settings, seed, workspace, *_: Any, *
 
 @stage_task("active-explore")
 def explore_stage(
-    model: dict[str, Any],
-    dataset: dict[str, Any],
+    model: ModelRef | dict[str, Any],
+    dataset: DatasetRef | dict[str, Any],
     starts: list[int],
     settings: dict[str, Any],
     seed: int,
@@ -185,8 +193,11 @@ def explore_stage(
     key = explore_key(model, starts, settings, seed)
     path = Path(workspace) / "active" / "explore" / f"{key}.extxyz"
     if not path.exists():
-        ds = read_dataset(dataset["store"], dataset["key"])
-        frames = explore(model["dir"], [ds.atoms(s) for s in starts], seed=seed, **settings)
+        d = DatasetRef.of(dataset)
+        ds = read_dataset(d.store, d.key)
+        frames = explore(
+            ModelRef.of(model).dir, [ds.atoms(s) for s in starts], seed=seed, **settings
+        )
         for f in frames:
             f.calc = None
         _write_atomic(path, lambda p: ase.io.write(p, frames, format="extxyz"))
@@ -199,9 +210,9 @@ def explore_stage(
 @stage_task("active-select")
 def select_stage(
     explored: dict[str, Any],
-    model: dict[str, Any],
-    features: dict[str, Any],
-    scaler: dict[str, Any],
+    model: ModelRef | dict[str, Any],
+    features: FeatureRef | dict[str, Any],
+    scaler: ScalerRef | dict[str, Any],
     validation: list[int],
     settings: dict[str, Any],
     max_labels: int,
@@ -226,15 +237,15 @@ def select_stage(
     threshold = settings["threshold"]
     net = None
     if threshold == "auto":
-        net = load_model(model["dir"])
-        val = _atomic_data(features, scaler, validation)
+        net = load_model(ModelRef.of(model).dir)
+        val = _atomic_data(FeatureRef.of(features), ScalerRef.of(scaler), validation)
         pred = net.predict(val, forces=True)
         vu = structure_uncertainty(pred["forces_std"], val.dataset.offsets)
         threshold = calibrate_threshold(vu, settings["quantile"], settings["factor"])
     frames = read_structures(explored["path"])
     descriptors = None
     if settings["diversity"] == "fps":
-        net = net or load_model(model["dir"])
+        net = net or load_model(ModelRef.of(model).dir)
         descriptors = structure_descriptors(frames, net.featurizer_, net.scaler_)
     picks = select(
         u,
@@ -323,24 +334,25 @@ def _no_calculator():
 # -- the grown dataset -----------------------------------------------------------------------------
 @stage_task("active-grow")
 def grow_stage(
-    parent: dict[str, Any],
-    features: dict[str, Any],
+    parent: DatasetRef | dict[str, Any],
+    features: FeatureRef | dict[str, Any],
     explored: dict[str, Any],
     indices: list[int],
     labels: dict[str, Any],
 ) -> dict[str, Any]:
     """The parent dataset followed by the newly labelled structures, stored as a new version, and
     its features: the parent's rows copied, the new structures' rows computed. Returns
-    ({"store", "key", "summary", "parent"}, feature reference) as {"dataset", "features"}."""
+    {"dataset": DatasetRef, "features": FeatureRef} (JSON forms)."""
 
     from atomistic.active import LabelStore, label_structures
 
-    store = Store(parent["store"])
+    parent, features = DatasetRef.of(parent), FeatureRef.of(features)
+    store = Store(parent.store)
     frames = read_structures(explored["path"])
     new, _ = label_structures(
         [frames[i] for i in indices], _no_calculator, LabelStore(labels["labels_dir"])
     )
-    old = read_dataset(store, parent["key"])
+    old = read_dataset(store, parent.key)
     added = Dataset.from_atoms(new, require_energy=True)
     grown = Dataset(
         numbers=np.concatenate([old.numbers, added.numbers]),
@@ -355,46 +367,42 @@ def grow_stage(
     key, _ = write_dataset(grown, store)
     if "parent" not in store.open("datasets", key).attrs:  # the version's lineage
         store.root[f"datasets/{key}"].attrs.update(
-            {"parent": parent["key"], "parent_structures": old.n_structures}
+            {"parent": parent.key, "parent_structures": old.n_structures}
         )
     # features: copy the parent's rows, compute the new structures' only
-    fkey = feature_key(key, features["featurizer"], features["params"])
+    fkey = feature_key(key, features.featurizer, features.params)
     computed_atoms = 0
     if not (store.has("features", fkey) and repair_feature_group(store, fkey, "features")):
         featurizer = _featurizer(features)
-        X_old, _ = read_features(store, features["key"])
+        X_old, _ = read_features(store, features.key)
         X_new = featurizer.featurize_arrays(
             added.numbers, added.positions, added.cell, added.pbc, added.offsets
         )
         computed_atoms = added.n_atoms
-        parent_group = store.open("features", features["key"])
+        parent_group = store.open("features", features.key)
         write_feature_array(
             store,
             fkey,
             np.concatenate([X_old, np.asarray(X_new, dtype=np.float64)]),
             grown.offsets,
             {
-                "featurizer": features["featurizer"],
-                "params": features["params"],
+                "featurizer": features.featurizer,
+                "params": features.params,
                 "dataset": key,
                 "elements": parent_group.attrs.get("elements"),
                 "labels": parent_group.attrs.get("labels"),
-                "parent": features["key"],
+                "parent": features.key,
                 "complete": True,
             },
             kind="features",
         )
-    return {
-        "dataset": {
-            "store": parent["store"],
-            "key": key,
-            "summary": grown.summary(),
-            "parent": parent["key"],
-        },
-        "features": {
-            **{k: v for k, v in features.items() if k not in ("computed_chunks", "n_chunks")},
-            "key": fkey,
-            "dataset": key,
-            "featurized_atoms": computed_atoms,
-        },
-    }
+    grown_ref = DatasetRef(store=parent.store, key=key, summary=grown.summary(), parent=parent.key)
+    grown_features = replace(
+        features,
+        key=fkey,
+        dataset=key,
+        computed_chunks=None,
+        n_chunks=None,
+        featurized_atoms=computed_atoms,
+    )
+    return {"dataset": grown_ref.to_dict(), "features": grown_features.to_dict()}

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from atomistic.storage import content_hash
+from tasks.refs import RUN_REPORT, Ref
 
 __all__ = ["content_cache_key", "stage_task", "submit_cached", "STAGE_VERSION"]
 
@@ -40,15 +41,13 @@ def content_cache_key(
     return key_fn
 
 
-# what a stage's reference reports about how it ran, not what it made: an upstream stage that
-# runs again and finds its output complete ("written": False, "computed_chunks": 0) must give
-# its downstream stages the same cache keys
-_RUN_REPORT = frozenset({"written", "computed_chunks", "trained", "fit_time_s"})
-
-
 def _identity(value: Any) -> Any:
+    """What of a parameter identifies the output: a reference (typed or its JSON form) without
+    its run report (:data:`tasks.refs.RUN_REPORT`); the same key for either form."""
+    if isinstance(value, Ref):
+        value = value.to_dict()
     if isinstance(value, dict):
-        return {k: v for k, v in value.items() if k not in _RUN_REPORT}
+        return {k: v for k, v in value.items() if k not in RUN_REPORT}
     return value
 
 

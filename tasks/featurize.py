@@ -16,6 +16,7 @@ from atomistic.data import read_dataset
 from atomistic.features import featurizer_from_params
 from atomistic.features.store import compute_chunk, finish_feature_group, plan_feature_group
 from atomistic.storage import Store, StoreError
+from tasks.refs import FeatureRef
 
 __all__ = ["build_featurizer", "featurize_dataset"]
 
@@ -97,8 +98,8 @@ def featurize_dataset(
     Chunks run on ``client`` (one task per chunk; workers read their structures from the store
     and write their rows), or serially in this process when ``client`` is None, computing on
     ``device`` (``cpu`` or ``cuda``; the CPU, with one message, where no GPU is present).
-    ``on_chunk(done, total)`` reports progress. Returns a small reference:
-    {"store", "kind", "key", "dataset", "featurizer", "params", "computed_chunks", "n_chunks"}.
+    ``on_chunk(done, total)`` reports progress. Returns the JSON form of a
+    :class:`~tasks.refs.FeatureRef` (with ``computed_chunks`` and ``n_chunks``).
     """
     store = Store(store_url)
     dataset = read_dataset(store, dataset_key)
@@ -153,13 +154,12 @@ def featurize_dataset(
             finish_feature_group(store, plan.key)
         except OSError as exc:
             raise StoreError(f"cannot publish features/{plan.key} in {store_url}: {exc}") from exc
-    return {
-        "store": store_url,
-        "kind": "features",
-        "key": plan.key,
-        "dataset": dataset_key,
-        "featurizer": name,
-        "params": full_params,
-        "computed_chunks": len(plan.todo),
-        "n_chunks": total,
-    }
+    return FeatureRef(
+        store=store_url,
+        key=plan.key,
+        dataset=dataset_key,
+        featurizer=name,
+        params=full_params,
+        computed_chunks=len(plan.todo),
+        n_chunks=total,
+    ).to_dict()

@@ -15,6 +15,7 @@ import shutil
 import sys
 import uuid
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from atomistic.features.scaling import Scaler
 from atomistic.features.store import read_features, write_feature_array
 from atomistic.storage import Store, content_hash
 from tasks.caching import content_cache_key, stage_task
+from tasks.refs import FeatureRef, ModelRef, ScalerRef
 
 __all__ = ["train_encoder", "train_model", "evaluate_model", "model_key", "evaluation_done"]
 
@@ -37,12 +39,17 @@ _MODEL_TYPES = {
 
 
 def model_key(
-    features: dict[str, Any], scaler: dict[str, Any], config: dict[str, Any], split: dict[str, Any]
+    features: FeatureRef | dict[str, Any],
+    scaler: ScalerRef | dict[str, Any],
+    config: dict[str, Any],
+    split: dict[str, Any],
 ) -> str:
+    """The train-model stage's key: the features', the scaler's, the settings and the split."""
+    f, sc = FeatureRef.of(features), ScalerRef.of(scaler)
     # format 2 for latent features: the saved model carries its featurizer, scaler and encoder
-    version = 2 if features.get("kind") == "latent" else 1
+    version = 2 if f.kind == "latent" else 1
     config = {k: v for k, v in config.items() if k != "device"}  # where it ran, not what it is
-    return content_hash("atompipe-model", version, features["key"], scaler["key"], config, split)
+    return content_hash("atompipe-model", version, f.key, sc.key, config, split)
 
 
 def _warn(message: str) -> None:
@@ -72,43 +79,54 @@ def _staging(workspace: str, key: str) -> Path:
     return path
 
 
-def _split_arrays(ref: dict[str, Any], split: dict[str, Any]) -> dict[str, np.ndarray]:
-    return read_split(ref["store"], ref["dataset"], tuple(split["fractions"]), split["seed"])
+def _split_arrays(ref: FeatureRef, split: dict[str, Any]) -> dict[str, np.ndarray]:
+    return read_split(ref.store, ref.dataset, tuple(split["fractions"]), split["seed"])
 
 
-def _atomic_data(ref, scaler_ref, indices, featurizer):
+def _atomic_data(ref: FeatureRef, scaler_ref: ScalerRef, indices, featurizer):
     """AtomicData for structures ``indices``: scaled cached features (the fast path)."""
     from atomistic.models.base import AtomicData
 
-    store = Store(ref["store"])
-    dataset = read_dataset(store, ref["dataset"]).subset(indices)
-    X, _ = read_features(store, ref["key"], indices, kind=ref["kind"])
-    scaler = Scaler.from_dict(scaler_ref["scaler"])
+    store = Store(ref.store)
+    dataset = read_dataset(store, ref.dataset).subset(indices)
+    X, _ = read_features(store, ref.key, indices, kind=ref.kind)
+    scaler = Scaler.from_dict(scaler_ref.scaler)
     return AtomicData(dataset, scaler.transform(X, dataset.numbers), featurizer, scaler)
 
 
-def _featurizer(ref: dict[str, Any]):
+def _featurizer(ref: FeatureRef):
     from atomistic.features import featurizer_from_params
 
-    if ref["kind"] != "features":  # latent: source featurizer -> its scaler -> the encoder
-        source = ref.get("source_featurizer")
-        if source is None or "encoder_dir" not in ref:
+    if ref.kind != "features":  # latent: source featurizer -> its scaler -> the encoder
+        source = ref.source_featurizer
+        if source is None or ref.encoder_dir is None:
             return None  # a latent reference from before encoders travelled with models
         from atomistic.models.autoencoders import load_autoencoder
         from atomistic.models.encoded import EncodedFeaturizer
 
         base = featurizer_from_params(source["featurizer"], source["params"])
         scaler = None if source["scaler"] is None else Scaler.from_dict(source["scaler"])
-        return EncodedFeaturizer(base, scaler, load_autoencoder(ref["encoder_dir"]))
-    return featurizer_from_params(ref["featurizer"], ref["params"])
+        return EncodedFeaturizer(base, scaler, load_autoencoder(ref.encoder_dir))
+    return featurizer_from_params(ref.featurizer, ref.params)
 
 
 # -- autoencoders and latent features ----------------------------------------------------------
-def encoder_key(features, scaler, settings, split) -> str:
-    return content_hash("atompipe-encoder", 1, features["key"], scaler["key"], settings, split)
+def encoder_key(
+    features: FeatureRef | dict[str, Any], scaler: ScalerRef | dict[str, Any], settings, split
+) -> str:
+    """The train-encoder stage's key (its model directory): features, scaler, settings, split."""
+    f, sc = FeatureRef.of(features), ScalerRef.of(scaler)
+    return content_hash("atompipe-encoder", 1, f.key, sc.key, settings, split)
 
 
-def encoder_exists(features, scaler, settings, split, workspace, **_: Any) -> bool:
+def encoder_exists(
+    features: FeatureRef | dict[str, Any],
+    scaler: ScalerRef | dict[str, Any],
+    settings,
+    split,
+    workspace,
+    **_,
+) -> bool:
     """The encoder is saved and its latent features are in the store."""
     key = encoder_key(features, scaler, settings, split)
     card = Path(workspace) / "models" / key / "card.json"
@@ -119,7 +137,8 @@ def encoder_exists(features, scaler, settings, split, workspace, **_: Any) -> bo
     from atomistic.models.autoencoders import load_autoencoder
 
     enc = load_autoencoder(card.parent)
-    store, lkey = Store(features["store"]), latent_key(features["key"], enc.encoder_key)
+    f = FeatureRef.of(features)
+    store, lkey = Store(f.store), latent_key(f.key, enc.encoder_key)
     return store.has("latent", lkey) and repair_feature_group(store, lkey, "latent")
 
 
@@ -133,25 +152,27 @@ def _annealing(settings: dict[str, Any] | None) -> dict[str, Any] | None:
 # trained on it need to predict from structures (a reference cached before lacks them)
 @stage_task("train-encoder", content_cache_key("train-encoder/2"))
 def train_encoder(
-    features: dict[str, Any],
-    scaler: dict[str, Any],
+    features: FeatureRef | dict[str, Any],
+    scaler: ScalerRef | dict[str, Any],
     settings: dict[str, Any],
     split: dict[str, Any],
     workspace: str,
     on_epoch: Any = None,
 ) -> dict[str, Any]:
-    """Train an AE/VAE on scaled training features; extract latent features for every atom."""
+    """Train an AE/VAE on scaled training features; extract latent features for every atom.
+    Returns the latent group's :class:`~tasks.refs.FeatureRef` (JSON form)."""
     from atomistic.features.latent import latent_features, latent_key, latent_labels
     from atomistic.models.autoencoders import VAE, AutoEncoder
     from atomistic.models.training import TrainingConfig
 
-    key = encoder_key(features, scaler, settings, split)
+    f, scaler_ref = FeatureRef.of(features), ScalerRef.of(scaler)
+    key = encoder_key(f, scaler_ref, settings, split)
     target = Path(workspace) / "models" / key
-    parts = _split_arrays(features, split)
-    store = Store(features["store"])
-    dataset = read_dataset(store, features["dataset"])
-    sc = Scaler.from_dict(scaler["scaler"])
-    X_all, offsets = read_features(store, features["key"], kind=features["kind"])
+    parts = _split_arrays(f, split)
+    store = Store(f.store)
+    dataset = read_dataset(store, f.dataset)
+    sc = Scaler.from_dict(scaler_ref.scaler)
+    X_all, offsets = read_features(store, f.key, kind=f.kind)
     X_all = sc.transform(X_all, dataset.numbers)
 
     def rows(idx):
@@ -189,7 +210,7 @@ def train_encoder(
             None if va is None else dataset.numbers[va],
             config=training,
             callback=on_epoch,
-            feature_key=features["key"],
+            feature_key=f.key,
         )
         interrupt.check()  # a fit cut short by a stop request is never published
         build = _staging(workspace, key)
@@ -200,7 +221,7 @@ def train_encoder(
         _publish_dir(build, target)
         shutil.rmtree(Path(workspace) / "checkpoints" / key, ignore_errors=True)
     Z = latent_features(encoder, X_all, dataset.numbers)
-    lkey = latent_key(features["key"], encoder.encoder_key)
+    lkey = latent_key(f.key, encoder.encoder_key)
     write_feature_array(
         store,
         lkey,
@@ -208,8 +229,8 @@ def train_encoder(
         offsets,
         {
             "featurizer": "latent",
-            "dataset": features["dataset"],
-            "source": features["key"],
+            "dataset": f.dataset,
+            "source": f.key,
             "encoder": encoder.encoder_key,
             "labels": latent_labels(encoder),
             "complete": True,
@@ -224,27 +245,25 @@ def train_encoder(
 
         latent_map(Z[test_rows], z_test, path=latent_png, title=f"latent space ({kind}, test)")
     artifacts.append(str(latent_png))
-    extra = {}
-    if hasattr(encoder, "kl_divergence"):
-        extra["kl_test"] = float(encoder.kl_divergence(X_test, z_test))
-    return {
-        "store": features["store"],
-        "kind": "latent",
-        "key": lkey,
-        "dataset": features["dataset"],
-        "featurizer": "latent",
-        "params": {"encoder": encoder.encoder_key, "source": features["key"]},
-        "encoder_dir": str(target),
-        "source_featurizer": {
-            "featurizer": features["featurizer"],
-            "params": features["params"],
-            "scaler": scaler["scaler"],
+    kl = getattr(encoder, "kl_divergence", None)
+    return FeatureRef(
+        store=f.store,
+        kind="latent",
+        key=lkey,
+        dataset=f.dataset,
+        featurizer="latent",
+        params={"encoder": encoder.encoder_key, "source": f.key},
+        encoder_dir=str(target),
+        source_featurizer={
+            "featurizer": f.featurizer,
+            "params": f.params,
+            "scaler": scaler_ref.scaler,
         },
-        "reconstruction_mse_test": float(encoder.reconstruction_error(X_test, z_test)),
-        "scaled_variance_test": float(X_test.var(axis=0).mean()),
-        **extra,
-        "artifacts": artifacts,
-    }
+        reconstruction_mse_test=float(encoder.reconstruction_error(X_test, z_test)),
+        scaled_variance_test=float(X_test.var(axis=0).mean()),
+        kl_test=None if kl is None else float(kl(X_test, z_test)),
+        artifacts=artifacts,
+    ).to_dict()
 
 
 # -- supervised models -------------------------------------------------------------------------
@@ -275,44 +294,44 @@ def evaluation_exists(
 ) -> bool:
     """:func:`evaluation_done` for a trained model's reference; False for a model still being
     trained (a future), whose folder may be new."""
-    return isinstance(model, dict) and evaluation_done(model["dir"], which, plots)
+    if not isinstance(model, dict | ModelRef):
+        return False
+    return evaluation_done(ModelRef.of(model).dir, which, plots)
 
 
 @stage_task("train-model")
 def train_model(
     name: str,
-    features: dict[str, Any],
-    scaler: dict[str, Any],
+    features: FeatureRef | dict[str, Any],
+    scaler: ScalerRef | dict[str, Any],
     config: dict[str, Any],
     split: dict[str, Any],
     workspace: str,
     on_epoch: Any = None,
 ) -> dict[str, Any]:
-    """Fit one model on the training split (validation split for early stopping); save it."""
+    """Fit one model on the training split (validation split for early stopping); save it.
+    Returns its :class:`~tasks.refs.ModelRef` (JSON form)."""
     import time
 
     import atomistic.models as models
 
-    key = model_key(features, scaler, config, split)
+    f, sc = FeatureRef.of(features), ScalerRef.of(scaler)
+    key = model_key(f, sc, config, split)
     target = Path(workspace) / "models" / key
-    ref = {
-        "name": name,
-        "key": key,
-        "dir": str(target),
-        "type": config["type"],
-        "features": features["key"],
-        "dataset": features["dataset"],
-    }
-    if (target / "card.json").exists():
-        return {**ref, "trained": False}
-    parts = _split_arrays(features, split)
-    featurizer = _featurizer(features)
-    train = _atomic_data(features, scaler, parts["train"], featurizer)
-    val = (
-        _atomic_data(features, scaler, parts["validation"], featurizer)
-        if len(parts["validation"])
-        else None
+    ref = ModelRef(
+        name=name,
+        key=key,
+        dir=str(target),
+        type=config["type"],
+        features=f.key,
+        dataset=f.dataset,
     )
+    if (target / "card.json").exists():
+        return replace(ref, trained=False).to_dict()
+    parts = _split_arrays(f, split)
+    featurizer = _featurizer(f)
+    train = _atomic_data(f, sc, parts["train"], featurizer)
+    val = _atomic_data(f, sc, parts["validation"], featurizer) if len(parts["validation"]) else None
     params = {k: v for k, v in config.items() if k not in ("type", "features")}
     klass = getattr(models, _MODEL_TYPES[config["type"]])
     if config["type"] == "neuralnetwork":
@@ -342,34 +361,36 @@ def train_model(
         (build / "history.json").write_text(json.dumps(history.to_dict()))
     _publish_dir(build, target)
     shutil.rmtree(Path(workspace) / "checkpoints" / key, ignore_errors=True)
-    return {**ref, "trained": True, "fit_time_s": fit_time}
+    return replace(ref, trained=True, fit_time_s=fit_time).to_dict()
 
 
 @stage_task("evaluate")
 def evaluate_model(
-    model: dict[str, Any],
-    features: dict[str, Any],
-    scaler: dict[str, Any],
+    model: ModelRef | dict[str, Any],
+    features: FeatureRef | dict[str, Any],
+    scaler: ScalerRef | dict[str, Any],
     split: dict[str, Any],
     which: str = "test",
     plots: bool = True,
 ) -> dict[str, Any]:
     """Errors on the held-out split: energies from cached features, forces through the
-    featurizer where the dataset has them; parity plots beside the model."""
+    featurizer where the dataset has them; parity plots beside the model. Returns the model's
+    :class:`~tasks.refs.ModelRef` (JSON form) with its metrics and plots."""
     from atomistic import metrics as M
     from atomistic.models.base import AtomisticModel
 
-    directory = Path(model["dir"])
+    mref, f = ModelRef.of(model), FeatureRef.of(features)
+    directory = Path(mref.dir)
     m = AtomisticModel.load(directory)
-    parts = _split_arrays(features, split)
+    parts = _split_arrays(f, split)
     idx = parts[which]
     if len(idx) == 0:
         raise ValueError(
-            f"evaluation.split: the {which} split of dataset {features['dataset'][:12]} is empty "
-            f"(fractions {tuple(split['fractions'])}); nothing to evaluate {model['name']} on"
+            f"evaluation.split: the {which} split of dataset {f.dataset[:12]} is empty "
+            f"(fractions {tuple(split['fractions'])}); nothing to evaluate {mref.name} on"
         )
-    featurizer = _featurizer(features)
-    data = _atomic_data(features, scaler, idx, featurizer)
+    featurizer = _featurizer(f)
+    data = _atomic_data(f, ScalerRef.of(scaler), idx, featurizer)
     ds = data.dataset
     want_forces = ds.forces is not None and featurizer is not None
     pred = m.predict(data, forces=want_forces)
@@ -403,7 +424,7 @@ def evaluate_model(
                     ds.energy / n,
                     pred["energy"] / n,
                     directory / "parity_energy.png",
-                    f"{model['name']}: energy ({which})",
+                    f"{mref.name}: energy ({which})",
                     "eV/atom",
                     std=pred["energy_std"] / n if "energy_std" in pred else None,
                 )
@@ -416,7 +437,7 @@ def evaluate_model(
                         ds.forces.ravel(),
                         pred["forces"].ravel(),
                         directory / "parity_forces.png",
-                        f"{model['name']}: forces ({which})",
+                        f"{mref.name}: forces ({which})",
                         "eV/Å",
                         std=np.ravel(pred["forces_std"]) if "forces_std" in pred else None,
                     )
@@ -429,10 +450,10 @@ def evaluate_model(
                     learning_curve(
                         json.loads(hist.read_text()),
                         directory / "learning_curve.png",
-                        model["name"],
+                        str(mref.name),
                     )
                 )
             )
     out = {k: (float(v) if isinstance(v, np.floating | float | int) else v) for k, v in out.items()}
     (directory / "evaluation.json").write_text(json.dumps(out, indent=1))
-    return {**model, "metrics": out, "artifacts": artifacts}
+    return replace(mref, metrics=out, artifacts=artifacts).to_dict()

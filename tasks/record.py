@@ -17,6 +17,7 @@ from typing import Any
 from prefect.context import get_run_context
 
 from tasks.caching import stage_task
+from tasks.refs import DatasetRef, FeatureRef, ModelRef
 from tasks.tracking import (
     TrackingError,
     check_tracking,
@@ -69,20 +70,21 @@ def _history_metrics(path: Path) -> list[Any]:
     ]
 
 
-def _record_encoder(client, exp_id, pid, name, ref, config, tags) -> None:
+def _record_encoder(client, exp_id, pid, name, ref: FeatureRef, config, tags) -> None:
     """A child run for the autoencoder behind a latent feature set: its settings, per-epoch
     losses, held-out reconstruction error against the scaled features' variance, latent map."""
     from mlflow.entities import Metric, Param
 
-    directory = Path(ref["encoder_dir"])
+    assert ref.encoder_dir is not None
+    directory = Path(ref.encoder_dir)
     run = client.create_run(
         exp_id,
         run_name=f"encoder:{name}",
         tags={
             "mlflow.parentRunId": pid,
             "atompipe.role": "encoder",
-            "atompipe.feature_key": ref["params"]["source"],
-            "atompipe.latent_key": ref["key"],
+            "atompipe.feature_key": ref.params["source"],
+            "atompipe.latent_key": ref.key,
             **{k: v for k, v in tags.items() if not k.startswith("atompipe.dataset.")},
         },
     )
@@ -90,15 +92,16 @@ def _record_encoder(client, exp_id, pid, name, ref, config, tags) -> None:
     params = flatten(config["features"][name])
     client.log_batch(rid, params=[Param(k[:250], v[:6000]) for k, v in params.items()])
     now = int(time.time() * 1000)
-    final = [
-        Metric(k, float(ref[k]), now, 0)
-        for k in ("reconstruction_mse_test", "scaled_variance_test", "kl_test")
-        if k in ref
-    ]
+    figures = {
+        "reconstruction_mse_test": ref.reconstruction_mse_test,
+        "scaled_variance_test": ref.scaled_variance_test,
+        "kl_test": ref.kl_test,
+    }
+    final = [Metric(k, float(v), now, 0) for k, v in figures.items() if v is not None]
     batch = _history_metrics(directory / "history.json") + final
     for i in range(0, len(batch), 900):
         client.log_batch(rid, metrics=batch[i : i + 900])
-    for art in ref.get("artifacts", []):
+    for art in ref.artifacts or []:
         client.log_artifact(rid, art, artifact_path="plots")
     client.log_artifact(rid, str(directory / "card.json"), artifact_path="atompipe_encoder")
     client.set_terminated(rid)
@@ -194,7 +197,11 @@ def record_campaign(
     features: dict[str, Any],
     results: dict[str, Any],
 ) -> dict[str, Any]:
-    """Log the campaign to MLflow; returns the run ids and the champion model version."""
+    """Log the campaign to MLflow; returns the run ids and the champion model version.
+
+    ``datasets``, ``features`` and ``results`` map the campaign's names to references
+    (:class:`~tasks.refs.DatasetRef`, :class:`~tasks.refs.FeatureRef`, evaluated
+    :class:`~tasks.refs.ModelRef`), typed or in their JSON form."""
     from atomistic import interrupt
 
     interrupt.check()  # a stopped campaign registers nothing
@@ -202,10 +209,22 @@ def record_campaign(
     uri = (config.get("tracking") or {}).get("uri") or f"sqlite:///{(ws / 'mlflow.db').resolve()}"
     check_tracking(uri)
     with tracking_lock(uri):
-        return _record(config, datasets, features, results, uri)
+        return _record(
+            config,
+            {n: DatasetRef.of(r) for n, r in datasets.items()},
+            {n: FeatureRef.of(r) for n, r in features.items()},
+            {n: ModelRef.of(r) for n, r in results.items()},
+            uri,
+        )
 
 
-def _record(config, datasets, features, results, uri) -> dict[str, Any]:
+def _record(
+    config: dict[str, Any],
+    datasets: dict[str, DatasetRef],
+    features: dict[str, FeatureRef],
+    results: dict[str, ModelRef],
+    uri: str,
+) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 
@@ -226,7 +245,7 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
         )
     )
     tags = {"atompipe.git_commit": _git_commit(), "atompipe.prefect_flow_run": _flow_run_id()}
-    tags.update({f"atompipe.dataset.{n}": r["key"] for n, r in datasets.items()})
+    tags.update({f"atompipe.dataset.{n}": r.key for n, r in datasets.items()})
     parent = client.create_run(exp_id, run_name=f"{config['name']}", tags=tags)
     pid = parent.info.run_id
     params = flatten(config)
@@ -241,16 +260,17 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
         client.log_artifact(pid, str(cfg_path))
 
     metric = config.get("evaluation", {}).get("metric", "energy_mae_per_atom")
-    store_url = next(iter(features.values()))["store"] if features else None
+    store_url = next(iter(features.values())).store if features else None
     children: dict[str, Any] = {}
     for mname, res in results.items():
-        directory = Path(res["dir"])
+        directory = Path(res.dir)
+        metrics = res.metrics or {}
         ctags = {
             "mlflow.parentRunId": pid,
-            "atompipe.model_key": res["key"],
-            "atompipe.feature_key": res["features"],
-            "atompipe.dataset_key": res["dataset"],
-            "atompipe.split": _split_tag(config, res["metrics"]["split"]),
+            "atompipe.model_key": res.key,
+            "atompipe.feature_key": res.features,
+            "atompipe.dataset_key": res.dataset,
+            "atompipe.split": _split_tag(config, metrics["split"]),
             **{k: v for k, v in tags.items() if not k.startswith("atompipe.dataset.")},
         }
         run = client.create_run(exp_id, run_name=mname, tags=ctags)
@@ -263,14 +283,14 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
         now = int(time.time() * 1000)
         hist = _history_metrics(directory / "history.json")
         final = [
-            Metric(k if k == "fit_time_s" else f"{res['metrics']['split']}_{k}", float(v), now, 0)
-            for k, v in res["metrics"].items()
+            Metric(k if k == "fit_time_s" else f"{metrics['split']}_{k}", float(v), now, 0)
+            for k, v in metrics.items()
             if isinstance(v, int | float)
         ]
         batch = hist + final
         for i in range(0, len(batch), 900):
             client.log_batch(rid, metrics=batch[i : i + 900])
-        for art in res.get("artifacts", []):
+        for art in res.artifacts or []:
             client.log_artifact(rid, art, artifact_path="plots")
         client.log_artifact(rid, str(directory / "card.json"), artifact_path="atompipe_model")
         with mlflow.start_run(run_id=rid):
@@ -279,7 +299,7 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
                 python_model=_MODEL_CODE,
                 artifacts={"model": str(directory)},
                 pip_requirements=[_requirement()],
-                signature=_signature(directory, store_url, res["dataset"]),
+                signature=_signature(directory, store_url, res.dataset),
             )
         client.set_terminated(rid)
         # a model that learned nothing useful (atomistic's TrainingWarning) never becomes champion
@@ -289,10 +309,10 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
         children[mname] = {
             "run_id": rid,
             "model_uri": info.model_uri,
-            "score": None if useless else res["metrics"].get(metric),
+            "score": None if useless else metrics.get(metric),
         }
     for fname, ref in features.items():
-        if ref.get("kind") == "latent" and "encoder_dir" in ref:
+        if ref.kind == "latent" and ref.encoder_dir is not None:
             _record_encoder(client, exp_id, pid, fname, ref, config, tags)
     client.set_terminated(pid)
 
@@ -301,12 +321,12 @@ def _record(config, datasets, features, results, uri) -> dict[str, Any]:
     if scored and config.get("evaluation", {}).get("register_best", True):
         best = min(scored, key=lambda k: scored[k]["score"])
         reg_name = f"{config['name']}-champion"
-        split = results[best]["metrics"]["split"]
+        split = (results[best].metrics or {})["split"]
         held = _champion(
             client,
             reg_name,
             f"{split}_{metric}",
-            results[best]["dataset"],
+            results[best].dataset,
             _split_tag(config, split),
         )
         if held is not None and held["score"] is None:

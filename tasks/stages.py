@@ -26,27 +26,37 @@ from atomistic.features.store import feature_key, read_features, repair_feature_
 from atomistic.storage import Store, StoreError, content_hash
 from tasks.caching import stage_task
 from tasks.featurize import build_featurizer, featurize_dataset
+from tasks.refs import DatasetRef, FeatureRef, ScalerRef
 
-__all__ = ["ingest", "ingest_exists", "featurize", "featurize_exists", "fit_scaler"]
+__all__ = [
+    "ingest",
+    "ingest_exists",
+    "ingest_key",
+    "featurize",
+    "featurize_exists",
+    "fit_scaler",
+]
 
 
-def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Ingest is keyed by the files' bytes (sha256), not their names or times."""
-    return _ingest_content_key(parameters)
-
-
-def ingest_exists(
-    paths,
-    store_url,
-    fractions=(0.8, 0.1, 0.1),
-    seed=0,
-    format=None,
-    energy_key="energy",
-    forces_key="forces",
-    needs_forces=None,
-) -> bool:
+def ingest_key(
+    paths: list[str],
+    store_url: str,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    format: str | None = None,
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    needs_forces: str | None = None,
+) -> str:
+    """The ingest stage's one key, for Prefect's cache and for the store's record of what a
+    source became: each file's bytes (sha256) and the format ASE reads it as (inferred from its
+    suffix), and the parameters; never the files' names or times. Takes :func:`ingest`'s
+    arguments; ``needs_forces`` is not part of the key."""
+    digests = [
+        [hashlib.sha256(Path(path).read_bytes()).hexdigest(), file_format(path, format)]
+        for path in expand_paths(paths)
+    ]
     params = {
-        "paths": paths,
         "store_url": store_url,
         "fractions": fractions,
         "seed": seed,
@@ -54,17 +64,16 @@ def ingest_exists(
         "energy_key": energy_key,
         "forces_key": forces_key,
     }
-    return Store(store_url).lookup(_ingest_content_key(params)) is not None
-
-
-def _ingest_content_key(parameters: dict[str, Any]) -> str:
-    fmt = parameters.get("format")
-    digests = [  # each file's bytes and the format ASE reads it as (inferred from its suffix)
-        [hashlib.sha256(Path(path).read_bytes()).hexdigest(), file_format(path, fmt)]
-        for path in expand_paths(parameters["paths"])
-    ]
-    params = {k: v for k, v in parameters.items() if k not in ("paths", "needs_forces")}
     return "atompipe-ingest-" + content_hash("ingest", 2, digests, params)
+
+
+def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
+    return ingest_key(**parameters)
+
+
+def ingest_exists(paths: list[str], store_url: str, *args: Any, **kwargs: Any) -> bool:
+    """The store records what the source of :func:`ingest`'s arguments became."""
+    return Store(store_url).lookup(ingest_key(paths, store_url, *args, **kwargs)) is not None
 
 
 @stage_task("ingest", _ingest_key)
@@ -78,7 +87,7 @@ def ingest(
     forces_key: str = "forces",
     needs_forces: str | None = None,
 ) -> dict[str, Any]:
-    """Validate and store structures; returns {"store", "key", "summary", "written"}.
+    """Validate and store structures; returns a :class:`~tasks.refs.DatasetRef` (JSON form).
 
     ``needs_forces``: the error to raise (naming the models that train on forces) when the
     files hold no forces, before anything is written; not part of the cache key.
@@ -97,37 +106,30 @@ def ingest(
         )
     key, written = write_dataset(ds, store_url, split=fractions, seed=seed)
     store = Store(store_url)
-    source_key = _ingest_content_key(
-        {
-            "paths": paths,
-            "store_url": store_url,
-            "fractions": fractions,
-            "seed": seed,
-            "format": format,
-            "energy_key": energy_key,
-            "forces_key": forces_key,
-        }
-    )
+    source_key = ingest_key(paths, store_url, fractions, seed, format, energy_key, forces_key)
     if store.lookup(source_key) != key:  # a store that has it all is never written to
         try:
             store.remember(source_key, key)
         except OSError as exc:
             raise StoreError(f"cannot write to the store {store_url}: {exc}") from exc
-    return {"store": store_url, "key": key, "summary": ds.summary(), "written": written}
+    return DatasetRef(store=store_url, key=key, summary=ds.summary(), written=written).to_dict()
 
 
-def featurize_exists(dataset: dict[str, Any], name: str, params: dict[str, Any], **_: Any) -> bool:
+def featurize_exists(
+    dataset: DatasetRef | dict[str, Any], name: str, params: dict[str, Any], **_: Any
+) -> bool:
     """The feature group is complete and every chunk matches its checksum; damaged chunks are
     marked to be computed again (features are derived data)."""
-    f = build_featurizer(name, params, tuple(dataset["summary"]["elements"]))
-    store = Store(dataset["store"])
-    key = feature_key(dataset["key"], f.name, f.get_params())
+    d = DatasetRef.of(dataset)
+    f = build_featurizer(name, params, d.elements)
+    store = Store(d.store)
+    key = feature_key(d.key, f.name, f.get_params())
     return store.has("features", key) and repair_feature_group(store, key, "features")
 
 
 @stage_task("featurize")
 def featurize(
-    dataset: dict[str, Any],
+    dataset: DatasetRef | dict[str, Any],
     name: str,
     params: dict[str, Any],
     scheduler: str | None = None,
@@ -140,10 +142,11 @@ def featurize(
     ``device``."""
     from tasks.cluster import dask_client
 
+    d = DatasetRef.of(dataset)
     with dask_client(scheduler, n_workers) as client:
         ref = featurize_dataset(
-            dataset["store"],
-            dataset["key"],
+            d.store,
+            d.key,
             name,
             params,
             client=client,
@@ -156,21 +159,23 @@ def featurize(
 
 @stage_task("fit-scaler")
 def fit_scaler(
-    features: dict[str, Any],
+    features: FeatureRef | dict[str, Any],
     kind: str = "minmax",
     feature_range: tuple[float, float] = (-1.0, 1.0),
     per_element: bool = False,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Fit the scaler on the training split's features only; returns it as a JSON dict."""
-    store = Store(features["store"])
-    split = read_split(store, features["dataset"], fractions, seed)
-    X, _ = read_features(store, features["key"], split["train"], kind=features["kind"])
+    """Fit the scaler on the training split's features only; returns its :class:`ScalerRef`
+    (the scaler as a JSON dict)."""
+    f = FeatureRef.of(features)
+    store = Store(f.store)
+    split = read_split(store, f.dataset, fractions, seed)
+    X, _ = read_features(store, f.key, split["train"], kind=f.kind)
     numbers = None
     if per_element:
-        ds = read_dataset(store, features["dataset"]).subset(split["train"])
+        ds = read_dataset(store, f.dataset).subset(split["train"])
         numbers = ds.numbers
     scaler = Scaler(kind, feature_range, per_element).fit(X, numbers)
     d = scaler.to_dict()
-    return {"scaler": d, "key": content_hash("scaler", features["key"], d)}
+    return ScalerRef(scaler=d, key=content_hash("scaler", f.key, d)).to_dict()
