@@ -51,6 +51,7 @@ ANI_LAYERS = {
 }
 SPECIES = ("H", "C", "N", "O")
 BATCH = 32
+MEMBERS = 4  # atompipe's use of a fixed budget on a small set: a committee (docs/training.md)
 
 # atompipe's settings (data/campaigns/molecules.yaml, nn_forces)
 ATOMPIPE = {
@@ -218,7 +219,8 @@ def atompipe_fit(
     ds = {k: Dataset.from_atoms(v, require_energy=True) for k, v in parts.items()}
     d = ds["train"]
     X = f.featurize_arrays(d.numbers, d.positions, d.cell, d.pbc, d.offsets)
-    scaler = Scaler(**settings.pop("scaler", {})).fit(X, d.numbers)
+    scaling = settings.pop("scaler", {})
+    scaler = None if scaling is None else Scaler(**scaling).fit(X, d.numbers)
     data = {k: AtomicData(v, None, f, scaler) for k, v in ds.items()}
     training = {**ATOMPIPE_TRAINING, **settings.pop("training", {})}
     spent = time.perf_counter() - t_start
@@ -227,9 +229,11 @@ def atompipe_fit(
     model = NeuralNetwork(layers, training=TrainingConfig(**training), ensemble=members, **settings)
     model.fit(data["train"], data["validation"])
     n_train = d.n_structures
-    errors = evaluate(ds["test"], model.predict(data["test"], forces=True))
+    out = model.predict(data["test"], forces=True)
+    errors = evaluate(ds["test"], out)
     hs = model.histories_
     return {
+        **(_calibration(ds["test"], out) if members > 1 else {}),
         "energy_mae_meV": 1e3 * errors["energy_mae"],
         "force_mae_meV_A": 1e3 * errors["force_mae"],
         "epochs": sum(h.epochs_completed for h in hs),
@@ -243,44 +247,26 @@ def atompipe_fit(
 
 
 def committee_calibration(parts: dict, budget: float, members: int = 4) -> dict:
-    """A committee of ``members`` networks trained within ``budget`` s in all: how well the
-    spread of its force predictions tells the size of its force errors on the test split."""
+    """A committee of ``members`` networks trained within ``budget`` s in all: its errors and
+    how well the spread of its predictions tells their size on the test split."""
+    return atompipe_fit(parts, budget, members=members)
+
+
+def _calibration(test, out: dict) -> dict:
+    """How well a committee's spread tells the size of its errors on ``test``: Spearman
+    correlation of the std with the absolute error, and the fraction of errors within 1, 2, 3
+    standard deviations (forces per Cartesian component, energies per structure)."""
     from scipy.stats import spearmanr
 
-    from atomistic.data import Dataset
-    from atomistic.features import AEV
-    from atomistic.features.scaling import Scaler
-    from atomistic.models import AtomicData, NeuralNetwork, TrainingConfig
-
-    t_start = time.perf_counter()
-    f = AEV.like_ani1x()
-    ds = {k: Dataset.from_atoms(v, require_energy=True) for k, v in parts.items()}
-    d = ds["train"]
-    settings = dict(ATOMPIPE)
-    X = f.featurize_arrays(d.numbers, d.positions, d.cell, d.pbc, d.offsets)
-    scaler = Scaler(**settings.pop("scaler", {})).fit(X, d.numbers)
-    data = {k: AtomicData(v, None, f, scaler) for k, v in ds.items()}
-    training = {**ATOMPIPE_TRAINING, "max_time": budget - (time.perf_counter() - t_start)}
-    layers = {s: ANI_LAYERS[s] for s in d.elements}
-    model = NeuralNetwork(
-        layers, training=TrainingConfig(**training), ensemble=members, **settings
-    ).fit(data["train"], data["validation"])
-    out = model.predict(data["test"], forces=True)
-    err = np.abs(out["forces"] - ds["test"].forces).ravel()
+    err = np.abs(out["forces"] - test.forces).ravel()
     std = out["forces_std"].ravel()
-    e_err = np.abs(out["energy"] - ds["test"].energy)
+    e_err = np.abs(out["energy"] - test.energy)
+    e_std = out["energy_std"]
     return {
-        "members": members,
-        "force_mae_meV_A": 1e3 * float(err.mean()),
-        "energy_mae_meV": 1e3 * float(e_err.mean()),
         "force_std_error_spearman": float(spearmanr(std, err).statistic),
         **{f"force_within_{k}sigma": float(np.mean(err <= k * std)) for k in (1, 2, 3)},
-        "energy_std_error_spearman": float(spearmanr(out["energy_std"], e_err).statistic),
-        **{
-            f"energy_within_{k}sigma": float(np.mean(e_err <= k * out["energy_std"]))
-            for k in (1, 2, 3)
-        },
-        "wall_s": time.perf_counter() - t_start,
+        "energy_std_error_spearman": float(spearmanr(e_std, e_err).statistic),
+        **{f"energy_within_{k}sigma": float(np.mean(e_err <= k * e_std)) for k in (1, 2, 3)},
     }
 
 
@@ -295,11 +281,14 @@ def run(
     molecules=("ethanol", "malonaldehyde"),
     repeats: int = 1,
     threads: int = 2,
-    committee: int = 4,
-    members: int = 1,
+    committee: int = 0,
+    members: int = MEMBERS,
+    torchani_members: int = 1,
 ) -> dict:
-    """Both sides on each molecule, ``repeats`` times; medians, spreads and ratios. ``members``
-    > 1: both sides train committees of that many networks within the same budget."""
+    """Both sides on each molecule, ``repeats`` times; medians, spreads and ratios. atompipe
+    spends the budget on a committee of ``members`` networks, the TorchANI loop on
+    ``torchani_members`` (1: its plain single network). ``committee`` > 0 adds a separate
+    calibration run of a committee of that size when atompipe trains a single network."""
     if device != "cpu":
         raise SystemExit("nn_accuracy compares CPU training at equal threads; --device cpu only")
     if quick:  # the suite's smoke run: one molecule, a few seconds a side
@@ -308,20 +297,38 @@ def run(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(budget, molecules, repeats, threads, committee, members)
+        return _run(budget, molecules, repeats, threads, committee, members, torchani_members)
     finally:
         torch.set_num_threads(previous)
 
 
+_CALIBRATION = (
+    "force_std_error_spearman",
+    "force_within_1sigma",
+    "force_within_2sigma",
+    "force_within_3sigma",
+    "energy_std_error_spearman",
+    "energy_within_1sigma",
+    "energy_within_2sigma",
+    "energy_within_3sigma",
+)
+
+
 def _run(
-    budget: float, molecules, repeats: int, threads: int, committee: int, members: int = 1
+    budget: float,
+    molecules,
+    repeats: int,
+    threads: int,
+    committee: int,
+    members: int,
+    torchani_members: int,
 ) -> dict:
-    rows, raw = [], {}
+    rows, raw, calibration = [], {}, []
     for name in molecules:
         parts = split_frames(name)
         runs: dict[str, list[dict]] = {"atompipe": [], "torchani": []}
         for _ in range(repeats):
-            t = torchani_loop(parts, budget, members=members)
+            t = torchani_loop(parts, budget, members=torchani_members)
             runs["torchani"].append({k: v for k, v in t.items() if not k.startswith("_")})
             runs["atompipe"].append(atompipe_fit(parts, budget, members=members))
         raw[name] = runs
@@ -344,11 +351,13 @@ def _run(
                 a["structures_per_s"][0] / t["structures_per_s"][0],
             )
         )
+        if members > 1:
+            calibration.append((name, *(f"{a[k][0]:.2f} ± {a[k][1]:.2f}" for k in _CALIBRATION)))
+    sides = f"atompipe: {_networks(members)}, TorchANI loop: {_networks(torchani_members)}"
     print(
         table(
-            f"Force-trained NN{f', committees of {members}' if members > 1 else ''}, test"
-            f" errors after {budget:.0f} s each ({threads} threads, float32, median of {repeats},"
-            " ± = max - min)",
+            f"Force-trained NN ({sides}), test errors after {budget:.0f} s each ({threads}"
+            f" threads, float32, median of {repeats}, ± = max - min)",
             [
                 "molecule",
                 "E MAE atompipe (meV)",
@@ -371,16 +380,30 @@ def _run(
         "threads": threads,
         "repeats": repeats,
         "members": members,
+        "torchani_members": torchani_members,
         "runs": raw,
         "table": rows,
     }
-    if committee:
+    if calibration:
+        result["calibration"] = calibration
+        print(
+            table(
+                f"atompipe's committee of {members}: std against error on the test split"
+                f" (median of {repeats}, ± = max - min)",
+                ["molecule", "F Spearman", "F 1σ", "F 2σ", "F 3σ"]
+                + ["E Spearman", "E 1σ", "E 2σ", "E 3σ"],
+                calibration,
+                "fractions of errors within k sigma; Gaussian errors: 0.683 / 0.954 / 0.997",
+            ),
+            flush=True,
+        )
+    elif committee:
         cal = committee_calibration(split_frames(molecules[0]), budget, committee)
         result["committee"] = cal
         print(
             table(
-                f"Committee of {committee} on {molecules[0]} ({budget:.0f} s in all): force std "
-                "against force error on the test split",
+                f"Committee of {committee} on {molecules[0]} ({budget:.0f} s in all): std "
+                "against error on the test split",
                 ["quantity", "value"],
                 [(k, f"{v:.3f}") for k, v in cal.items()],
                 "Gaussian errors would give 0.683 / 0.954 / 0.997 within 1 / 2 / 3 sigma",
@@ -390,18 +413,33 @@ def _run(
     return result
 
 
+def _networks(n: int) -> str:
+    return "one network" if n == 1 else f"a committee of {n}"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.nn_accuracy", description=__doc__)
     p.add_argument("--budget", type=float, default=300.0, help="seconds per side and molecule")
     p.add_argument("--molecules", nargs="+", default=["ethanol", "malonaldehyde"])
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--committee", type=int, default=4, help="committee size (0: none)")
     p.add_argument(
         "--members",
         type=int,
+        default=MEMBERS,
+        help="atompipe trains a committee of this many networks within the budget (1: one)",
+    )
+    p.add_argument(
+        "--torchani-members",
+        type=int,
         default=1,
-        help="both sides train committees of this many networks within the budget, averaged",
+        help="the TorchANI loop trains this many networks within the budget (1: its plain loop)",
+    )
+    p.add_argument(
+        "--committee",
+        type=int,
+        default=0,
+        help="with --members 1: a separate calibration run of a committee of this size",
     )
     p.add_argument("--out", default=str(RESULTS / "nn_accuracy.json"))
     args = p.parse_args(argv)
@@ -414,6 +452,7 @@ def main(argv=None) -> None:
         args.threads,
         args.committee,
         args.members,
+        args.torchani_members,
     )
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1, default=float)
