@@ -49,13 +49,13 @@ def run_latent(
         tuple(split["fractions"]),
         split["seed"],
     )
-    ref = train_encoder.fn(features, scaler_ref, settings, split, workspace, on_epoch=on_epoch)
-    out = dict(ref)
+    out = train_encoder.fn(features, scaler_ref, settings, split, workspace, on_epoch=on_epoch)
+    encoder_dir = Path(str(FeatureRef.of(out).encoder_dir))
     if map_path is not None:  # the encoder's own map of the held-out atoms
-        shutil.copyfile(Path(ref["encoder_dir"]) / "latent_map.png", map_path)
+        shutil.copyfile(encoder_dir / "latent_map.png", map_path)
         out["map"] = str(map_path)
     if samples:
-        encoder = load_autoencoder(ref["encoder_dir"])
+        encoder = load_autoencoder(encoder_dir)
         if hasattr(encoder, "sample"):
             seed = split["seed"]
             out["samples"] = {

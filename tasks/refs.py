@@ -33,8 +33,24 @@ class Ref:
 
     @classmethod
     def of(cls, value: Self | Mapping[str, Any]) -> Self:
-        """``value`` itself, or the reference whose JSON form it is; an unknown field is an
-        error that names it."""
+        """The reference ``value`` is, or whose JSON form it is.
+
+        Parameters
+        ----------
+        value : Ref or Mapping[str, Any]
+            A reference of this class, or its JSON form (as :meth:`to_dict` writes it, and as
+            Prefect returns a persisted result).
+
+        Returns
+        -------
+        Ref
+            ``value`` itself when it is one already.
+
+        Raises
+        ------
+        TypeError
+            A key of ``value`` that is no field of this class (named in the message).
+        """
         if isinstance(value, cls):
             return value
         assert isinstance(value, Mapping)
@@ -45,7 +61,14 @@ class Ref:
         return cls(**value)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: every field that is not None (nested values are shared, not copied)."""
+        """The JSON form.
+
+        Returns
+        -------
+        dict[str, Any]
+            Every field that is not None, by name (nested values are shared, not copied): the
+            dict the stages passed before these types, so that cache keys stay what they were.
+        """
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         return {k: v for k, v in out.items() if v is not None}
 
@@ -100,8 +123,25 @@ class FeatureRef(Ref):
 
     @classmethod
     def from_store(cls, store_url: str, key: str) -> FeatureRef:
-        """The reference of ``features/<key>``, rebuilt from the group's attributes (a KeyError
-        naming the store and key when it is absent)."""
+        """The reference of a stored feature group, rebuilt from its attributes.
+
+        Parameters
+        ----------
+        store_url : str
+            The store (a folder or an fsspec URL).
+        key : str
+            The group's content key: ``features/<key>``.
+
+        Returns
+        -------
+        FeatureRef
+            Without run reports.
+
+        Raises
+        ------
+        KeyError
+            No such group (the message names the store and the key).
+        """
         attrs: dict[str, Any] = dict(Store(store_url).open("features", key).attrs)
         return cls(
             store=store_url,

@@ -49,9 +49,19 @@ def ingest_key(
     needs_forces: str | None = None,
 ) -> str:
     """The ingest stage's one key, for Prefect's cache and for the store's record of what a
-    source became: each file's bytes (sha256) and the format ASE reads it as (inferred from its
-    suffix), and the parameters; never the files' names or times. Takes :func:`ingest`'s
-    arguments; ``needs_forces`` is not part of the key."""
+    source became (:func:`ingest`, :func:`ingest_exists`).
+
+    Parameters
+    ----------
+    paths, store_url, fractions, seed, format, energy_key, forces_key, needs_forces
+        :func:`ingest`'s arguments; ``needs_forces`` is not part of the key.
+
+    Returns
+    -------
+    str
+        ``atompipe-ingest-<sha256>`` of each file's bytes and the format ASE reads it as
+        (inferred from its suffix), and the other parameters; never the files' names or times.
+    """
     digests = [
         [hashlib.sha256(Path(path).read_bytes()).hexdigest(), file_format(path, format)]
         for path in expand_paths(paths)
