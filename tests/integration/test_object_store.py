@@ -89,34 +89,17 @@ def test_an_error_publishes_nothing_and_a_killed_copy_blocks_nothing():
     _check_roundtrip(store, key)
 
 
-# -- a real S3 API: moto's server on 127.0.0.1, s3fs as the client --------------------------
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
+# -- a real S3 API: moto's server on 127.0.0.1 (tests/conftest.py), s3fs as the client -----
 @pytest.fixture
-def s3_bucket(s3_endpoint, monkeypatch):
+def s3_bucket(s3_env, monkeypatch):
     """A fresh bucket; credentials and endpoint in the environment (inherited by workers)."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_endpoint,
-    }.items():
+    for name, value in s3_env.items():
         monkeypatch.setenv(name, value)
     import s3fs
 
+    endpoint = s3_env["AWS_ENDPOINT_URL"]
     bucket = f"atompipe-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True).mkdir(bucket)
+    s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True).mkdir(bucket)
     return bucket
 
 

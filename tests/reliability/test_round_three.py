@@ -333,33 +333,16 @@ def test_rt9_a_planner_killed_holding_the_lock_blocks_nobody(cu, tmp_path, capfd
     _report(capfd, "RT9", f"lock holder killed: the next planner finished in {took:.1f} s")
 
 
-# -- a real S3 API -------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def s3_env():
-    pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-    }
-    try:
-        yield env
-    finally:
-        server.stop()
-
-
-def test_rt10_an_interrupted_copy_to_object_storage_leaves_no_orphans(cu, s3_env, capfd):
+# -- a real S3 API (moto's server: the s3_env fixture of tests/conftest.py) ------------------
+def test_rt10_an_interrupted_copy_to_object_storage_leaves_no_orphans(
+    cu, s3_env, monkeypatch, capfd
+):
     """A writer SIGKILLed with its group staged on S3 (what an interrupted copy leaves): the
     next writer from this host removes the dead writer's objects; nothing of it is published."""
     import s3fs
 
-    old = {k: os.environ.get(k) for k in s3_env}
-    os.environ.update(s3_env)
+    for k, v in s3_env.items():
+        monkeypatch.setenv(k, v)
     # clients cached by an earlier test hold another server's endpoint: start from none
     s3fs.S3FileSystem.clear_instance_cache()
     try:
@@ -385,11 +368,6 @@ def test_rt10_an_interrupted_copy_to_object_storage_leaves_no_orphans(cu, s3_env
         assert read_dataset(url, dkey).n_structures == 8
         _report(capfd, "RT10", f"{len(orphans)} orphan objects of dead pid {pid} removed")
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         s3fs.S3FileSystem.clear_instance_cache()
 
 

@@ -12,29 +12,11 @@ import numpy as np
 import pytest
 import torch
 from ase.stress import full_3x3_to_voigt_6_stress
+from atoms_factory import cu_images, make_data, molecule_images
 
-
-def _models_conftest():
-    import importlib.util
-
-    path = Path(__file__).parent / "models" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("atompipe_models_conftest_export", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _models_conftest()
-cu_images, molecule_images, make_data = (
-    _helpers.cu_images,
-    _helpers.molecule_images,
-    _helpers.make_data,
-)
-
-from atomistic.export import ExportedFeatures, export_model  # noqa: E402
-from atomistic.features import AEV, Gaussian  # noqa: E402
-from atomistic.models import (  # noqa: E402
+from atomistic.export import ExportedFeatures, export_model
+from atomistic.features import AEV, Gaussian
+from atomistic.models import (
     GaussianProcess,
     KernelRidge,
     NeuralNetwork,

@@ -2,30 +2,14 @@
 and encoder travel with it; forces by autograd through the encoder against finite differences
 of its energies; the same numbers after saving and loading, and from the exported module."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from atoms_factory import cu_images, finite_difference_forces, make_data
 
-
-def _models_conftest():
-    import importlib.util
-
-    path = Path(__file__).parent / "models" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("atompipe_models_conftest_latent", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _models_conftest()
-
-from atomistic.export import export_model  # noqa: E402
-from atomistic.features.scaling import Scaler  # noqa: E402
-from atomistic.models import (  # noqa: E402
+from atomistic.export import export_model
+from atomistic.features.scaling import Scaler
+from atomistic.models import (
     VAE,
     AtomicData,
     AutoEncoder,
@@ -35,7 +19,7 @@ from atomistic.models import (  # noqa: E402
     TrainingConfig,
     load_model,
 )
-from atomistic.models.encoded import EncodedFeaturizer  # noqa: E402
+from atomistic.models.encoded import EncodedFeaturizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::atomistic.models.TrainingWarning")
 LAYERS = {"encoder": (6, 3), "decoder": (3, 6)}
@@ -43,7 +27,7 @@ LAYERS = {"encoder": (6, 3), "decoder": (3, 6)}
 
 @pytest.fixture(scope="module")
 def source():
-    return _helpers.make_data(_helpers.cu_images(12, seed=1), cutoff=4.0)
+    return make_data(cu_images(12, seed=1), cutoff=4.0)
 
 
 def _latent(source, encoder):
@@ -75,9 +59,9 @@ def test_latent_model_forces_match_finite_differences(source, encoder, model, tm
     again = data.featurizer.featurize_arrays(ds.numbers, ds.positions, ds.cell, ds.pbc, ds.offsets)
     np.testing.assert_allclose(again, Z, atol=1e-12)
     m = model().fit(data)
-    atoms = _helpers.cu_images(1, seed=9)[0]
+    atoms = cu_images(1, seed=9)[0]
     out = m.predict_atoms([atoms], forces=True)
-    fd = _helpers.finite_difference_forces(m, atoms, h=1e-5)
+    fd = finite_difference_forces(m, atoms, h=1e-5)
     assert np.abs(fd).max() > 1e-3
     np.testing.assert_allclose(out["forces"][0], fd, atol=1e-6 * max(1.0, np.abs(fd).max()))
 

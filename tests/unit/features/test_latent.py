@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from ase.build import bulk
 
 from atomistic.features.latent import FORMAT_VERSION, latent_features, latent_key, latent_labels
@@ -14,13 +13,7 @@ from atomistic.plots import latent_map, learning_curve, parity_plot
 
 LAYERS = {"encoder": (8, 3), "decoder": (3, 8)}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,7 @@ from atomistic.models.training import TrainingConfig
 LAYERS = {"encoder": (16, 8, 4), "decoder": (4, 8, 16)}
 N_FEATURES = 10
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one thread is faster and keeps runs reproducible on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _features(n_molecules: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
