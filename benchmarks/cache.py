@@ -12,6 +12,12 @@ PREFECT_HOME; results persisted under the workspace via PREFECT_LOCAL_STORAGE_PA
 Without --quick a second fresh process then runs the campaign again, as a user typing
 ``atompipe run`` twice would see it (process and Prefect start-up included).
 
+Then the no-op rerun from the command line, each in a new process: ``atompipe run`` once to
+leave the campaign complete, then, timed, ``atompipe run --no-fast-path`` (the full path
+through Prefect's temporary API: what every rerun cost before the fast path) and
+``atompipe run`` (the fast path, flows/fastpath.py), 5 times each (3 with --quick), medians
+against the 2 s target (issue 19).
+
     python -m benchmarks.cache [--quick]
 """
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,6 +118,46 @@ def _spawn(workdir: Path, quick: bool, runs: int) -> dict:
     return out
 
 
+NOOP_TARGET_S = 2.0  # issue 19: a rerun with nothing to do answers within this, in a new process
+FAST_MARKER = "every stage is complete (fast path"
+
+
+def noop_reruns(workdir: Path, quick: bool, repeats: int) -> dict:
+    """Medians of ``atompipe run`` (fast path) and ``atompipe run --no-fast-path`` on a
+    complete campaign, each a new process (Python start-up included); Prefect's temporary API
+    (PREFECT_HOME) and results folder are the campaign's own."""
+    import yaml
+
+    (workdir / "campaign.yaml").write_text(yaml.safe_dump(_campaign(workdir, quick)))
+    env = child_env()
+    env.pop("PREFECT_API_URL", None)  # the temporary API, as a user's first command starts it
+    env.pop("PREFECT_LOCAL_STORAGE_PATH", None)  # `atompipe run` keeps them in the workspace
+    env["PREFECT_HOME"] = str(workdir / "prefect-home-cli")
+    cmd = [sys.executable, "-c", "from flows.cli import main; main()", "run", "campaign.yaml"]
+
+    def once(*extra: str) -> tuple[float, bool]:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [*cmd, *extra], cwd=workdir, env=env, capture_output=True, text=True, check=False
+        )
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"atompipe run failed:\n{proc.stdout}\n{proc.stderr}")
+        return wall, FAST_MARKER in proc.stderr
+
+    once("--quiet")  # the campaign as the command line configures it, complete
+    full = [once("--no-fast-path", "--quiet") for _ in range(repeats)]
+    fast = [once() for _ in range(repeats)]
+    return {
+        "noop_full_path_s": statistics.median(w for w, _ in full),
+        "noop_fast_path_s": statistics.median(w for w, _ in fast),
+        "noop_fast_path_runs_s": [w for w, _ in fast],
+        "noop_fast_path_taken": sum(taken for _, taken in fast),
+        "noop_repeats": repeats,
+        "noop_target_s": NOOP_TARGET_S,
+    }
+
+
 def run(quick: bool = False, device: str = "cpu") -> dict:
     """First run against cached reruns of a small campaign; Prefect start-up apart."""
     import ase.io
@@ -121,6 +168,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         ase.io.write(workdir / "cu.extxyz", ase.io.read(ROOT / "data" / "cu_emt.extxyz", f":{n}"))
         one = _spawn(workdir, quick, 2)
         two = None if quick else _spawn(workdir, quick, 1)
+        noop = noop_reruns(workdir, quick, 3 if quick else 5)
     first, rerun = one["runs"][0]["wall_s"], one["runs"][1]["wall_s"]
     out = {
         "structures": n,
@@ -158,6 +206,23 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
                 ",".join(two["runs"][0]["states"]),
             )
         )
+    out.update(noop)
+    rows += [
+        (
+            f"no-op rerun, new process, full path (median of {noop['noop_repeats']})",
+            noop["noop_full_path_s"],
+            None,
+            "--no-fast-path",
+        ),
+        (
+            f"no-op rerun, new process, fast path (median of {noop['noop_repeats']})",
+            noop["noop_fast_path_s"],
+            noop["noop_full_path_s"] / noop["noop_fast_path_s"],
+            f"fast path {noop['noop_fast_path_taken']}/{noop['noop_repeats']}; "
+            f"target <= {NOOP_TARGET_S:g} s: "
+            + ("met" if noop["noop_fast_path_s"] <= NOOP_TARGET_S else "MISSED"),
+        ),
+    ]
     print(
         table(
             f"cached rerun: campaign on {n} Cu structures ({out['n_stages']} stages: ingest, "
@@ -165,7 +230,8 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
             ["run", "seconds", "first/this", "stage states"],
             rows,
             "new process: Python + Prefect start-up + cached campaign, against start-up + "
-            "first run.",
+            "first run. no-op rerun: `atompipe run` on the complete campaign, a new process "
+            "each time; first/this there is full path/fast path.",
         ),
         flush=True,
     )

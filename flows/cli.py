@@ -300,8 +300,17 @@ def run(
         list[str] | None, typer.Option("--model", help="the train flow for this model (repeat)")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    fast_path: Annotated[
+        bool,
+        typer.Option(
+            "--fast-path/--no-fast-path",
+            help="answer a rerun with nothing to do from the store, without Prefect",
+        ),
+    ] = True,
 ) -> None:
     """Run a campaign: ingest, featurize, train, evaluate, record in MLflow."""
+    if fast_path and not (features_only or model) and _answered(campaign, set_):
+        return
     cfg = _load(campaign, set_)
     if features_only and model:
         _fail("--features-only and --model exclude each other")
@@ -316,7 +325,7 @@ def run(
     results = _results_folder(campaign, cfg, records=not features_only)
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(results))
     from flows.campaign import run_campaign
-    from tasks.record import TrackingError, check_tracking
+    from tasks.tracking import TrackingError, check_tracking
 
     try:  # an unreachable MLflow server fails now, not after hours of training
         if not features_only:
@@ -349,6 +358,34 @@ def run(
         for name, key in summary["features"].items():
             typer.echo(f"features {name}: {key}")
         return
+    _outcome(summary)
+
+
+def _answered(campaign: Path, overrides: list[str] | None) -> bool:
+    """The no-op rerun (:mod:`flows.fastpath`): when every stage of the campaign is complete,
+    print what the full run would print and return True, before Prefect or torch is imported;
+    else say why the full path runs and return False."""
+    from flows.fastpath import completed_run, results_folder
+    from flows.progress import CampaignProgress
+
+    cfg = _load(campaign, overrides, build_featurizers=False)
+    found = completed_run(cfg, results_folder(cfg))
+    if found.summary is None:
+        typer.secho(f"campaign {cfg.name}: full run ({found.reason})", err=True, dim=True)
+        return False
+    typer.secho(
+        f"campaign {cfg.name}: every stage is complete (fast path: nothing to run, Prefect not "
+        "started; --no-fast-path checks through Prefect)",
+        err=True,
+        dim=True,
+    )
+    CampaignProgress().summary_table(found.summary, cfg.evaluation.metric)
+    _outcome(found.summary)
+    return True
+
+
+def _outcome(summary: dict[str, Any]) -> None:
+    """The lines after a campaign run's table: the champion and where the runs are tracked."""
     champ = summary["tracking"].get("champion")
     if champ and champ.get("compared") is False:
         typer.echo(
@@ -578,81 +615,12 @@ def compare(
 ) -> None:
     """Print the campaign's MLflow runs as a table (best first)."""
     cfg = _load(campaign, set_, build_featurizers=False)  # computes nothing: no torch
-    from mlflow import MlflowClient
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
+    from flows.compare import NoExperiment, print_comparison
 
-    from flows.progress import METRIC_COLUMNS, metric_cells
-
-    client = MlflowClient(cfg.tracking_uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment or cfg.name)
-    if exp is None:
-        _fail(f"no MLflow experiment {cfg.tracking.experiment or cfg.name!r} at {cfg.tracking_uri}")
-    prefix = cfg.evaluation.split
-    metric = f"{prefix}_{cfg.evaluation.metric}"
-    runs = [
-        r
-        for r in client.search_runs([exp.experiment_id], order_by=[f"metrics.{metric} ASC"])
-        if "mlflow.parentRunId" in r.data.tags and r.data.tags.get("atompipe.role") != "encoder"
-    ]
-    rows = _one_row_per_model(runs)
-    table = Table(
-        title=f"{cfg.name}: {len(rows)} models ({len(runs)} runs), best first by {metric}",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
-    )
-    table.add_column("model", no_wrap=True)
-    table.add_column("key", no_wrap=True)
-    table.add_column("runs", justify="right", no_wrap=True)
-    for header, _, _ in METRIC_COLUMNS:  # the unit on a line of its own: never cut at 80 columns
-        table.add_column(header.replace(" (", "\n("), justify="right", no_wrap=True)
-    table.add_column("hyperparameters\nthat differ", overflow="fold", min_width=15)
-    differ = _differing_params([r for r, _ in rows])
-    for (r, n), params in zip(rows, differ, strict=True):
-        table.add_row(
-            r.info.run_name,
-            r.data.tags.get("atompipe.model_key", r.info.run_id)[:6],
-            str(n),
-            *metric_cells(r.data.metrics, f"{prefix}_"),
-            " ".join(f"{k}={v}" for k, v in params.items()) or "-",
-        )
-    Console().print(table)
-
-
-def _one_row_per_model(runs: list) -> list[tuple[Any, int]]:
-    """The latest run of each model key (a rerun of an unchanged model logs the same key again)
-    with the number of runs of that key, in the order of ``runs`` (best first)."""
-    latest: dict[str, Any] = {}
-    count: dict[str, int] = {}
-    order: list[str] = []
-    for r in runs:
-        key = r.data.tags.get("atompipe.model_key", r.info.run_id)
-        if key not in latest:
-            order.append(key)
-        count[key] = count.get(key, 0) + 1
-        if key not in latest or r.info.start_time > latest[key].info.start_time:
-            latest[key] = r
-    return [(latest[k], count[k]) for k in order]
-
-
-def _differing_params(runs: list) -> list[dict[str, str]]:
-    """For each run, its logged hyperparameters whose values differ among the runs of the same
-    model type (what tells two KRR rows apart); the type itself is left out."""
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(runs):
-        groups.setdefault(r.data.params.get("type", r.info.run_name), []).append(i)
-    out: list[dict[str, str]] = [{} for _ in runs]
-    for members in groups.values():
-        keys = sorted({k for i in members for k in runs[i].data.params} - {"type"})
-        for k in keys:
-            values = {runs[i].data.params.get(k) for i in members}
-            if len(values) > 1:
-                for i in members:
-                    out[i][k] = runs[i].data.params.get(k, "-")
-    return out
+    try:
+        print_comparison(cfg)
+    except NoExperiment as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -681,7 +649,7 @@ def ui(
         "--port",
         str(port),
     ]
-    from tasks.record import TrackingError, check_tracking
+    from tasks.tracking import TrackingError, check_tracking
 
     try:
         check_tracking(cfg.tracking_uri)
