@@ -15,7 +15,7 @@ from prefect.settings import get_current_settings
 
 from flows.campaign_run import CampaignRun, StageError
 from flows.config import CampaignConfig
-from flows.fastpath import remember_run, stage_keys
+from flows.fastpath import remember_run
 from tasks.record import check_tracking
 
 __all__ = ["campaign", "featurize_flow", "train_flow", "run_campaign", "StageError"]
@@ -82,7 +82,7 @@ def train(config: dict[str, Any], models: list[str] | None, show_progress: bool)
         raise cause from exc
     if models is None:  # the whole campaign is complete: its run record for the no-op rerun
         folder = get_current_settings().results.local_storage_path
-        remember_run(cfg, stage_keys(run.calls), folder)
+        remember_run(cfg, run.calls, folder)
     return run.summary(datasets, features, results, record)
 
 

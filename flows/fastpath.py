@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -137,15 +138,18 @@ def _cached(folder: Path, key: str) -> tuple[Any, str]:
     return json.loads(text), hashlib.sha256(text.encode()).hexdigest()
 
 
-def remember_run(cfg: Any, keys: dict[str, str], folder: str | Path) -> Path | None:
+def remember_run(
+    cfg: Any, calls: dict[str, tuple[Any, tuple, dict]], folder: str | Path
+) -> Path | None:
     """Write the run record of a complete run of the whole campaign.
 
     Parameters
     ----------
     cfg : flows.config.CampaignConfig
         The campaign that ran.
-    keys : dict[str, str]
-        Every stage's cache key by label (:func:`stage_keys`).
+    calls : dict[str, tuple]
+        Every stage's call by label, ``(task, args, kwargs)``, its future done
+        (:func:`stage_keys` computes their cache keys).
     folder : str or pathlib.Path
         Prefect's results folder, where the stages' results are cached.
 
@@ -153,17 +157,22 @@ def remember_run(cfg: Any, keys: dict[str, str], folder: str | Path) -> Path | N
     -------
     pathlib.Path or None
         The record; None when a result is missing or the folder cannot be written (a
-        read-only workspace): the next run then takes the full path.
+        read-only workspace): the next run then takes the full path. A record that cannot be
+        made is a warning, never a failure of the campaign that ran.
     """
     folder = Path(folder)
     try:
+        keys = stage_keys(calls)
         stages = {label: {"key": k, "result": _cached(folder, k)[1]} for label, k in keys.items()}
         path = _record_path(folder, cfg)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         record = {"format": RECORD_FORMAT, "campaign": cfg.name, "stages": stages}
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, path)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError):  # a read-only workspace, a result not persisted
+        return None
+    except Exception as exc:  # a stage whose key cannot be computed this way
+        logging.getLogger(__name__).warning("no run record for the fast path: %r", exc)
         return None
     return path
 
