@@ -8,12 +8,16 @@ and amplitude a. With g = noise / a^2 and A = K0 + g I = L L^T:
     mean(u) = K0_u^T A^-1 y                                   (= KernelRidge with lamda = g)
     var(u)  = a^2 (K0_uu - K0_u^T A^-1 K0_u) + noise          (variance of a new label, eV^2)
 
-Hyperparameters (``optimize=True``): starting from the best of sigma * 2^k (k = -2..3), sigma and g
-maximise the log marginal likelihood with a^2
+Hyperparameters (``optimize=True``): sigma and g maximise the log marginal likelihood with a^2
 profiled out, a^2 = y^T A^-1 y / n, i.e.
     log p(y) = -n/2 log(2 pi a^2) - 1/2 log|A| - n/2,
-by L-BFGS-B over (log sigma, log g) with the analytic gradient
-    d log p / d theta = n/2 (alpha^T dA alpha) / (y^T alpha) - 1/2 tr(A^-1 dA),  alpha = A^-1 y.
+on at most ``optimize_max_structures`` structures
+(:func:`~atomistic.models.marginal_likelihood.optimize_width_and_noise`): g exactly for each
+width in the kernel's eigenbasis, the width by L-BFGS-B over log sigma from the best of
+sigma * 2^k (k = -2..3), with the analytic gradient
+    d log p / d log sigma = n/2 (alpha^T dK alpha) / (y^T alpha) - 1/2 tr(A^-1 dK),  alpha = A^-1 y.
+The atom-pair distances of the search are computed once and reused at every width
+(:class:`~atomistic.models.kernels.DistanceBlocks`, at most ``CACHE_BYTES`` of them kept).
 With ``optimize=False`` the given sigma, noise and amplitude are used as they are.
 
 With ``forces=True`` the GP is the sparse projected-process (DTC) model on energies and forces
@@ -48,6 +52,7 @@ from atomistic.models.kernels import (
     blas_threads,
     structure_self_kernel,
 )
+from atomistic.models.marginal_likelihood import optimize_width_and_noise
 from atomistic.models.sparse_kernel import (
     design_blocks,
     log_marginal_likelihood,
@@ -134,7 +139,7 @@ class GaussianProcess(_KernelModel):
         sigma, g = float(self.sigma), float(self.noise) / float(self.amplitude) ** 2
         with blas_threads(len(y)):  # one BLAS thread for small systems: no oversubscription
             if self.optimize:
-                sigma, g = self._optimize(y, sigma, g, callback)
+                sigma, g = self._optimize(y, sigma, callback)
             self.sigma_ = sigma
             K, _ = self._train_kernel(sigma)
             A = K + g * np.eye(len(y))
@@ -161,80 +166,24 @@ class GaussianProcess(_KernelModel):
         )
         return self
 
-    def _optimize(self, y: np.ndarray, sigma: float, g: float, callback) -> tuple[float, float]:
-        full = (self.X_train_, self.numbers_train_, self.batch_train_, self.n_train_)
+    def _optimize(self, y: np.ndarray, sigma: float, callback) -> tuple[float, float]:
+        """(sigma, g) by the log marginal likelihood on at most ``optimize_max_structures``
+        structures (:func:`~atomistic.models.marginal_likelihood.optimize_width_and_noise`)."""
+        X, z, b = self.X_train_, self.numbers_train_, self.batch_train_
         n_all = len(y)
         if n_all > self.optimize_max_structures:
             rng = np.random.default_rng(self.seed)
             keep = np.sort(rng.choice(n_all, self.optimize_max_structures, replace=False))
-            atoms = np.isin(self.batch_train_.numpy(), keep)
+            atoms = np.isin(b.numpy(), keep)
             remap = np.full(n_all, -1)
             remap[keep] = np.arange(len(keep))
-            self.X_train_ = full[0][atoms]
-            self.numbers_train_ = full[1][atoms]
-            self.batch_train_ = torch.as_tensor(remap[full[2].numpy()[atoms]])
-            self.n_train_ = len(keep)
+            X, z, b = X[atoms], z[atoms], torch.as_tensor(remap[b.numpy()[atoms]])
             y = y[keep]
-        n = len(y)
-        # the search evaluates the kernel at many widths: keep the distances when they fit
-        blocks = DistanceBlocks(
-            self.X_train_, self.numbers_train_, self.batch_train_, n, self.kernel, self.budget
-        )
-        if blocks.nbytes() <= CACHE_BYTES:
-            train_kernel = blocks.evaluate
-        else:
-            train_kernel = self._train_kernel
-        scale = float(np.mean(np.diag(train_kernel(sigma)[0])))
-        g_bounds = (math.log(1e-10 * scale), math.log(10.0 * scale))
-        s_bounds = (math.log(1e-3), math.log(1e3))
-        step = [0]
-
-        def neg_lml(theta: np.ndarray, grad: bool = True) -> tuple[float, np.ndarray]:
-            interrupt.check()  # a stop request: at the next likelihood evaluation
-            s, gg = math.exp(theta[0]), math.exp(theta[1])
-            K, dK = train_kernel(s, with_dlogsigma=grad)
-            A = K + gg * np.eye(n)
-            try:
-                factor = scipy.linalg.cho_factor(A, lower=True)
-            except np.linalg.LinAlgError:
-                return 1e30, np.zeros(2)
-            alpha = scipy.linalg.cho_solve(factor, y)
-            yta = float(y @ alpha)
-            logdet = 2.0 * np.log(np.diag(factor[0])).sum()
-            lml = -0.5 * n * math.log(2 * math.pi * yta / n) - 0.5 * logdet - 0.5 * n
-            gradient = np.zeros(2)
-            if grad:
-                Ainv = scipy.linalg.cho_solve(factor, np.eye(n))
-                gradient[:] = [
-                    0.5 * n * float(alpha @ dK @ alpha) / yta - 0.5 * float(np.sum(Ainv * dK)),
-                    0.5 * n * gg * float(alpha @ alpha) / yta - 0.5 * gg * float(np.trace(Ainv)),
-                ]
-            if self.kernel == "linear":
-                gradient[0] = 0.0
-            if callback is not None:
-                callback(step[0], {"log_marginal_likelihood": lml, "sigma": s, "g": gg})
-            step[0] += 1
-            return -lml, -gradient
-
-        lo, hi = [s_bounds[0], g_bounds[0]], [s_bounds[1], g_bounds[1]]
-        # The likelihood is often multimodal in sigma: start from the best of a coarse grid.
-        starts = [
-            np.clip([math.log(s), math.log(g)], lo, hi)
-            for s in (sigma, *(sigma * 2.0**k for k in (-2, -1, 1, 2, 3)))
-        ]
-        if self.kernel == "linear":
-            starts = starts[:1]
-        x0 = min(starts, key=lambda x: neg_lml(x, grad=False)[0])
-        res = scipy.optimize.minimize(
-            neg_lml,
-            x0,
-            jac=True,
-            method="L-BFGS-B",
-            bounds=[s_bounds, g_bounds],
-            options={"maxiter": 100},
-        )
-        self.X_train_, self.numbers_train_, self.batch_train_, self.n_train_ = full
-        return math.exp(res.x[0]), math.exp(res.x[1])
+        # the search evaluates the kernel at many widths: distances built once, kept up to
+        # CACHE_BYTES (the rest recomputed per width: DistanceBlocks' memory model)
+        blocks = DistanceBlocks(X, z, b, len(y), self.kernel, CACHE_BYTES)
+        width_free = self.kernel != "linear"
+        return optimize_width_and_noise(blocks.evaluate, y, sigma, width_free, callback)
 
     def _fit_sparse(self, train: AtomicData, y: np.ndarray, validation, callback):
         """Sparse DTC fit on energies and forces (module docstring). Returns self."""

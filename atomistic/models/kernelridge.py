@@ -38,7 +38,13 @@ from atomistic.models.base import (
     scaled_features_torch,
     stress_from_strain_grad,
 )
-from atomistic.models.kernels import DEFAULT_BUDGET, KERNELS, blas_threads, structure_kernel
+from atomistic.models.kernels import (
+    DEFAULT_BUDGET,
+    KERNELS,
+    DistanceBlocks,
+    blas_threads,
+    structure_kernel,
+)
 from atomistic.models.sparse_kernel import (
     SPARSE_METHODS,
     NormalEquations,
@@ -130,15 +136,15 @@ class _KernelModel(AtomisticModel):
     def _train_kernel(
         self, sigma: float, with_dlogsigma: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """K between the training structures, (S, S), and optionally dK/dlog sigma, numpy:
+        the upper triangle of atom pairs only, streamed in cache-sized chunks (nothing kept)."""
         X, z, b, n = self.X_train_, self.numbers_train_, self.batch_train_, self.n_train_
         with torch.no_grad():
-            Kt, dK = structure_kernel(
-                X, z, b, n, X, z, b, n, self.kernel, sigma, with_dlogsigma, self.budget
+            K, dK = DistanceBlocks(X, z, b, n, self.kernel, max_bytes=0).evaluate(
+                sigma, with_dlogsigma
             )
         interrupt.check()  # the kernel is the long part of a fit: stop before its solve
-        K = Kt.numpy()
-        K = 0.5 * (K + K.T)
-        return (K, None if dK is None else dK.numpy())
+        return K, dK
 
     def _kernel_to_train(self, X: torch.Tensor, numbers, batch, n: int) -> torch.Tensor:
         """K between new structures and the training structures, shape (n, S_train)."""

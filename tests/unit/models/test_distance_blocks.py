@@ -30,18 +30,23 @@ def _brute(X, z, batch, n, kernel, sigma):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("budget", [7, 1 << 22])  # many row blocks (structures split), one
-def test_distance_blocks_match_brute_force(kernel, budget):
+@pytest.mark.parametrize(
+    "chunk, max_bytes",
+    [(7, 1 << 30), (1 << 17, 1 << 30), (7, 0), (30, 800)],  # many chunks (structures split),
+)  # one chunk; nothing cached (distances recomputed per width); part cached, part recomputed
+def test_distance_blocks_match_brute_force(kernel, chunk, max_bytes):
     rng = np.random.default_rng(3)
     sizes = rng.integers(1, 6, 9)
     batch = np.repeat(np.arange(9), sizes)
     X = rng.random((len(batch), 4))
     z = rng.choice([1, 8], len(batch))
     blocks = DistanceBlocks(
-        torch.as_tensor(X), torch.as_tensor(z), torch.as_tensor(batch), 9, kernel, budget
+        torch.as_tensor(X), torch.as_tensor(z), torch.as_tensor(batch), 9, kernel, max_bytes, chunk
     )
-    assert blocks.nbytes() > 0
-    for sigma in (0.4, 1.7):
+    assert blocks.nbytes() <= max_bytes
+    triangle = sum(m * (m + 1) // 2 for m in np.unique(z, return_counts=True)[1])
+    assert triangle <= blocks.entries <= triangle + 2 * chunk  # the upper triangle, about
+    for sigma in (0.4, 1.7, 0.4, 5.0):  # a width again: from the cache
         K, dK = blocks.evaluate(sigma, with_dlogsigma=True)
         np.testing.assert_allclose(K, _brute(X, z, batch, 9, kernel, sigma), rtol=1e-12, atol=1e-12)
         h = 1e-5
