@@ -6,7 +6,8 @@ Cholesky + solves), GaussianProcess with fixed hyperparameters (the same plus th
 and GaussianProcess with its default marginal-likelihood search, beside
 ``scipy.linalg.cho_factor`` of a random symmetric positive definite N x N matrix (the
 factorisation alone). The fitted exponent p of time ~ N^p is printed for each. Then the demo
-campaign's GP fit (400 structures) with and without the search's distance cache.
+campaign's GP fit (400 training structures, search on 300), median of 3 fits each in a new
+process, against the 10 s target of issue #19.
 
 The kernel costs O(atoms^2 * features) and the factorisation O(N^3): at these sizes the kernel
 dominates, so expect p near 2 for the models and near 3 for the bare Cholesky only at large N.
@@ -16,16 +17,30 @@ dominates, so expect p near 2 for the models and near 3 for the bare Cholesky on
 
 from __future__ import annotations
 
+import json
+import pickle
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 
 from atomistic.data import Dataset
+from atomistic.data.store import make_split
 from atomistic.features import Gaussian
 from atomistic.features.scaling import Scaler
 from atomistic.models import AtomicData, GaussianProcess, KernelRidge
-from benchmarks.common import best_of, load_frames, loglog_slope, module_main, table
+from benchmarks.common import (
+    best_of,
+    child_env,
+    load_frames,
+    loglog_slope,
+    module_main,
+    table,
+)
 
 
 def _spd(n: int) -> np.ndarray:
@@ -100,51 +115,98 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
     }
 
 
+TARGET_S = 10.0  # issue #19: the demo campaign's GP fit, seconds
+
+
 def _demo_search(quick: bool) -> dict:
     """The demo campaign's GP fit (data/campaigns/demo.yaml: rbf, sigma 1, noise 1e-4, its
-    default search on 300 of the training structures), with the distance cache of the search
-    (atomistic.models.kernels.DistanceBlocks) and without it (every width rebuilds the kernel),
-    in turn: seconds, hyperparameters and log marginal likelihood of each."""
-    import atomistic.models.gaussian_process as gp_module
-
-    n = 100 if quick else 400  # the demo: 80 % of the 500 shipped structures
-    frames = load_frames("cu", 500)
-    keep = np.sort(np.random.default_rng(0).permutation(len(frames))[:n])
-    ds = Dataset.from_atoms([frames[k] for k in keep], require_energy=True)
-    f = Gaussian(elements=ds.elements)
+    default marginal-likelihood search on 300 of the 400 training structures, validation
+    metrics on the 50 validation structures), each fit in a new process (imports and
+    allocations of a fresh interpreter, as the campaign's task sees them): median seconds of 3
+    (1 with ``quick``, on 100 training structures) against :data:`TARGET_S`, with the fitted
+    hyperparameters."""
+    frames = load_frames("cu")
+    ds = Dataset.from_atoms(frames, require_energy=True)
+    parts = make_split(ds.n_structures, (0.8, 0.1, 0.1), 0, ds.structure_groups())
+    if quick:
+        parts = {k: v[: len(v) // 4] for k, v in parts.items()}
+    f = Gaussian(elements=ds.elements, cutoff=6.5)
     X = f.featurize_arrays(ds.numbers, ds.positions, ds.cell, ds.pbc, ds.offsets)
-    data = AtomicData(ds, Scaler().fit(X).transform(X), f, None)
-    out = {}
-    default = gp_module.CACHE_BYTES
-    try:
-        for label, cache in (("distance cache", default), ("no cache", 0)):
-            gp_module.CACHE_BYTES = cache
-            t = time.perf_counter()
-            gp = GaussianProcess(kernel="rbf", sigma=1.0, noise=1e-4).fit(data)
-            out[label] = {
-                "seconds": time.perf_counter() - t,
-                "sigma": gp.sigma_,
-                "noise": gp.noise_,
-                "log_marginal_likelihood": gp.log_marginal_likelihood_,
-            }
-    finally:
-        gp_module.CACHE_BYTES = default
+    rows = {
+        k: np.concatenate([np.arange(*ds.offsets[s : s + 2]) for s in v]) for k, v in parts.items()
+    }
+    scaler = Scaler().fit(X[rows["train"]])
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "demo.pkl"
+        split = {
+            k: (ds.subset(parts[k]), scaler.transform(X[rows[k]])) for k in ("train", "validation")
+        }
+        path.write_bytes(pickle.dumps((split, f)))
+        env = {**child_env(), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        for _ in range(1 if quick else 3):
+            code = f"from benchmarks.kernels import _fit_demo; _fit_demo({str(path)!r})"
+            proc = subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+                cwd=Path(__file__).resolve().parents[1],
+            )
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    seconds = float(np.median([r["seconds"] for r in runs]))
+    each = ", ".join(f"{r['seconds']:.2f}" for r in runs)
+    n = len(parts["train"])
+    out = {"seconds": seconds, "runs": runs, "target_s": TARGET_S, "train_structures": n}
     print(
         table(
             f"GP fit of the demo campaign ({n} Cu training structures, search on "
-            f"{min(n, 300)}): with and without the search's distance cache",
-            ["search", "seconds", "sigma", "noise", "log ML"],
+            f"{min(n, 300)}), new process each, median of {len(runs)}",
+            ["fit", "seconds", "target", "sigma", "noise", "log ML", "kernels"],
             [
-                (k, v["seconds"], v["sigma"], v["noise"], v["log_marginal_likelihood"])
-                for k, v in out.items()
+                (
+                    "GP optimised",
+                    seconds,
+                    TARGET_S,
+                    runs[0]["sigma"],
+                    runs[0]["noise"],
+                    runs[0]["log_marginal_likelihood"],
+                    runs[0]["kernels"],
+                )
             ],
-            f"speed-up {out['no cache']['seconds'] / out['distance cache']['seconds']:.2f}x; "
-            "the likelihood is flat near its maximum, so L-BFGS-B may stop at slightly "
-            "different points.",
+            f"{'within' if seconds <= TARGET_S else 'OVER'} the {TARGET_S:.0f} s target; "
+            f"runs {each} s. Before the distance "
+            "cache and the one-dimensional search: 25-57 s (docs/kernels.md).",
         ),
         flush=True,
     )
     return out
+
+
+def _fit_demo(path: str) -> None:
+    """Child process of :func:`_demo_search`: one fit; prints a JSON line."""
+    split, f = pickle.loads(Path(path).read_bytes())
+    (tr, Xtr), (va, Xva) = split["train"], split["validation"]
+    kernels = []
+    t = time.perf_counter()
+    gp = GaussianProcess(kernel="rbf", sigma=1.0, noise=1e-4).fit(
+        AtomicData(tr, Xtr, f, None),
+        AtomicData(va, Xva, f, None),
+        callback=lambda step, info: kernels.append(step),
+    )
+    seconds = time.perf_counter() - t
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "sigma": gp.sigma_,
+                "noise": gp.noise_,
+                "log_marginal_likelihood": gp.log_marginal_likelihood_,
+                "kernels": len(kernels),
+            }
+        )
+    )
 
 
 def main(argv=None) -> None:
