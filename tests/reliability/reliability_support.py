@@ -63,18 +63,24 @@ def snapshot(*roots: Path) -> dict[str, str]:
     return out
 
 
-def atompipe_env(api_url: str, **extra: str) -> dict[str, str]:
+def atompipe_env(api_url: str | None, **extra: str) -> dict[str, str]:
+    """The environment of an ``atompipe`` subprocess: this checkout importable, one thread,
+    no telemetry, the Prefect API ``api_url`` (None: none set, so Prefect starts its own
+    ephemeral one, or a command that needs none runs without), plus ``extra``."""
     env = dict(os.environ)
     env.update(
         {
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
-            "PREFECT_API_URL": api_url,
             "OMP_NUM_THREADS": "1",
             "DO_NOT_TRACK": "1",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "MLFLOW_DISABLE_TELEMETRY": "true",
         }
     )
+    if api_url is None:
+        env.pop("PREFECT_API_URL", None)
+    else:
+        env["PREFECT_API_URL"] = api_url
     env.pop("PREFECT_LOCAL_STORAGE_PATH", None)  # `atompipe run` keeps results in the workspace
     env.update(extra)
     return env
@@ -82,6 +88,19 @@ def atompipe_env(api_url: str, **extra: str) -> dict[str, str]:
 
 def atompipe_cmd(*args: str) -> list[str]:
     return [sys.executable, "-c", "from flows.cli import main; main()", *args]
+
+
+def start_atompipe(args: list[Any], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    """``atompipe ARGS`` started in its own process group (a signal to the group reaches its
+    Dask workers too, as a terminal's Ctrl-C does), stdout discarded, stderr piped."""
+    return subprocess.Popen(
+        atompipe_cmd(*(str(a) for a in args)),
+        cwd=str(cwd),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def run_atompipe(args: list[str], cwd: Path, env: dict[str, str], **kw: Any):

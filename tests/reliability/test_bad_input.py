@@ -32,7 +32,15 @@ import numpy as np
 import pytest
 from ase.build import bulk, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
-from reliability_support import CU, atompipe_env, run_atompipe, snapshot, write_campaign, write_cu
+from reliability_support import (
+    CU,
+    atompipe_env,
+    cli,
+    run_atompipe,
+    snapshot,
+    write_campaign,
+    write_cu,
+)
 
 from flows.cli import app
 
@@ -41,18 +49,6 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cli(args: list[str], capfd) -> tuple[int, str]:
-    """Run the typer app in this process (so flows use the test's Prefect API); returns the
-    exit status and stderr."""
-    capfd.readouterr()
-    try:
-        code = app([str(a) for a in args], prog_name="atompipe", standalone_mode=False)
-    except SystemExit as exc:  # pragma: no cover - typer exits this way on usage errors
-        code = exc.code
-    _, err = capfd.readouterr()
-    return int(code or 0), err
 
 
 @dataclass

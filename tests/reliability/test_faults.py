@@ -22,9 +22,9 @@ import psutil
 import torch
 import zarr
 from reliability_support import (
-    atompipe_cmd,
     atompipe_env,
     snapshot,
+    start_atompipe,
     write_campaign,
     write_cu,
 )
@@ -187,14 +187,7 @@ def ase_images(path: Path) -> list:
 
 # -- the campaign process killed mid-featurization, then mid-training --------------------------
 def _start(campaign: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        atompipe_cmd("run", str(campaign), "--quiet"),
-        cwd=str(campaign.parent),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: its Dask workers die with it
-    )
+    return start_atompipe(["run", campaign, "--quiet"], campaign.parent, env)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

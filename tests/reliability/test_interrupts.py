@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import zarr
-from reliability_support import atompipe_cmd, atompipe_env, cli, write_campaign, write_cu
+from reliability_support import atompipe_env, cli, start_atompipe, write_campaign, write_cu
 from test_faults import (
     _checkpoint_epochs,
     _chunk_files,
@@ -72,8 +72,7 @@ def test_sigint_during_featurization_and_training_stops_and_resumes(prefect_api,
 
     # 1. SIGINT during featurization, with Prefect's own ephemeral API (no PREFECT_API_URL, as
     # a user runs it): the server must keep serving while the campaign stops, then go
-    alone = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
-    first = _start(campaign, {**alone, "PREFECT_HOME": str(tmp_path / "prefect-home")})
+    first = _start(campaign, atompipe_env(None, PREFECT_HOME=str(tmp_path / "prefect-home")))
 
     def some_chunks_done():
         done = _done(store, fkey)
@@ -185,14 +184,8 @@ def test_sigint_during_kernel_fits_stops_within_seconds(prefect_api, tmp_path, c
     work = tmp_path / "workspace"
     store = work / "store.zarr"
     env = atompipe_env(prefect_api)
-    proc = subprocess.Popen(
-        atompipe_cmd("run", str(campaign)),  # stage lines on: "scaler g" ends before the fits
-        cwd=str(tmp_path),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    # stage lines on: "scaler g" ends before the fits
+    proc = start_atompipe(["run", campaign], tmp_path, env)
     lines = _stderr_lines(proc)
 
     def fitting() -> bool | None:
@@ -233,16 +226,8 @@ def test_sigint_stops_atompipe_latent_and_the_rerun_resumes(tmp_path, capfd):
     ws = tmp_path / "ws"
     args = ["latent", fkey, "--store", store, "--workspace", str(ws), "--encoder", "8,3"]
     args += ["--epochs", "150", "--batch-size", "64"]
-    env = atompipe_env("-")  # the latent stages run without Prefect's API
-    env.pop("PREFECT_API_URL")
-    proc = subprocess.Popen(
-        atompipe_cmd(*args),
-        cwd=str(tmp_path),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    env = atompipe_env(None)  # the latent stages run without Prefect's API
+    proc = start_atompipe(args, tmp_path, env)
     lines = _stderr_lines(proc)
 
     def some_epochs() -> Path | None:
