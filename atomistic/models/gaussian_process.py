@@ -13,11 +13,11 @@ profiled out, a^2 = y^T A^-1 y / n, i.e.
     log p(y) = -n/2 log(2 pi a^2) - 1/2 log|A| - n/2,
 on at most ``optimize_max_structures`` structures
 (:func:`~atomistic.models.marginal_likelihood.optimize_width_and_noise`): g exactly for each
-width in the kernel's eigenbasis, the width by L-BFGS-B over log sigma from the best of
-sigma * 2^k (k = -2..3), with the analytic gradient
-    d log p / d log sigma = n/2 (alpha^T dK alpha) / (y^T alpha) - 1/2 tr(A^-1 dK),  alpha = A^-1 y.
-The atom-pair distances of the search are computed once and reused at every width
-(:class:`~atomistic.models.kernels.DistanceBlocks`, at most ``CACHE_BYTES`` of them kept).
+width in the kernel's eigenbasis (A = Q diag(w + g) Q^T), the width by bounded Brent over
+log sigma between the neighbours of the best of sigma * 2^k (k = -2..3, extended by factors of 2
+while the best is at an end): one kernel per width. The atom-pair distances of the search are
+computed once and reused at every width (:class:`~atomistic.models.kernels.DistanceBlocks`, at
+most ``CACHE_BYTES`` of them kept).
 With ``optimize=False`` the given sigma, noise and amplitude are used as they are.
 
 With ``forces=True`` the GP is the sparse projected-process (DTC) model on energies and forces
