@@ -246,12 +246,6 @@ def atompipe_fit(
     }
 
 
-def committee_calibration(parts: dict, budget: float, members: int = 4) -> dict:
-    """A committee of ``members`` networks trained within ``budget`` s in all: its errors and
-    how well the spread of its predictions tells their size on the test split."""
-    return atompipe_fit(parts, budget, members=members)
-
-
 def _calibration(test, out: dict) -> dict:
     """How well a committee's spread tells the size of its errors on ``test``: Spearman
     correlation of the std with the absolute error, and the fraction of errors within 1, 2, 3
@@ -398,7 +392,7 @@ def _run(
             flush=True,
         )
     elif committee:
-        cal = committee_calibration(split_frames(molecules[0]), budget, committee)
+        cal = atompipe_fit(split_frames(molecules[0]), budget, members=committee)
         result["committee"] = cal
         print(
             table(
