@@ -34,16 +34,20 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
-from ase.data import atomic_numbers
-from torch import nn
 
 from atomistic.device import resolve_device
-from atomistic.features.jacobian import feature_jacobians, jacobian_nbytes
+from atomistic.models.atomic_networks import (
+    DTYPES,
+    AtomicNetworks,
+    combine_members,
+    init_output,
+    on_device,
+    refit_shift,
+)
 from atomistic.models.base import (
     AtomicData,
     AtomisticModel,
@@ -53,28 +57,14 @@ from atomistic.models.base import (
     scaled_features_torch,
     stress_from_strain_grad,
 )
-from atomistic.models.keys import (
-    BATCH_KEY,
-    FEATURES_KEY,
-    FORCE_MASK_KEY,
-    FORCES_KEY,
-    JACOBIAN_KEY,
-    N_ATOMS_KEY,
-    NEIGHBORS_KEY,
-    NUMBERS_KEY,
-    POSITIONS_KEY,
-    ROWS_KEY,
-    SIZES_KEY,
-    STRAIN_KEY,
-    TARGET_KEY,
-)
-from atomistic.models.layers import ACTIVATIONS, mlp
-from atomistic.models.training import History, TrainingConfig, minibatches
+from atomistic.models.keys import BATCH_KEY, NUMBERS_KEY, POSITIONS_KEY, ROWS_KEY, STRAIN_KEY
+from atomistic.models.layers import ACTIVATIONS
+from atomistic.models.nn_batches import TrainingSet, energy_force_loss
+from atomistic.models.training import History, TrainingConfig
 from atomistic.models.training import train as run_training
 
 __all__ = ["NeuralNetwork", "AtomicNetworks", "TrainingWarning", "DTYPES"]
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 ENERGY_NORMALIZATIONS = ("atoms", "sqrt_atoms")
 _PREDICT_CHUNK = 64  # structures per forward pass when predicting forces
 _JACOBIAN_MEMORY = 2 * 1024**3  # default byte budget of precomputed feature Jacobians
@@ -83,76 +73,6 @@ _JACOBIAN_MEMORY = 2 * 1024**3  # default byte budget of precomputed feature Jac
 class TrainingWarning(UserWarning):
     """A model trained without learning anything useful (best epoch 0, or no better than the
     per-element reference energies on the validation set)."""
-
-
-class AtomicNetworks(nn.Module):
-    """One fully connected network per element (``nn.ModuleDict`` keyed by symbol) with
-    per-element output scale and shift buffers (float64).
-
-    ``columns`` (buffer) are the feature columns the networks read: the columns that vary over
-    the training atoms (a column constant in training, e.g. one of an element absent from the
-    data, only shifts the first layer's bias, so it is left out of the input).
-
-    ``residual(X, numbers)`` -> scale_Z NN_Z(x_i), shape (n_atoms,), in the networks' dtype;
-    ``forward(X, numbers, batch, n_structures)`` -> energies (n_structures,) float64, eV.
-    """
-
-    columns: torch.Tensor
-    shift: torch.Tensor
-    scale: torch.Tensor
-    z: torch.Tensor
-
-    def __init__(
-        self,
-        elements: tuple[str, ...],
-        columns: list[int],
-        hiddenlayers: dict[str, tuple[int, ...]],
-        activation: str,
-    ) -> None:
-        super().__init__()
-        self.elements = tuple(elements)
-        n_in = len(columns)
-        self.nets = nn.ModuleDict(
-            {s: mlp([n_in, *hiddenlayers[s], 1], activation) for s in self.elements}
-        )
-        self.register_buffer("columns", torch.as_tensor(columns, dtype=torch.long))
-        self.register_buffer("shift", torch.zeros(len(self.elements), dtype=torch.float64))
-        self.register_buffer("scale", torch.ones(len(self.elements), dtype=torch.float64))
-        self.register_buffer(
-            "z", torch.tensor([atomic_numbers[s] for s in self.elements], dtype=torch.long)
-        )
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def residual_sorted(self, X: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-        """scale_Z NN_Z(x) for rows already grouped by element (``sizes[k]`` rows of element k, in
-        ``self.elements`` order); shape (n_atoms,)."""
-        outs = []
-        for k, (sym, part) in enumerate(zip(self.elements, X.split(sizes), strict=True)):
-            if sizes[k]:
-                outs.append(self.nets[sym](part).squeeze(1) * self.scale[k].to(X.dtype))
-        return torch.cat(outs) if outs else X.new_zeros(0)
-
-    def residual(self, X: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
-        """scale_Z NN_Z(x_i) for rows of all the featurizer's columns in any order, (n_atoms,)."""
-        X = X.index_select(1, self.columns)
-        kind = torch.searchsorted(self.z, numbers)  # z is sorted by atomic number
-        order = torch.argsort(kind, stable=True)
-        sizes = torch.bincount(kind, minlength=len(self.elements)).tolist()
-        out = torch.empty_like(order, dtype=X.dtype)
-        out[order] = self.residual_sorted(X.index_select(0, order), sizes)
-        return out
-
-    def atomic_energies(self, X: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
-        """(n_atoms,) E_i, eV, float64."""
-        kind = torch.searchsorted(self.z, numbers)
-        return self.residual(X.to(self.dtype), numbers).double() + self.shift[kind]
-
-    def forward(self, X, numbers, batch, n_structures: int) -> torch.Tensor:
-        e = self.atomic_energies(X, numbers)
-        return e.new_zeros(n_structures).index_add_(0, batch, e)
 
 
 class NeuralNetwork(AtomisticModel):
@@ -312,11 +232,11 @@ class NeuralNetwork(AtomisticModel):
         device = resolve_device(getattr(self, "device", "cpu"))
         ds = train.dataset
         self.reference_ = self._references(ds)
-        train_set = _TrainingSet(self, train, dtype)
+        train_set = TrainingSet(self, train, dtype)
         val_set = (
             None
             if validation is None
-            else _TrainingSet(self, validation, dtype, columns=train_set.columns)
+            else TrainingSet(self, validation, dtype, columns=train_set.columns)
         )
         n_members = int(self.ensemble)
         self.members_: list[AtomicNetworks] = []
@@ -338,17 +258,23 @@ class NeuralNetwork(AtomisticModel):
             if self.bootstrap:
                 rng = np.random.default_rng(cfg.seed)
                 pool = rng.integers(0, ds.n_structures, ds.n_structures)
-            with _on_device(module, self.featurizer_, device) as move:
+            with on_device(module, self.featurizer_, device) as move:
                 history = run_training(
                     module,
-                    self._loss_fn(),
+                    energy_force_loss(
+                        self.force_weight,
+                        self.energy_weight,
+                        self.energy_normalization == "sqrt_atoms",
+                        self.featurizer_,
+                        self.scaler_,
+                    ),
                     move(train_set.source(cfg.batch_size, pool, shuffle=True)),
                     None if val_set is None else move(val_set.source(cfg.batch_size, None, False)),
                     cfg,
                     callback,
                 )
             if self.refit_shift:
-                self._refit_shift(module, train, train_set)
+                refit_shift(module, train, self.reference_)
             self.members_.append(module)
             self.histories_.append(history)
         self.module_ = self.members_[0]
@@ -361,39 +287,9 @@ class NeuralNetwork(AtomisticModel):
         return self
 
     def _init_output(self, module: AtomicNetworks, ds) -> None:
-        """Shift: the reference energies. Scale: the standard deviation of the residual energy
-        per atom (energy training), or the RMS force component times 1 Å (force training: the
-        networks' input gradients then start at the size of the forces they must learn; measured
-        16 % lower force errors at equal epochs on ethanol than the energy scale, docs/training.md).
-        """
-        refs = np.array([self.reference_[s] for s in self.elements_])
-        if self.force_weight > 0 and ds.forces is not None and ds.n_atoms:
-            scale = float(np.sqrt(np.mean(np.asarray(ds.forces) ** 2)))
-        else:
-            resid = (ds.energy - reference_energy(ds, self.reference_)) / np.diff(ds.offsets)
-            scale = float(resid.std()) if ds.n_structures > 1 else 1.0
-        module.shift.copy_(torch.as_tensor(refs))
-        module.scale.fill_(max(scale, 1e-3))
-
-    def _refit_shift(self, module: AtomicNetworks, data: AtomicData, ts: _TrainingSet) -> None:
-        """Least-squares correction of the per-element shifts to the trained networks' residuals
-        on the training set (what TorchANI's EnergyShifter and MACE's E0s do before training, done
-        after it: a force-dominated loss fixes energies only up to a constant per composition)."""
-        ds = data.dataset
-        X = torch.as_tensor(data.scaled_features(), dtype=module.dtype)
-        with torch.no_grad():
-            e = module.residual(X, torch.as_tensor(ds.numbers)).double()
-        pred = e.new_zeros(ds.n_structures).index_add_(0, torch.as_tensor(ds.batch), e)
-        resid = ds.energy - reference_energy(ds, self.reference_) - pred.numpy()
-        counts = np.stack(
-            [
-                np.bincount(ds.batch[ds.numbers == atomic_numbers[s]], minlength=ds.n_structures)
-                for s in self.elements_
-            ],
-            axis=1,
-        ).astype(float)
-        delta, *_ = np.linalg.lstsq(counts, resid, rcond=None)
-        module.shift += torch.as_tensor(delta)
+        """Set a new member's output shift and scale (:func:`~atomistic.models.atomic_networks.
+        init_output`); a hook, replaced per instance by :func:`atomistic.active.warm_start`."""
+        init_output(module, ds, self.reference_, self.force_weight > 0)
 
     def _warn_if_useless(self, data: AtomicData) -> None:
         """Warn when the best epoch is 0 or the energies are no better than the references."""
@@ -422,48 +318,6 @@ class NeuralNetwork(AtomisticModel):
                 stacklevel=3,
             )
 
-    def _loss_fn(self):
-        fw, ew = float(self.force_weight), float(self.energy_weight)
-        sqrt_n = self.energy_normalization == "sqrt_atoms"
-        featurizer, scaler = self.featurizer_, self.scaler_
-
-        def loss_fn(module: AtomicNetworks, b: dict[str, Any]) -> dict[str, torch.Tensor]:
-            S = len(b[TARGET_KEY])
-            n = b[N_ATOMS_KEY]
-            if NEIGHBORS_KEY in b:  # on-the-fly features
-                X = scaled_features_torch(featurizer, scaler, b).to(module.dtype)
-                e_atom = module.residual(X, b[NUMBERS_KEY])
-                wrt = b[POSITIONS_KEY]
-            else:
-                X = b[FEATURES_KEY].requires_grad_(fw > 0)
-                e_atom = module.residual_sorted(X, b[SIZES_KEY])
-                wrt = X
-            E = e_atom.new_zeros(S).index_add_(0, b[BATCH_KEY], e_atom)
-            err = (E - b[TARGET_KEY]) / (n.sqrt() if sqrt_n else n)
-            e_mse = (err**2).mean()
-            per_atom = ((E - b[TARGET_KEY]) / n) ** 2
-            out = {
-                "energy_mse": per_atom.mean().detach(),
-                "weight": torch.tensor(float(S)),
-            }
-            loss = ew * e_mse
-            if fw > 0:
-                (g,) = torch.autograd.grad(e_atom.sum(), wrt, create_graph=module.training)
-                if JACOBIAN_KEY in b:  # dE/dR_(s, a) = sum_(i in s) dE/dx_i . dx_i/dR_(s, a)
-                    J = b[JACOBIAN_KEY]  # shape (atoms, F, n_max * 3)
-                    dEdR = torch.bmm(g.unsqueeze(1), J).squeeze(1)  # shape (atoms, n_max * 3)
-                    dEdR = dEdR.new_zeros((S, J.shape[2])).index_add_(0, b[BATCH_KEY], dEdR)
-                    diff = (-dEdR - b[FORCES_KEY]) * b[FORCE_MASK_KEY]
-                    f_mse = (diff**2).sum() / b[FORCE_MASK_KEY].sum()
-                else:
-                    f_mse = ((-g - b[FORCES_KEY]) ** 2).mean()
-                out["force_mse"] = f_mse.detach()
-                loss = loss + fw * f_mse
-            out["loss"] = loss
-            return out
-
-        return loss_fn
-
     # -- prediction ------------------------------------------------------------------------------
     def predict(
         self, data: AtomicData, forces: bool = False, stress: bool = False
@@ -485,9 +339,9 @@ class NeuralNetwork(AtomisticModel):
             X = torch.as_tensor(data.scaled_features(), device=device)
             with torch.no_grad():
                 for k, m in enumerate(members):
-                    with _on_device(m, None, device):
+                    with on_device(m, None, device):
                         E[k] = m(X, numbers, batch, ds.n_structures).cpu().numpy()
-            return self._combine(E, None)
+            return combine_members(E, None)
         featurizer = data.featurizer if data.featurizer is not None else self.featurizer_
         if featurizer is None:
             raise ValueError("forces need a featurizer (none given and none stored)")
@@ -495,7 +349,7 @@ class NeuralNetwork(AtomisticModel):
         cache = NeighborCache(featurizer, ds)
         F = np.zeros((len(members), ds.n_atoms, 3))
         W = np.zeros((len(members), ds.n_structures, 3, 3))
-        with _on_device(members[0], featurizer, device) as move:
+        with on_device(members[0], featurizer, device) as move:
             for m in members[1:]:
                 m.to(device)
             try:
@@ -517,20 +371,9 @@ class NeuralNetwork(AtomisticModel):
             finally:
                 for m in members[1:]:
                     m.to("cpu")
-        out = self._combine(E, F if forces else None)
+        out = combine_members(E, F if forces else None)
         if stress:
             out["stress"] = stress_from_strain_grad(W.mean(0), ds.cell)
-        return out
-
-    @staticmethod
-    def _combine(E: np.ndarray, F: np.ndarray | None) -> dict[str, np.ndarray]:
-        out = {"energy": E.mean(0)}
-        if F is not None:
-            out["forces"] = F.mean(0)
-        if len(E) > 1:
-            out["energy_std"] = E.std(0, ddof=1)
-            if F is not None:
-                out["forces_std"] = F.std(0, ddof=1)
         return out
 
     # -- persistence -----------------------------------------------------------------------------
@@ -566,151 +409,3 @@ class NeuralNetwork(AtomisticModel):
             module.eval()
             self.members_.append(module)
         self.module_ = self.members_[0]
-
-
-class _TrainingSet:
-    """A dataset prepared for training: tensors in the networks' dtype, residual energy targets
-    (E minus the reference energies, so float32 keeps its precision), and minibatches whose atoms
-    are grouped by element. Force training uses precomputed feature Jacobians when they fit in
-    the model's ``jacobian_memory``, on-the-fly features otherwise."""
-
-    def __init__(
-        self,
-        model: NeuralNetwork,
-        data: AtomicData,
-        dtype: torch.dtype,
-        columns: list[int] | None = None,
-    ) -> None:
-        ds = data.dataset
-        if ds.energy is None:
-            raise ValueError("training needs a dataset with energies")
-        self.ds, self.dtype = ds, dtype
-        self.forces = model.force_weight > 0
-        residual = ds.energy - reference_energy(ds, model.reference_)
-        self.target = torch.as_tensor(residual, dtype=dtype)
-        self.sizes = np.diff(ds.offsets)
-        self.n_atoms = torch.as_tensor(self.sizes, dtype=dtype)
-        self.kind = np.searchsorted([atomic_numbers[s] for s in model.elements_], ds.numbers)
-        self.n_kinds = len(model.elements_)
-        self.cache: NeighborCache | None = None
-        self.X: torch.Tensor | None = None
-        self.J: torch.Tensor | None = None
-        if not self.forces:
-            X = data.scaled_features()
-            self.n_features = X.shape[1]
-            self.columns = _varying(X) if columns is None else columns
-            self.X = torch.as_tensor(X[:, self.columns], dtype=dtype)
-            return
-        f = data.featurizer
-        self.n_features = int(f.n_features)
-        n_cols = self.n_features if columns is None else len(columns)
-        if jacobian_nbytes(n_cols, ds.offsets, dtype) <= model.jacobian_memory:
-            Xt, J = feature_jacobians(
-                f, ds.numbers, ds.positions, ds.cell, ds.pbc, ds.offsets, dtype=torch.float64
-            )
-            if data.scaler is not None:
-                scale, _ = data.scaler._rows(ds.numbers, ds.n_atoms)
-                Xt = torch.as_tensor(data.scaler.transform(Xt.numpy(), ds.numbers))
-                J *= torch.as_tensor(np.array(np.broadcast_to(scale, Xt.shape))).reshape(
-                    *Xt.shape, 1, 1
-                )
-            self.columns = _varying(Xt.numpy()) if columns is None else columns
-            keep = torch.as_tensor(self.columns)
-            self.X = Xt.index_select(1, keep).to(dtype)
-            self.J = J.index_select(1, keep).reshape(ds.n_atoms, len(keep), -1).to(dtype)
-            del J
-            n_max = int(self.sizes.max())
-            local = np.arange(ds.n_atoms) - np.repeat(ds.offsets[:-1], self.sizes)
-            forces = torch.zeros((ds.n_structures, n_max, 3), dtype=dtype)
-            forces[torch.as_tensor(ds.batch), torch.as_tensor(local)] = torch.as_tensor(
-                ds.forces, dtype=dtype
-            )
-            mask = torch.zeros((ds.n_structures, n_max, 1), dtype=dtype)
-            mask[torch.as_tensor(ds.batch), torch.as_tensor(local)] = 1.0
-            self.padded_forces = forces.reshape(ds.n_structures, -1)
-            self.mask = mask.expand(-1, -1, 3).reshape(ds.n_structures, -1)
-        else:
-            self.columns = _varying(data.scaled_features()) if columns is None else columns
-            self.cache = NeighborCache(f, ds)
-            self.all_forces = torch.as_tensor(ds.forces, dtype=torch.float64)
-
-    def batch(self, idx: np.ndarray) -> dict[str, Any]:
-        """The tensors of structures ``idx`` (a 1-D integer array)."""
-        ds = self.ds
-        t_idx = torch.as_tensor(idx)
-        common = {TARGET_KEY: self.target[t_idx], N_ATOMS_KEY: self.n_atoms[t_idx]}
-        if self.cache is not None:
-            b = self.cache.batch(idx)
-            b[FORCES_KEY] = self.all_forces[b[ROWS_KEY]].to(self.dtype)
-            return {**b, **common}
-        assert self.X is not None  # precomputed features whenever there is no neighbour cache
-        counts = self.sizes[idx]
-        rows = np.repeat(ds.offsets[idx] - np.cumsum(counts) + counts, counts) + np.arange(
-            counts.sum()
-        )
-        local_batch = np.repeat(np.arange(len(idx)), counts)
-        order = np.argsort(self.kind[rows], kind="stable")
-        rows, local_batch = rows[order], local_batch[order]
-        t_rows = torch.as_tensor(rows)
-        b = {
-            **common,
-            FEATURES_KEY: self.X.index_select(0, t_rows),
-            SIZES_KEY: np.bincount(self.kind[rows], minlength=self.n_kinds).tolist(),
-            BATCH_KEY: torch.as_tensor(local_batch),
-        }
-        if self.J is not None:
-            b[JACOBIAN_KEY] = self.J.index_select(0, t_rows)
-            b[FORCES_KEY] = self.padded_forces[t_idx]
-            b[FORCE_MASK_KEY] = self.mask[t_idx]
-        return b
-
-    def source(self, batch_size: int, pool: np.ndarray | None, shuffle: bool):
-        """A batch source for :func:`~atomistic.models.training.train`: structures ``pool`` (all
-        when None) in minibatches, reshuffled every epoch; a fixed order is built once."""
-        pool = np.arange(self.ds.n_structures) if pool is None else np.asarray(pool)
-        if not shuffle:
-            return [
-                self.batch(pool[i.numpy()]) for i in minibatches(len(pool), batch_size, None, False)
-            ]
-
-        def make(generator: torch.Generator):
-            for i in minibatches(len(pool), batch_size, generator, shuffle=True):
-                yield self.batch(pool[i.numpy()])
-
-        return make
-
-
-@contextmanager
-def _on_device(module: torch.nn.Module, featurizer: Any, device: str):
-    """Train ``module`` (and ``featurizer``, for on-the-fly features) on ``device``; yields a
-    function that moves a batch source's tensors there. Both are back on the CPU afterwards."""
-    if device == "cpu":
-        yield lambda source: source
-        return
-
-    def batch(b: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
-
-    def move(source: Any) -> Any:
-        if callable(source):
-            return lambda generator: (batch(b) for b in source(generator))
-        return [batch(b) for b in source]
-
-    movable = featurizer if isinstance(featurizer, torch.nn.Module) else None
-    module.to(device)
-    if movable is not None:
-        movable.to(device)
-    try:
-        yield move
-    finally:
-        module.to("cpu")
-        if movable is not None:
-            movable.to("cpu")
-
-
-def _varying(X: np.ndarray) -> list[int]:
-    """Indices of the columns of X (n_atoms, n_features) that are not constant."""
-    X = np.asarray(X)
-    if len(X) < 2:
-        return list(range(X.shape[1]))
-    return np.flatnonzero(np.ptp(X, axis=0) > 0).tolist()
