@@ -42,8 +42,9 @@ from atomistic.features.store import (
 )
 from atomistic.storage import Store, content_hash
 from tasks.caching import stage_task
-from tasks.models import _publish_dir, _staging
 from tasks.refs import DatasetRef, FeatureRef, ModelRef, ScalerRef
+from tasks.work.common import publish_dir as _publish_dir
+from tasks.work.common import staging as _staging
 
 __all__ = [
     "active_model_key",

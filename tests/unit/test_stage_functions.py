@@ -1,0 +1,95 @@
+"""The stages' plain functions (tasks/work/) run without Prefect: a kernel model trained and
+evaluated on a tiny stored dataset, its evaluation checked against the model's own predictions
+from structures, recomputed with numpy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from atoms_factory import cu_images
+
+from atomistic.data import Dataset, read_dataset, read_split, write_dataset
+from atomistic.features.scaling import Scaler
+from atomistic.features.store import read_features
+from atomistic.models import load_model
+from tasks.featurize import featurize_dataset
+from tasks.refs import FeatureRef, ModelRef, ScalerRef
+from tasks.work import models as work
+from tasks.work.common import model_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+SPLIT = {"fractions": [0.6, 0.2, 0.2], "seed": 0}
+CONFIG = {"type": "kernelridge", "features": "g", "kernel": "rbf", "sigma": 1.0, "lamda": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory) -> tuple[FeatureRef, ScalerRef, str]:
+    """Features and a scaler of 15 Cu structures (4 atoms each) in a fresh store."""
+    base = tmp_path_factory.mktemp("stages")
+    store = str(base / "store.zarr")
+    key, _ = write_dataset(
+        Dataset.from_atoms(cu_images(15, seed=3)), store, split=SPLIT["fractions"]
+    )
+    features = FeatureRef.of(featurize_dataset(store, key, "gaussian", {"cutoff": 4.0}))
+    train = read_split(store, key, tuple(SPLIT["fractions"]), SPLIT["seed"])["train"]
+    X, _ = read_features(store, features.key, train)
+    scaler = Scaler().fit(X).to_dict()
+    return features, ScalerRef(scaler=scaler, key="scaler-of-the-test"), str(base / "ws")
+
+
+def test_no_prefect_is_imported_by_the_plain_functions():
+    modules = "tasks.work.common, tasks.work.encoder, tasks.work.models"
+    code = f"import sys, {modules}; print(sorted(m for m in sys.modules if 'prefect' in m))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_train_model_saves_under_its_key_once(stored):
+    features, scaler, ws = stored
+    ref = work.train_model("krr", features, scaler, CONFIG, SPLIT, ws)
+    key = work.model_key(features, scaler, CONFIG, SPLIT)
+    assert isinstance(ref, ModelRef) and ref.trained and ref.fit_time_s is not None
+    assert (ref.key, ref.dir, ref.dataset) == (key, str(model_dir(ws, key)), features.dataset)
+    assert work.model_exists("krr", features, scaler, CONFIG, SPLIT, ws)
+    # the JSON forms give the same key; a second call finds the model and fits nothing
+    assert work.model_key(features.to_dict(), scaler.to_dict(), CONFIG, SPLIT) == key
+    again = work.train_model("krr", features, scaler, CONFIG, SPLIT, ws)
+    assert again.trained is False and again.fit_time_s is None
+
+
+def test_evaluate_model_matches_numpy_on_the_models_own_predictions(stored):
+    features, scaler, ws = stored
+    trained = work.train_model("krr", features, scaler, CONFIG, SPLIT, ws)
+    assert not work.evaluation_done(trained.dir)
+    ref = work.evaluate_model(trained, features, scaler, SPLIT, "test", plots=True)
+    saved = json.loads((Path(trained.dir) / "evaluation.json").read_text())
+    assert ref.metrics == saved and saved["split"] == "test"
+    assert work.evaluation_done(trained.dir) and work.evaluation_exists(ref.to_dict())
+    assert ref.artifacts and all(Path(p).exists() for p in ref.artifacts)
+
+    # independent: the loaded model predicts from the structures (its featurizer and scaler),
+    # not from the cached features the evaluation read
+    test = read_split(features.store, features.dataset, tuple(SPLIT["fractions"]), 0)["test"]
+    ds = read_dataset(features.store, features.dataset).subset(test)
+    assert saved["n_structures"] == ds.n_structures == len(test) > 0
+    pred = load_model(trained.dir).predict_atoms(ds.to_atoms(), forces=True)
+    n = np.diff(ds.offsets)
+    mae = np.mean(np.abs(pred["energy"] - ds.energy) / n)
+    force_mae = np.mean(np.abs(np.concatenate(pred["forces"]) - ds.forces))
+    assert saved["energy_mae_per_atom"] == pytest.approx(mae, rel=1e-6, abs=1e-10)
+    assert saved["force_mae"] == pytest.approx(force_mae, rel=1e-6, abs=1e-10)
+
+
+def test_an_empty_split_part_is_an_error_naming_it(stored):
+    features, scaler, ws = stored
+    trained = work.train_model("krr", features, scaler, CONFIG, SPLIT, ws)
+    empty = {"fractions": [0.8, 0.2, 0.0], "seed": 0}
+    with pytest.raises(ValueError, match="the test split .* is empty"):
+        work.evaluate_model(trained, features, scaler, empty, "test", plots=False)
