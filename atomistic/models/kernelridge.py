@@ -45,6 +45,7 @@ from atomistic.models.kernels import (
     blas_threads,
     structure_kernel,
 )
+from atomistic.models.keys import BATCH_KEY, NUMBERS_KEY, POSITIONS_KEY, ROWS_KEY, STRAIN_KEY
 from atomistic.models.sparse_kernel import (
     SPARSE_METHODS,
     NormalEquations,
@@ -202,14 +203,14 @@ class _KernelModel(AtomisticModel):
         for idx in np.array_split(np.arange(ds.n_structures), chunks):
             b = cache.batch(idx, strain=stress)
             X = scaled_features_torch(featurizer, scaler, b)
-            e = self._kernel_to_train(X, b["numbers"], b["batch"], len(idx)) @ alpha
-            wrt = [b["positions"], b["strain"]] if stress else [b["positions"]]
+            e = self._kernel_to_train(X, b[NUMBERS_KEY], b[BATCH_KEY], len(idx)) @ alpha
+            wrt = [b[POSITIONS_KEY], b[STRAIN_KEY]] if stress else [b[POSITIONS_KEY]]
             grads = torch.autograd.grad(e.sum(), wrt)
             E[idx] = e.detach().numpy()
-            F[b["rows"].numpy()] = -grads[0].numpy()
+            F[b[ROWS_KEY].numpy()] = -grads[0].numpy()
             if stress:
                 W[idx] = grads[1].numpy()
-            Xall[b["rows"]] = X.detach()
+            Xall[b[ROWS_KEY]] = X.detach()
         out["energy"] = E + self._baseline(ds)
         if forces:
             out["forces"] = F

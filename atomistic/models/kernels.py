@@ -36,6 +36,7 @@ __all__ = [
     "structure_self_kernel",
     "DistanceBlocks",
     "blas_threads",
+    "squared_distances",
 ]
 
 KERNELS = ("rbf", "laplacian", "exponential", "linear")
@@ -90,7 +91,7 @@ def blas_threads(n: int) -> AbstractContextManager:
 _APIS = ("blas", "openmp")
 
 
-def _sqdist(A: Tensor, B: Tensor) -> Tensor:
+def squared_distances(A: Tensor, B: Tensor) -> Tensor:
     """|a - b|^2, shape (n, m), by the expansion |a|^2 + |b|^2 - 2 a.b (clamped at 0)."""
     d2 = (A * A).sum(1, keepdim=True) + (B * B).sum(1) - 2.0 * A @ B.T  # shape (n, m)
     return d2.clamp_min(0.0)
@@ -107,7 +108,7 @@ def atomic_kernel(
         k = A @ B.T
         return k, (torch.zeros_like(k) if with_dlogsigma else None)
     if kernel == "rbf":
-        d2 = _sqdist(A, B)
+        d2 = squared_distances(A, B)
         k = torch.exp(-d2 / (2.0 * sigma**2))
         return k, (k * d2 / sigma**2 if with_dlogsigma else None)
     d = _distance(A, B, kernel)
@@ -289,7 +290,7 @@ class DistanceBlocks:
         A, B = Xz[c.r0 : c.r1], Xz[c.r0 :]
         if self.kernel in ("rbf", "linear"):
             D = np.matmul(A, B.T)  # shape (rows, columns)
-            if self.kernel == "rbf":  # |a|^2 + |b|^2 - 2 a.b, clamped at 0 (as _sqdist)
+            if self.kernel == "rbf":  # |a|^2 + |b|^2 - 2 a.b, clamped at 0 (as squared_distances)
                 sq = self._sq[c.element]
                 D *= -2.0
                 D += sq[c.r0 : c.r1, None]
