@@ -1,5 +1,6 @@
 """Commands that compute nothing (`atompipe compare`, `atompipe ui`) read the campaign without
-importing torch: a fresh interpreter loads the campaign the way they do and torch stays out."""
+importing torch or Prefect: a fresh interpreter imports the command line, loads the campaign the
+way they do, and torch and Prefect stay out."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_loading_a_campaign_for_compare_does_not_import_torch():
+def test_loading_a_campaign_for_compare_imports_neither_torch_nor_prefect():
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from flows.cli import _load\n"
-        "cfg = _load(Path('data/campaigns/demo.yaml'), None, build_featurizers=False)\n"
+        "import flows.cli\n"
+        "from flows.cli_common import load_config\n"
+        "cfg = load_config(Path('data/campaigns/demo.yaml'), None, build_featurizers=False)\n"
         "assert cfg.name == 'demo'\n"
-        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] in ('torch', 'prefect')))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
