@@ -44,7 +44,7 @@ import torch
 from atomistic import interrupt
 from atomistic.metrics import calibration
 from atomistic.models.base import AtomicData
-from atomistic.models.kernelridge import _KernelModel, _validation_metrics
+from atomistic.models.kernel_model import KernelModel, validation_metrics
 from atomistic.models.kernels import (
     CACHE_BYTES,
     DEFAULT_BUDGET,
@@ -63,7 +63,7 @@ from atomistic.models.sparse_kernel import (
 __all__ = ["GaussianProcess", "calibration"]
 
 
-class GaussianProcess(_KernelModel):
+class GaussianProcess(KernelModel):
     """Gaussian-process energies with a predictive standard deviation per structure.
 
     Parameters: ``kernel``, ``sigma`` as :class:`~atomistic.models.kernelridge.KernelRidge`;
@@ -87,6 +87,10 @@ class GaussianProcess(_KernelModel):
     """
 
     has_uncertainty = True
+    noise: float
+    amplitude: float
+    optimize: bool
+    optimize_max_structures: int
 
     def __init__(
         self,
@@ -105,37 +109,11 @@ class GaussianProcess(_KernelModel):
         energy_noise: float = 0.001,
         force_noise: float = 0.01,
     ) -> None:
-        self.kernel = kernel
-        self.sigma = sigma
-        self.noise = noise
-        self.amplitude = amplitude
-        self.optimize = optimize
-        self.optimize_max_structures = optimize_max_structures
-        self.seed = seed
-        self.baseline = baseline
-        self.budget = budget
-        self.forces = forces
-        self.n_sparse = n_sparse
-        self.sparse_method = sparse_method
-        self.energy_noise = energy_noise
-        self.force_noise = force_noise
+        self._store_params(locals())
 
     # -- fitting ---------------------------------------------------------------------------------
-    def fit(
-        self,
-        train: AtomicData,
-        validation: AtomicData | None = None,
-        callback=None,
-        *,
-        featurizer=None,
-        scaler=None,
-    ):
-        """Fit hyperparameters (if ``optimize``) and the posterior. Returns self. ``train`` may
-        be ase.Atoms (a list) or a file path (:meth:`AtomisticModel._fit_inputs`)."""
-        train, validation = self._fit_inputs(train, validation, featurizer, scaler)
-        y = self._prepare(train)
-        if self._sparse:
-            return self._fit_sparse(train, y, validation, callback)
+    def _fit_dense(self, train: AtomicData, y: np.ndarray, validation, callback):
+        """Fit the hyperparameters (if ``optimize``) and the exact posterior. Returns self."""
         sigma, g = float(self.sigma), float(self.noise) / float(self.amplitude) ** 2
         with blas_threads(len(y)):  # one BLAS thread for small systems: no oversubscription
             if self.optimize:
@@ -157,7 +135,7 @@ class GaussianProcess(_KernelModel):
         self.log_marginal_likelihood_ = float(
             -0.5 * (y @ self.alpha_) / a2 - 0.5 * logdet - 0.5 * n * math.log(2 * math.pi * a2)
         )
-        self.metrics_ = _validation_metrics(self, validation)
+        self.metrics_ = validation_metrics(self, validation)
         self.metrics_.update(
             sigma=self.sigma_,
             noise=self.noise_,
@@ -237,7 +215,7 @@ class GaussianProcess(_KernelModel):
         self.log_marginal_likelihood_ = lml
         self.energy_std_scale_, self.force_std_scale_ = 1.0, 1.0
         self._recalibrate(validation)
-        self.metrics_ = _validation_metrics(self, validation)
+        self.metrics_ = validation_metrics(self, validation)
         self.metrics_.update(
             sigma=self.sigma_,
             energy_noise=self.energy_noise_,
@@ -323,18 +301,6 @@ class GaussianProcess(_KernelModel):
 
     def _extra_outputs(self, K: torch.Tensor, data: AtomicData, X: torch.Tensor) -> dict:
         ds = data.dataset
-        if self._sparse:
-            kee = structure_self_kernel(
-                X,
-                torch.as_tensor(ds.numbers),
-                torch.as_tensor(ds.batch),
-                ds.n_structures,
-                self.kernel,
-                self.sigma_,
-            ).numpy()
-            var = self._sparse_variance(K.numpy(), kee)
-            var += self.energy_noise_**2 * np.diff(ds.offsets)
-            return {"energy_std": np.sqrt(var) * self.energy_std_scale_}
         kuu = structure_self_kernel(
             X,
             torch.as_tensor(ds.numbers),
@@ -343,6 +309,10 @@ class GaussianProcess(_KernelModel):
             self.kernel,
             self.sigma_,
         ).numpy()
+        if self._sparse:
+            var = self._sparse_variance(K.numpy(), kuu)
+            var += self.energy_noise_**2 * np.diff(ds.offsets)
+            return {"energy_std": np.sqrt(var) * self.energy_std_scale_}
         v = scipy.linalg.solve_triangular(self.cholesky_, K.numpy().T, lower=True)  # (S_tr, S)
         latent = np.clip(kuu - (v * v).sum(0), 0.0, None)
         var = self.amplitude_**2 * latent + self.noise_
