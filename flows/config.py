@@ -25,63 +25,35 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, model_validator
 
-from flows.config_active import ActiveConfig, ActiveExploration, ActiveLabelling, ActiveSelection
+from flows import config_active, config_stages
+from flows.config_active import *  # noqa: F403 - the `active:` section, importable from here
+from flows.config_active import ActiveConfig
+from flows.config_stages import *  # noqa: F403 - every stage section, importable from here
 from flows.config_stages import (
-    ACTIVATION_NAMES,
     AEVFeatures,
-    AnnealingSettings,
-    AutoEncoderSettings,
     ConfigError,
     DaskConfig,
     DatasetConfig,
-    DirectFeatures,
     EvaluationConfig,
     FeatureConfig,
     GaussianFeatures,
-    GaussianProcessConfig,
-    KernelRidgeConfig,
     LatentFeatures,
     ModelConfig,
-    NetworkTrainingSettings,
-    NeuralNetworkConfig,
     ScalerConfig,
     SplitConfig,
     Strict,
     TrackingConfig,
-    TrainingSettings,
 )
 from flows.config_yaml import UniqueKeyLoader, format_error, resolve_paths, set_dotted, yaml_error
 from tasks.tracking import flatten
 
 _UniqueKeyLoader = UniqueKeyLoader  # the name tests and older code use
 
+# the names of the stage sections and of the `active:` section, and this module's own
 __all__ = [
-    "ACTIVATION_NAMES",
-    "AEVFeatures",
-    "ActiveConfig",
-    "ActiveExploration",
-    "ActiveLabelling",
-    "ActiveSelection",
-    "AnnealingSettings",
-    "AutoEncoderSettings",
+    *(name for name in config_stages.__all__ if name != "Strict"),
+    *config_active.__all__,
     "CampaignConfig",
-    "ConfigError",
-    "DaskConfig",
-    "DatasetConfig",
-    "DirectFeatures",
-    "EvaluationConfig",
-    "FeatureConfig",
-    "GaussianFeatures",
-    "GaussianProcessConfig",
-    "KernelRidgeConfig",
-    "LatentFeatures",
-    "ModelConfig",
-    "NetworkTrainingSettings",
-    "NeuralNetworkConfig",
-    "ScalerConfig",
-    "SplitConfig",
-    "TrackingConfig",
-    "TrainingSettings",
     "flatten",
     "load_campaign",
 ]

@@ -293,94 +293,80 @@ class NeuralNetworkConfig(Strict):
         return v
 
 
-_Forces = Annotated[
-    bool,
-    Field(
-        description=(
-            "fit energies and forces together with a sparse kernel model over `n_sparse` "
-            "representative environments per element (GAP-style; rbf kernel only; needs a "
-            "featurizer, not latent features); false: the dense energy-only model (ML4Chem's)"
-        )
-    ),
-]
-_NSparse = Annotated[
-    int, Field(ge=1, description="with `forces`: representative environments per element")
-]
-_SparseMethod = Annotated[
-    Literal["cur", "fps"],
-    Field(
-        description=(
-            "with `forces`: how representatives are chosen, CUR leverage sampling or "
-            "farthest-point sampling"
-        )
-    ),
-]
-_EnergyNoise = Annotated[
-    float,
-    Field(
+class _SparseKernelKeys(Strict):
+    """The sparse energies-and-forces keys of ``kernelridge`` and ``gaussianprocess``: last in
+    their key tables (docs/campaign.md), as a model lists its own keys in a base class after
+    this one. With ``forces: false`` they are left out of the dumped configuration, so an
+    energy-only model's cache key is what it was before they existed."""
+
+    forces: bool = Field(
+        False,
+        description="fit energies and forces together with a sparse kernel model over "
+        "`n_sparse` representative environments per element (GAP-style; rbf kernel only; needs "
+        "a featurizer, not latent features); false: the dense energy-only model (ML4Chem's)",
+    )
+    n_sparse: int = Field(
+        1000, ge=1, description="with `forces`: representative environments per element"
+    )
+    sparse_method: Literal["cur", "fps"] = Field(
+        "cur",
+        description="with `forces`: how representatives are chosen, CUR leverage sampling or "
+        "farthest-point sampling",
+    )
+    energy_noise: float = Field(
+        0.001,
         gt=0,
-        description=(
-            "with `forces`: energy noise, eV per atom (a structure's is this times "
-            "sqrt(atoms)); the GP's starting point when `optimize`"
-        ),
-    ),
-]
-_ForceNoise = Annotated[
-    float,
-    Field(
+        description="with `forces`: energy noise, eV per atom (a structure's is this times "
+        "sqrt(atoms)); the GP's starting point when `optimize`",
+    )
+    force_noise: float = Field(
+        0.01,
         gt=0,
         description="with `forces`: force noise, eV/Å; the GP's starting point when `optimize`",
-    ),
-]
-_SPARSE_KEYS = ("forces", "n_sparse", "sparse_method", "energy_noise", "force_noise")
-
-
-class _SparseKernelKeys(Strict):
-    """Checks shared by ``kernelridge`` and ``gaussianprocess`` for their sparse
-    energies-and-forces keys. With ``forces: false`` those keys are left out of the dumped
-    configuration, so an energy-only model's cache key is what it was before they existed."""
+    )
 
     @model_validator(mode="after")
     def _sparse_needs_rbf(self) -> _SparseKernelKeys:
-        kernel = getattr(self, "kernel", "rbf")
-        if getattr(self, "forces", False) and kernel != "rbf":
+        kernel = getattr(self, "kernel", "rbf")  # a key of the model's own base class
+        if self.forces and kernel != "rbf":
             raise ValueError(f"forces: true needs kernel: rbf, not {kernel!r}")
         return self
 
     @model_serializer(mode="wrap")
     def _drop_sparse_defaults(self, handler: Any) -> dict[str, Any]:
         out = handler(self)
-        if not getattr(self, "forces", False):
-            for name in _SPARSE_KEYS:
+        if not self.forces:
+            for name in _SparseKernelKeys.model_fields:  # these keys only: the class's own
                 out.pop(name, None)
         return out
 
 
-class KernelRidgeConfig(_SparseKernelKeys):
+class _KernelKeys(Strict):
+    """The keys ``kernelridge`` and ``gaussianprocess`` start with (``type`` narrowed by each)."""
+
+    type: str
+    features: str
+    kernel: Literal["rbf", "laplacian", "exponential", "linear"] = "rbf"
+    sigma: float = Field(1.0, gt=0)
+
+
+class _KernelRidgeKeys(_KernelKeys):
     type: Literal["kernelridge"] = "kernelridge"
-    features: str
-    kernel: Literal["rbf", "laplacian", "exponential", "linear"] = "rbf"
-    sigma: float = Field(1.0, gt=0)
     lamda: float = Field(1e-5, gt=0)
-    forces: _Forces = False
-    n_sparse: _NSparse = 1000
-    sparse_method: _SparseMethod = "cur"
-    energy_noise: _EnergyNoise = 0.001
-    force_noise: _ForceNoise = 0.01
 
 
-class GaussianProcessConfig(_SparseKernelKeys):
+class KernelRidgeConfig(_SparseKernelKeys, _KernelRidgeKeys):
+    """``models.<name>`` with ``type: kernelridge``: its own keys, then the sparse ones."""
+
+
+class _GaussianProcessKeys(_KernelKeys):
     type: Literal["gaussianprocess"] = "gaussianprocess"
-    features: str
-    kernel: Literal["rbf", "laplacian", "exponential", "linear"] = "rbf"
-    sigma: float = Field(1.0, gt=0)
     noise: float = Field(1e-5, gt=0)
     optimize: bool = True
-    forces: _Forces = False
-    n_sparse: _NSparse = 1000
-    sparse_method: _SparseMethod = "cur"
-    energy_noise: _EnergyNoise = 0.001
-    force_noise: _ForceNoise = 0.01
+
+
+class GaussianProcessConfig(_SparseKernelKeys, _GaussianProcessKeys):
+    """``models.<name>`` with ``type: gaussianprocess``: its own keys, then the sparse ones."""
 
 
 ModelConfig = Annotated[
