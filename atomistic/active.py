@@ -21,29 +21,36 @@ per-component force standard deviation, u = max_i |σ_F,i| (eV/Å), with σ_F,i 
 ``predict(...)["forces_std"]`` (a committee ``NeuralNetwork(ensemble=N)``, or a
 ``GaussianProcess(forces=True)``).
 
-Why it is one module of ~500 lines: it follows the loop's four steps in order, each a handful of
-short functions with its equations and references beside it; a reader checks one step against
-docs/active-learning.md here, and each part (identity and uncertainty, exploration, selection,
-labelling) would be a file of 60 to 140 lines that only this loop uses.
+This module holds exploration, the stopping rule and :func:`warm_start`; uncertainty and
+selection are in :mod:`atomistic.active_select`, identity and labelling in
+:mod:`atomistic.active_label`. Every public name of the three is importable from here.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
-from ase.calculators.singlepoint import SinglePointCalculator
 
-from atomistic.metrics import calibration, z_scores
-from atomistic.storage import content_hash
+from atomistic.active_label import (
+    BUILTIN_CALCULATORS,
+    LabelStore,
+    label_structures,
+    reference_calculator,
+    structure_key,
+)
+from atomistic.active_select import (
+    calibrate_threshold,
+    farthest_point_order,
+    force_calibration,
+    select,
+    structure_descriptors,
+    structure_uncertainty,
+)
 
 __all__ = [
     "BUILTIN_CALCULATORS",
@@ -61,64 +68,6 @@ __all__ = [
     "structure_uncertainty",
     "warm_start",
 ]
-
-
-# -- identity ------------------------------------------------------------------------------------
-def structure_key(atoms: Atoms) -> str:
-    """Content key of a structure: numbers, positions, cell and periodicity, bit for bit (the same
-    identity as :meth:`atomistic.data.Dataset.structure_groups`)."""
-    return content_hash(
-        np.asarray(atoms.numbers, dtype=np.int64),
-        np.asarray(atoms.positions, dtype=np.float64),
-        np.asarray(atoms.cell.array, dtype=np.float64),
-        np.asarray(atoms.pbc, dtype=bool),
-    )
-
-
-# -- uncertainty -----------------------------------------------------------------------------------
-def structure_uncertainty(forces_std: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """(S,) u_s = max over the atoms of structure s of |σ_F,i| (eV/Å).
-
-    forces_std: (n_atoms, 3) eV/Å, per Cartesian component; offsets: (S + 1,) atom offsets.
-    """
-    norms = np.linalg.norm(np.asarray(forces_std, dtype=np.float64), axis=1)
-    offsets = np.asarray(offsets, dtype=np.int64)
-    return np.array([norms[offsets[s] : offsets[s + 1]].max() for s in range(len(offsets) - 1)])
-
-
-def calibrate_threshold(
-    uncertainty: np.ndarray, quantile: float = 0.9, factor: float = 1.0
-) -> float:
-    """A selection threshold from structures the model was validated on (eV/Å).
-
-    ``factor`` times the ``quantile`` of the validation structures' uncertainties u_s: a
-    configuration met in exploration is "uncertain" when the committee disagrees more there than
-    on all but a fraction 1 - ``quantile`` of the held-out structures of the training
-    distribution.
-    """
-    u = np.asarray(uncertainty, dtype=np.float64)
-    if u.size == 0:
-        raise ValueError("threshold calibration needs at least one validation structure")
-    if not 0.0 <= quantile <= 1.0:
-        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
-    return float(factor * np.quantile(u, quantile))
-
-
-def force_calibration(true: np.ndarray, pred: np.ndarray, std: np.ndarray) -> dict[str, float]:
-    """How well predicted force standard deviations describe the errors (eV/Å arrays, same shape,
-    per Cartesian component): Spearman rank correlation of σ with |error|, and the fraction of
-    components with |error| <= k σ (k = 1, 2, 3; a Gaussian gives 0.683, 0.954, 0.997)."""
-    from scipy.stats import spearmanr
-
-    err = np.abs(np.asarray(true, dtype=np.float64) - np.asarray(pred, dtype=np.float64))
-    s = np.asarray(std, dtype=np.float64)
-    varied = err.size > 1 and np.ptp(s) > 0 and np.ptp(err) > 0  # else the rank is undefined
-    rho = spearmanr(s.reshape(-1), err.reshape(-1)).statistic if varied else np.nan
-    cal = calibration(z_scores(true, pred, np.maximum(s, 1e-12)))
-    return {
-        "spearman": float(rho),
-        **{f"within_{k}sigma": cal[f"within_{k}sigma"] for k in (1, 2, 3)},
-    }
 
 
 # -- exploration -----------------------------------------------------------------------------------
@@ -215,246 +164,6 @@ def explore(
                     break
             trajectory += 1
     return frames
-
-
-# -- selection -------------------------------------------------------------------------------------
-def structure_descriptors(images: Sequence[Atoms], featurizer: Any, scaler: Any = None):
-    """(S, 2 F) a fixed-length descriptor per structure: the mean and the standard deviation over
-    its atoms of the (scaled) atomic features; invariant like the features themselves."""
-    from atomistic.data import Dataset
-
-    ds = Dataset.from_atoms(list(images))
-    X = np.asarray(
-        featurizer.featurize_arrays(ds.numbers, ds.positions, ds.cell, ds.pbc, ds.offsets),
-        dtype=np.float64,
-    )
-    if scaler is not None:
-        X = scaler.transform(X, ds.numbers)
-    o = ds.offsets
-    return np.stack(
-        [
-            np.concatenate([X[o[s] : o[s + 1]].mean(0), X[o[s] : o[s + 1]].std(0)])
-            for s in range(ds.n_structures)
-        ]
-    )
-
-
-def farthest_point_order(X: np.ndarray, first: int, k: int) -> np.ndarray:
-    """Greedy farthest-point sampling (Gonzalez 1985): start at row ``first``, then repeatedly
-    add the row farthest (Euclidean) from all rows chosen so far; returns up to ``k`` row indices
-    in the order chosen (ties: the lowest index)."""
-    X = np.asarray(X, dtype=np.float64)
-    k = min(int(k), len(X))
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    chosen = [int(first)]
-    dist = np.linalg.norm(X - X[first], axis=1)
-    while len(chosen) < k:
-        nxt = int(np.argmax(dist))
-        if dist[nxt] <= 0.0:  # only duplicates of chosen rows remain
-            break
-        chosen.append(nxt)
-        dist = np.minimum(dist, np.linalg.norm(X - X[nxt], axis=1))
-    return np.asarray(chosen, dtype=np.int64)
-
-
-def select(
-    uncertainty: np.ndarray,
-    threshold: float,
-    max_labels: int,
-    *,
-    method: str = "uncertainty",
-    diversity: str = "none",
-    descriptors: np.ndarray | None = None,
-    times: np.ndarray | None = None,
-    groups: np.ndarray | None = None,
-    min_separation: float = 0.0,
-    upper: float | None = None,
-    seed: int = 0,
-) -> np.ndarray:
-    """Indices (sorted) of the snapshots to label.
-
-    method "uncertainty": the candidates are the snapshots with u > ``threshold``; at most
-    ``max_labels`` of them are picked, by ``diversity``:
-
-    - "none": the most uncertain first;
-    - "fps": farthest-point sampling on ``descriptors`` (S, D), starting at the most uncertain;
-    - "time": the most uncertain first, skipping any snapshot within ``min_separation`` (in the
-      units of ``times``, e.g. MD steps) of one already picked in the same ``groups`` entry
-      (trajectory).
-
-    method "random": ``max_labels`` snapshots drawn uniformly without replacement (seeded),
-    whatever their uncertainty: the baseline active learning is measured against.
-
-    ``upper`` (eV/Å, DP-GEN's trust upper bound): snapshots with u > ``upper`` are never picked,
-    by either method; the model's dynamics had left physical configurations there.
-    """
-    u = np.asarray(uncertainty, dtype=np.float64)
-    n = len(u)
-    max_labels = int(max_labels)
-    if max_labels < 0:
-        raise ValueError(f"max_labels must be >= 0, got {max_labels}")
-    trusted = np.ones(n, dtype=bool) if upper is None else u <= upper
-    if method == "random":
-        rng = np.random.default_rng(seed)
-        pool = np.flatnonzero(trusted)
-        picked = rng.choice(pool, size=min(max_labels, len(pool)), replace=False)
-        return np.sort(picked).astype(np.int64)
-    if method != "uncertainty":
-        raise ValueError(f"method must be 'uncertainty' or 'random', got {method!r}")
-    cand = np.flatnonzero((u > threshold) & trusted)
-    # most uncertain first; ties by index, so the order is deterministic
-    cand = cand[np.lexsort((cand, -u[cand]))]
-    if diversity == "none":
-        picked = cand[:max_labels]
-    elif diversity == "fps":
-        if descriptors is None:
-            raise ValueError("diversity 'fps' needs descriptors")
-        D = np.asarray(descriptors, dtype=np.float64)[cand]
-        picked = cand[farthest_point_order(D, 0, max_labels)] if len(cand) else cand
-    elif diversity == "time":
-        if times is None:
-            raise ValueError("diversity 'time' needs times")
-        t = np.asarray(times, dtype=np.float64)
-        g = np.zeros(n, dtype=np.int64) if groups is None else np.asarray(groups)
-        chosen: list[int] = []
-        for i in cand:
-            if len(chosen) >= max_labels:
-                break
-            if all(g[j] != g[i] or abs(t[j] - t[i]) >= min_separation for j in chosen):
-                chosen.append(int(i))
-        picked = np.asarray(chosen, dtype=np.int64)
-    else:
-        raise ValueError(f"diversity must be 'none', 'fps' or 'time', got {diversity!r}")
-    return np.sort(np.asarray(picked, dtype=np.int64))
-
-
-# -- labelling -------------------------------------------------------------------------------------
-BUILTIN_CALCULATORS = ("emt", "tblite")
-
-
-def reference_calculator(
-    name: str, params: Mapping[str, Any] | None = None, allowed: Iterable[str] = ()
-) -> Calculator:
-    """A new reference calculator.
-
-    ``name``: "emt" (ASE's EMT), "tblite" (GFN2-xTB by default, ``tblite.ase.TBLite``; the
-    optional extra ``pip install tblite``), or an import path "package.module:Class" (or
-    "package.module.Class") that must appear in ``allowed``: a campaign file names the
-    calculators it trusts, and nothing else is imported. ``params`` are the constructor's
-    keyword arguments.
-    """
-    params = dict(params or {})
-    if name == "emt":
-        from ase.calculators.emt import EMT
-
-        return EMT(**params)
-    if name == "tblite":
-        try:
-            from tblite.ase import TBLite
-        except ImportError as exc:  # pragma: no cover - depends on the optional extra
-            raise ImportError(
-                "the reference calculator 'tblite' needs the tblite package (pip install tblite)"
-            ) from exc
-        return TBLite(**{"method": "GFN2-xTB", "verbosity": 0, **params})
-    if name not in set(allowed):
-        raise ValueError(
-            f"reference calculator {name!r} is neither built in {BUILTIN_CALCULATORS} nor in "
-            f"the campaign's allow-list {sorted(allowed)}"
-        )
-    module, _, attr = name.partition(":") if ":" in name else name.rpartition(".")
-    if not module or not attr:
-        raise ValueError(f"reference calculator {name!r} is not an import path module:Class")
-    klass = getattr(importlib.import_module(module), attr)
-    if not (isinstance(klass, type) and issubclass(klass, Calculator)):
-        raise ValueError(f"{name!r} is not an ASE Calculator class")
-    return klass(**params)
-
-
-class LabelStore:
-    """Reference labels on disk, one file per structure, named by :func:`structure_key`:
-    ``<directory>/<key>.npz`` holding energy () eV and forces (n_atoms, 3) eV/Å. A label is
-    written to a temporary file and renamed into place, so a killed labelling leaves complete
-    labels only, and a rerun computes just the missing ones."""
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
-
-    def _path(self, key: str) -> Path:
-        return self.directory / f"{key}.npz"
-
-    def __contains__(self, key: str) -> bool:
-        return self._path(key).exists()
-
-    def get(self, key: str) -> tuple[float, np.ndarray]:
-        with np.load(self._path(key)) as f:
-            return float(f["energy"]), np.array(f["forces"], dtype=np.float64)
-
-    def put(self, key: str, energy: float, forces: np.ndarray) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, energy=np.float64(energy), forces=np.asarray(forces, np.float64))
-            os.replace(tmp, self._path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def keys(self) -> list[str]:
-        return sorted(p.stem for p in self.directory.glob("*.npz") if not p.name.startswith("."))
-
-
-def _compute_label(atoms: Atoms, calculator: Calculator) -> tuple[float, np.ndarray]:
-    a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    a.calc = calculator
-    return float(a.get_potential_energy()), np.array(a.get_forces(), dtype=np.float64)
-
-
-def label_structures(
-    images: Sequence[Atoms],
-    make_calculator: Callable[[], Calculator],
-    store: LabelStore | None = None,
-    failed: list[tuple[int, str]] | None = None,
-) -> tuple[list[Atoms], int]:
-    """Label ``images`` with a calculator from ``make_calculator()`` (made only if needed).
-
-    Returns (copies of the images with a SinglePointCalculator holding energy and forces, the
-    number of structures actually computed). With a ``store``, a structure already in it is read,
-    never recomputed, and each new label is stored as soon as it is computed; a structure repeated
-    within ``images`` is computed once. A reference calculation that fails raises, unless a
-    ``failed`` list is given: then (index, message) is appended to it and the structure is left
-    out of the result (an SCF that does not converge on a configuration far from equilibrium).
-    """
-    calc: Calculator | None = None
-    memo: dict[str, tuple[float, np.ndarray]] = {}
-    out: list[Atoms] = []
-    computed = 0
-    for index, atoms in enumerate(images):
-        key = structure_key(atoms)
-        if key in memo:
-            energy, forces = memo[key]
-        elif store is not None and key in store:
-            energy, forces = store.get(key)
-        else:
-            calc = calc or make_calculator()
-            try:
-                energy, forces = _compute_label(atoms, calc)
-            except Exception as exc:
-                if failed is None:
-                    raise
-                failed.append((index, f"{type(exc).__name__}: {exc}"))
-                calc = None  # a fresh calculator for the next structure
-                continue
-            computed += 1
-            if store is not None:
-                store.put(key, energy, forces)
-        memo[key] = (energy, forces)
-        a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        a.info.update(atoms.info)
-        a.calc = SinglePointCalculator(a, energy=energy, forces=forces.copy())
-        out.append(a)
-    return out, computed
 
 
 # -- stopping --------------------------------------------------------------------------------------
