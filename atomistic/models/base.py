@@ -9,12 +9,15 @@ or a featurizer and scaler that compute them (needed for forces, and for predict
 
 Contract (scikit-learn's): hyperparameters are stored by ``__init__`` only; ``fit``
 returns ``self``; learned state ends in ``_``; ``predict`` on an unfitted model raises
-:class:`NotFittedError`; ``save(directory)`` and ``load_model(directory)`` never pickle.
+:class:`NotFittedError`; ``save(directory)`` and ``load_model(directory)`` never pickle. The
+registry, parameters, fitted check, ``save`` and ``load`` are
+:class:`~atomistic.models.saved.SavedModel`'s, shared with the autoencoders; this module adds the
+supervised models' card entries (featurizer, scaler, elements, training dataset key, metrics,
+learned state).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +30,8 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from atomistic.data import Dataset
 from atomistic.features.scaling import Scaler
-from atomistic.models.io import read_card, read_tensors, write_model_dir
 from atomistic.models.onthefly import NeighborCache, scaled_features_torch, stress_from_strain_grad
+from atomistic.models.saved import NotFittedError, SavedModel, TensorFiles
 
 __all__ = [
     "AtomicData",
@@ -42,10 +45,6 @@ __all__ = [
     "scaled_features_torch",
     "stress_from_strain_grad",
 ]
-
-
-class NotFittedError(RuntimeError):
-    """A model was used before ``fit`` (or ``load``)."""
 
 
 def _dataset(data: Any, require_energy: bool = False) -> Dataset:
@@ -169,43 +168,14 @@ def reference_energy(dataset: Dataset, refs: dict[str, float]) -> np.ndarray:
 
 
 # -- the model contract ------------------------------------------------------------------------
-class AtomisticModel:
-    """Base of the supervised models: parameters, unfitted checks, prediction from ase.Atoms,
-    saving and loading. Subclasses implement ``fit``, ``predict``, ``_state`` and
-    ``_restore``."""
+class AtomisticModel(SavedModel):
+    """Base of the supervised models: inputs, unfitted checks, prediction from ase.Atoms, and
+    the card of a saved model. Registry, parameters, the fitted check, ``save`` and ``load``
+    come from :class:`~atomistic.models.saved.SavedModel`. Subclasses implement ``fit``,
+    ``predict``, ``_state`` and ``_restore``."""
 
-    _registry: ClassVar[dict[str, type[AtomisticModel]]] = {}
     has_uncertainty: ClassVar[bool] = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        AtomisticModel._registry[cls.__name__] = cls
-
-    # parameters ---------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """The ``__init__`` arguments (scikit-learn convention)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {n: getattr(self, n) for n in names}
-
-    def _json_params(self) -> dict[str, Any]:
-        out = {}
-        for k, v in self.get_params().items():
-            if hasattr(v, "to_dict"):
-                v = v.to_dict()
-            elif isinstance(v, tuple):
-                v = list(v)
-            out[k] = v
-        return out
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "elements_"):
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet: call fit() or load_model() first"
-            )
+    _load_hint: ClassVar[str] = "load_model()"
 
     def _remember_inputs(self, train: AtomicData) -> None:
         if train.dataset.energy is None:
@@ -321,15 +291,29 @@ class AtomisticModel:
         raise NotImplementedError
 
     def save(self, directory: str | Path, metrics: dict[str, float] | None = None) -> Path:
-        """Write ``card.json`` and safetensors weights into ``directory``; return it."""
+        """Write ``card.json`` and safetensors weights into ``directory``; return it.
+
+        Parameters
+        ----------
+        directory : str or Path
+            The model directory (created if missing).
+        metrics : dict, optional
+            Metrics to record in the card, merged into ``metrics_``.
+
+        Returns
+        -------
+        Path
+            ``directory``.
+        """
         self._check_fitted()
         if metrics:
             self.metrics_ = {**self.metrics_, **{k: float(v) for k, v in metrics.items()}}
+        return super().save(directory)
+
+    def _saved_state(self) -> tuple[dict[str, Any], TensorFiles]:
         state, tensors = self._state()
         f = self.featurizer_
         card = {
-            "model": type(self).__name__,
-            "hyperparameters": self._json_params(),
             "featurizer": None if f is None else {"name": f.name, "params": f.get_params()},
             "scaler": None if self.scaler_ is None else self.scaler_.to_dict(),
             "elements": list(self.elements_),
@@ -339,52 +323,43 @@ class AtomisticModel:
         }
         if hasattr(f, "state_tensors"):  # latent features: the encoder's weights travel along
             tensors = {**tensors, "encoder": f.state_tensors()}
-        return write_model_dir(directory, card, tensors)
+        return card, tensors
 
-    @classmethod
-    def load(cls, directory: str | Path) -> AtomisticModel:
-        """Load a saved model (verifying every file's sha256; nothing is unpickled)."""
-        card = read_card(directory)
-        klass = AtomisticModel._registry.get(card["model"])
-        if klass is None:
-            raise ValueError(f"{directory}: unknown model class {card['model']!r}")
-        if cls is not AtomisticModel and not issubclass(klass, cls):
-            raise ValueError(f"{directory} holds a {card['model']}, not a {cls.__name__}")
-        model = klass(**klass._params_from_json(card["hyperparameters"]))
-        tensors = {
-            name.removesuffix(".safetensors"): read_tensors(
-                directory, card, name.removesuffix(".safetensors")
-            )
-            for name in card["files"]
-        }
+    def _load_state(
+        self, card: dict[str, Any], tensors: TensorFiles, directory: str | Path
+    ) -> None:
         f = card["featurizer"]
         if f is not None and f["name"] == "latent":
             from atomistic.models.encoded import EncodedFeaturizer
 
-            model.featurizer_ = EncodedFeaturizer.from_params(f["params"], tensors["encoder"])
+            self.featurizer_ = EncodedFeaturizer.from_params(f["params"], tensors["encoder"])
         elif f is not None:
             from atomistic.features import featurizer_from_params
 
-            model.featurizer_ = featurizer_from_params(f["name"], f["params"])
+            self.featurizer_ = featurizer_from_params(f["name"], f["params"])
         else:
-            model.featurizer_ = None
-        model.scaler_ = None if card["scaler"] is None else Scaler.from_dict(card["scaler"])
+            self.featurizer_ = None
+        self.scaler_ = None if card["scaler"] is None else Scaler.from_dict(card["scaler"])
         for sym in card["elements"]:
             if sym not in chemical_symbols:
                 raise ValueError(f"{directory}: unknown element {sym!r} in the model card")
-        model.elements_ = tuple(card["elements"])
-        model.dataset_key_ = card["training_dataset_key"]
-        model.metrics_ = dict(card["metrics"])
-        model._restore(card["state"], tensors)
-        return model
-
-    @classmethod
-    def _params_from_json(cls, params: dict[str, Any]) -> dict[str, Any]:
-        return params
+        self.elements_ = tuple(card["elements"])
+        self.dataset_key_ = card["training_dataset_key"]
+        self.metrics_ = dict(card["metrics"])
+        self._restore(card["state"], tensors)
 
 
 def load_model(directory: str | Path) -> AtomisticModel:
-    """Load any saved atompipe model; the class is read from its card."""
-    import atomistic.models  # noqa: F401  (registers every model class)
+    """Load any saved supervised atompipe model; the class is read from its card.
 
+    Parameters
+    ----------
+    directory : str or Path
+        A directory written by :meth:`AtomisticModel.save`.
+
+    Returns
+    -------
+    AtomisticModel
+        The fitted model (:meth:`~atomistic.models.saved.SavedModel.load`).
+    """
     return AtomisticModel.load(directory)

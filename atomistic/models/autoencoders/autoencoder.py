@@ -19,9 +19,9 @@ import torch
 from ase.data import atomic_numbers, chemical_symbols
 
 from atomistic.models.autoencoders.networks import SHARED, Batch, ElementNet, ElementNetworks
-from atomistic.models.base import NotFittedError
-from atomistic.models.io import ModelFileError, read_card, read_tensors, write_model_dir
+from atomistic.models.io import ModelFileError
 from atomistic.models.layers import ACTIVATIONS
+from atomistic.models.saved import RegistryView, SavedModel, TensorFiles
 from atomistic.models.training import History, TrainingConfig, minibatches, train
 
 __all__ = ["ENCODER_CLASSES", "FORMAT_VERSION", "AutoEncoder", "load_autoencoder"]
@@ -30,16 +30,13 @@ FORMAT_VERSION = 1
 _WEIGHTS = "weights"  # weights.safetensors beside card.json
 _DEFAULT_LAYERS = {"encoder": (20, 10, 4), "decoder": (4, 10, 20)}
 
-# the saved classes by name (the card's "model"); a subclass registers itself on definition
-ENCODER_CLASSES: dict[str, type[AutoEncoder]] = {}
-
 
 def _sha256_json(payload: Any) -> str:
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-class AutoEncoder:
+class AutoEncoder(SavedModel):
     """Deterministic autoencoder of scaled atomic features (ML4Chem ``AutoEncoder``).
 
     Parameters
@@ -48,8 +45,9 @@ class AutoEncoder:
         ``{"encoder": sizes, "decoder": sizes}``; ``encoder[-1]`` is the latent dimension and
         ``decoder[0]`` must equal it. Default ``{"encoder": (20, 10, 4), "decoder": (4, 10, 20)}``.
     activation:
-        One of ``tanh``, ``relu``, ``sigmoid``, ``elu``, ``softplus``, ``silu``, ``linear``; applied
-        after every hidden layer, not after the latent or the output layer.
+        A name in :data:`atomistic.models.layers.ACTIVATIONS` (the one table of activations; the
+        networks are built by :func:`atomistic.models.layers.mlp`); applied after every hidden
+        layer, not after the latent or the output layer.
     per_element:
         One network per element (default) or one shared by all elements.
 
@@ -58,9 +56,7 @@ class AutoEncoder:
     ``feature_key_``. Using an unfitted model raises ``NotFittedError``.
     """
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        ENCODER_CLASSES[cls.__name__] = cls
+    _fitted_attribute = "module_"
 
     def __init__(
         self,
@@ -271,15 +267,6 @@ class AutoEncoder:
         return {"loss": mse, "mse": mse.detach(), "weight": torch.tensor(float(len(x)))}
 
     # -- using -------------------------------------------------------------------------------
-    def _fitted(self) -> bool:
-        return hasattr(self, "module_")
-
-    def _check_fitted(self) -> None:
-        if not self._fitted():
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet: call fit() or load() first"
-            )
-
     def encode(self, X: np.ndarray, numbers: np.ndarray) -> np.ndarray:
         """Latent codes (n_atoms, latent_dim), float64; the posterior mean for a VAE."""
         X, numbers = self._checked(X, numbers, "encode")
@@ -316,11 +303,12 @@ class AutoEncoder:
     def save(self, directory: str | Path) -> Path:
         """Write ``weights.safetensors`` and ``card.json`` (hyperparameters, elements, sizes,
         input feature key, training config, history, weights sha256, encoder key) into
-        ``directory``; return it."""
-        self._check_fitted()
+        ``directory``; return it. The card and files are
+        :class:`~atomistic.models.saved.SavedModel`'s."""
+        return super().save(directory)
+
+    def _saved_state(self) -> tuple[dict[str, Any], TensorFiles]:
         card = {
-            "model": type(self).__name__,
-            "hyperparameters": self.get_params(),
             "elements": self.elements_,
             "n_features": self.n_features_,
             "latent_dim": self.latent_dim_,
@@ -330,35 +318,36 @@ class AutoEncoder:
             "encoder_key": self.encoder_key,
             "history": self.history_.to_dict(),
         }
-        return write_model_dir(directory, card, {_WEIGHTS: self._state_dict()})
+        return card, {_WEIGHTS: self._state_dict()}
 
-    @classmethod
-    def load(cls, directory: str | Path) -> AutoEncoder:
-        """Read a model written by :meth:`save`. The weights file's sha256 is checked against the
-        card before it is read, with safetensors only (:class:`ModelFileError` otherwise)."""
-        card = read_card(directory)
-        klass = ENCODER_CLASSES.get(card["model"])
-        if klass is None or not issubclass(klass, cls):
-            raise ModelFileError(f"{directory}: holds a {card['model']}, not a {cls.__name__}")
-        state = read_tensors(directory, card, _WEIGHTS)
-        obj = klass(**card["hyperparameters"])
-        obj.elements_, obj.n_features_ = list(card["elements"]), int(card["n_features"])
-        obj.latent_dim_, obj.feature_key_ = int(card["latent_dim"]), card["feature_key"]
-        obj.config_ = TrainingConfig(**card["config"])
-        obj.history_ = History(**card["history"])
-        obj.module_ = obj._build(obj.n_features_)
-        obj.module_.load_state_dict(state)
-        obj.module_.eval()
-        if obj.weights_sha256 != card["weights_sha256"]:
+    def _set_weights(
+        self, elements: list[str], n_features: int, latent_dim: int, state: dict[str, torch.Tensor]
+    ) -> None:
+        """Build the networks for ``elements`` and ``n_features`` and load ``state`` (a
+        :meth:`_state_dict`) into them, in evaluation mode."""
+        self.elements_, self.n_features_ = list(elements), int(n_features)
+        self.latent_dim_ = int(latent_dim)
+        self.module_ = self._build(self.n_features_)
+        self.module_.load_state_dict(state)
+        self.module_.eval()
+
+    def _load_state(
+        self, card: dict[str, Any], tensors: TensorFiles, directory: str | Path
+    ) -> None:
+        """Restore from a card written by :meth:`save`; the weights must hash to the card's
+        ``weights_sha256`` (:class:`ModelFileError` otherwise)."""
+        self.feature_key_ = card["feature_key"]
+        self.config_ = TrainingConfig(**card["config"])
+        self.history_ = History(**card["history"])
+        self._set_weights(
+            card["elements"], card["n_features"], card["latent_dim"], tensors[_WEIGHTS]
+        )
+        if self.weights_sha256 != card["weights_sha256"]:
             raise ModelFileError(f"{directory}: the loaded weights do not hash to the card's")
-        return obj
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
 
-ENCODER_CLASSES[AutoEncoder.__name__] = AutoEncoder
+# the saved classes by name (the card's "model"): AutoEncoder and its registered subclasses
+ENCODER_CLASSES: RegistryView[AutoEncoder] = RegistryView(AutoEncoder)
 
 
 def load_autoencoder(directory: str | Path) -> AutoEncoder:
