@@ -259,6 +259,7 @@ class Featurizer(torch.nn.Module):
         )
         module = self._compute_module(device)
         on = module.species_bin.device
+        fused = _fused_kernels(module) if on.type == "cpu" else None
         out = np.zeros((len(numbers), self.n_features), dtype=np.float64)
         cum = np.concatenate(
             [[0.0], np.cumsum(_estimated_pairs(offsets, cells, pbcs, self.cutoff))]
@@ -271,6 +272,12 @@ class Featurizer(torch.nn.Module):
             sub = offsets[s : e + 1] - a
             nl = self.neighbors(numbers[a:b], positions[a:b], cells[s:e], pbcs[s:e], sub)
             batch = np.repeat(np.arange(e - s), np.diff(sub))
+            if fused is not None:
+                out[a:b] = fused.features(
+                    module, numbers[a:b], positions[a:b], cells[s:e], batch, nl
+                )
+                s = e
+                continue
             with torch.no_grad():
                 x = module.forward(
                     torch.from_numpy(numbers[a:b]).to(on),
@@ -388,6 +395,14 @@ class Featurizer(torch.nn.Module):
         diag = (left == right).view(1, -1, 1, 1)
         sums = torch.where(diag, 0.5 * (sums - tl[..., -1:]), sums)
         return term.combine(sums)
+
+
+def _fused_kernels(featurizer: Featurizer) -> Any:
+    """The fused CPU kernels (:mod:`atomistic.features.fused`) when they cover ``featurizer``,
+    else None (the torch path). Imported here, on first use: numba loads in ~0.3 s."""
+    from . import fused
+
+    return fused if fused.supports(featurizer) else None
 
 
 def _estimated_pairs(offsets, cells, pbcs, cutoff: float) -> np.ndarray:
