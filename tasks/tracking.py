@@ -1,6 +1,7 @@
 """The tracking server and its database, apart from what is recorded in it: reachability and
 integrity checks, the writers' lock on a sqlite database, and a moved workspace's artifact
-locations; :func:`flatten` turns nested settings into MLflow parameters.
+locations, an experiment found or created with its artifact location
+(:func:`experiment_id`); :func:`flatten` turns nested settings into MLflow parameters.
 No Prefect here: the command line checks the tracking server before any flow starts.
 """
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 __all__ = [
     "TrackingError",
     "check_tracking",
+    "experiment_id",
     "flatten",
     "follow_moved_workspace",
     "tracking_lock",
@@ -157,6 +159,33 @@ def follow_moved_workspace(uri: str, experiment: str, workspace: Path) -> str | 
                     (new, len(old) + 1, old, len(old) + 1, old + "/"),
                 )
     return old
+
+
+def experiment_id(client: Any, name: str, workspace: Path, local: bool) -> str:
+    """The id of MLflow experiment ``name``, created when there is none.
+
+    Parameters
+    ----------
+    client : mlflow.MlflowClient
+        The tracking client.
+    name : str
+        The experiment.
+    workspace : pathlib.Path
+        The campaign's workspace.
+    local : bool
+        Whether the tracking store is local (a sqlite file or a folder): a new experiment then
+        keeps its artifacts in ``<workspace>/mlartifacts``; a server's own default otherwise.
+
+    Returns
+    -------
+    str
+        The experiment's id.
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp:
+        return exp.experiment_id
+    location = (workspace / "mlartifacts").resolve().as_uri() if local else None
+    return client.create_experiment(name, artifact_location=location)
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:

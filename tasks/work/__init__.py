@@ -2,14 +2,16 @@
 
 Each Prefect task in :mod:`tasks` is a few lines that calls one function here; these run, and
 are tested, in a plain Python session (no Prefect, MLflow or Dask imported at module level).
-A stage's output is found by one key function per stage (``model_key``, ``encoder_key``,
-``active_model_key``, ``explore_key``), shared by the stage, its ``*_exists`` check and the
-flows.
+A stage's output is found by one key function per stage (``ingest_key``, ``model_key``,
+``encoder_key``, ``active_model_key``, ``explore_key``), shared by the stage, its ``*_exists``
+check and the flows.
 
 - :mod:`tasks.work.common`: the model directory's staging and publishing rename, atomic files,
   the scaled cached features of a split (shared by every stage that trains or predicts).
+- :mod:`tasks.work.data`: ingest and the scaler.
 - :mod:`tasks.work.encoder`: autoencoders and their latent features.
 - :mod:`tasks.work.models`: supervised models and their evaluation.
-- :mod:`tasks.work.active`: the active-learning loop's stages.
-- :mod:`tasks.work.data`: ingest and the scaler.
+- :mod:`tasks.work.active`: the active-learning loop's training, exploration and selection.
+- :mod:`tasks.work.pool`: its labels and the grown dataset.
+- :mod:`tasks.work.record`: the campaign's runs in MLflow and the champion.
 """

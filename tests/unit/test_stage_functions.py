@@ -1,6 +1,7 @@
 """The stages' plain functions (tasks/work/) run without Prefect: a kernel model trained and
 evaluated on a tiny stored dataset, its evaluation checked against the model's own predictions
-from structures, recomputed with numpy."""
+from structures, recomputed with numpy; the scaler against one fitted by hand; active
+learning's labels and grown dataset against EMT and the featurizer called directly."""
 
 from __future__ import annotations
 
@@ -9,16 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ase.io
 import numpy as np
 import pytest
+from ase.calculators.emt import EMT
 from atoms_factory import cu_images
 
 from atomistic.data import Dataset, read_dataset, read_split, write_dataset
+from atomistic.features import featurizer_from_params
 from atomistic.features.scaling import Scaler
 from atomistic.features.store import read_features
 from atomistic.models import load_model
 from tasks.featurize import featurize_dataset
-from tasks.refs import FeatureRef, ModelRef, ScalerRef
+from tasks.refs import DatasetRef, FeatureRef, ModelRef, ScalerRef
+from tasks.work import data, pool
 from tasks.work import models as work
 from tasks.work.common import model_dir
 
@@ -38,12 +43,14 @@ def stored(tmp_path_factory) -> tuple[FeatureRef, ScalerRef, str]:
     features = FeatureRef.of(featurize_dataset(store, key, "gaussian", {"cutoff": 4.0}))
     train = read_split(store, key, tuple(SPLIT["fractions"]), SPLIT["seed"])["train"]
     X, _ = read_features(store, features.key, train)
-    scaler = Scaler().fit(X).to_dict()
-    return features, ScalerRef(scaler=scaler, key="scaler-of-the-test"), str(base / "ws")
+    scaler = data.fit_scaler(features, "minmax", (-1.0, 1.0), False, SPLIT["fractions"], 0)
+    assert scaler.scaler == Scaler("minmax", (-1.0, 1.0)).fit(X).to_dict()
+    return features, scaler, str(base / "ws")
 
 
 def test_no_prefect_is_imported_by_the_plain_functions():
-    modules = "tasks.work.common, tasks.work.encoder, tasks.work.models"
+    names = ("common", "data", "encoder", "models", "active", "pool", "record")
+    modules = ", ".join(f"tasks.work.{m}" for m in names)
     code = f"import sys, {modules}; print(sorted(m for m in sys.modules if 'prefect' in m))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
@@ -93,3 +100,37 @@ def test_an_empty_split_part_is_an_error_naming_it(stored):
     empty = {"fractions": [0.8, 0.2, 0.0], "seed": 0}
     with pytest.raises(ValueError, match="the test split .* is empty"):
         work.evaluate_model(trained, features, scaler, empty, "test", plots=False)
+
+
+def test_labels_and_the_grown_dataset_match_emt_and_the_featurizer(stored, tmp_path):
+    features, _, ws = stored
+    frames = cu_images(3, seed=9)
+    for atoms in frames:
+        atoms.calc = None
+    explored = {"path": str(tmp_path / "explored.extxyz")}
+    ase.io.write(explored["path"], frames, format="extxyz")
+    labelling = {"calculator": "emt", "params": {}, "allow": []}
+
+    labels = pool.label_stage(explored, [0, 2], labelling, ws, n_workers=1)
+    assert labels["computed"] == 2 and len(labels["keys"]) == 2
+    assert pool.label_stage(explored, [0, 2], labelling, ws, n_workers=1)["computed"] == 0
+
+    old = read_dataset(features.store, features.dataset)
+    parent = DatasetRef(store=features.store, key=features.dataset, summary=old.summary())
+    grown, grown_features = pool.grow_stage(parent, features, explored, [0, 2], labels)
+    assert grown.parent == parent.key and grown.summary["structures"] == old.n_structures + 2
+    assert grown_features.dataset == grown.key and grown_features.featurized_atoms == 8
+    ds = read_dataset(features.store, grown.key)
+    stored_frames = ase.io.read(explored["path"], ":")  # as written: positions rounded
+    new = [stored_frames[0], stored_frames[2]]
+    for atoms in new:
+        atoms.calc = EMT()
+    emt = [a.get_potential_energy() for a in new]
+    np.testing.assert_allclose(ds.energy[old.n_structures :], emt, rtol=1e-12)
+    X, _ = read_features(features.store, grown_features.key)
+    X_old, _ = read_features(features.store, features.key)
+    direct = featurizer_from_params(features.featurizer, features.params)
+    tail = Dataset.from_atoms(new)
+    X_new = direct.featurize_arrays(tail.numbers, tail.positions, tail.cell, tail.pbc, tail.offsets)
+    np.testing.assert_array_equal(X[: len(X_old)], X_old)
+    np.testing.assert_allclose(X[len(X_old) :], X_new, rtol=1e-12, atol=1e-12)
