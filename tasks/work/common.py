@@ -55,20 +55,8 @@ def model_dir(workspace: str | Path, key: str) -> Path:
 
 
 def checkpoint_dir(workspace: str | Path, key: str) -> str:
-    """Where a training of content key ``key`` keeps its checkpoints (resumed after a kill).
-
-    Parameters
-    ----------
-    workspace : str or pathlib.Path
-        The campaign's workspace.
-    key : str
-        The stage's content key.
-
-    Returns
-    -------
-    str
-        ``<workspace>/checkpoints/<key>``, removed once the model is published.
-    """
+    """``<workspace>/checkpoints/<key>``: where a training of content key ``key`` keeps its
+    checkpoints (resumed after a kill; removed once the model is published)."""
     return str(Path(workspace) / "checkpoints" / key)
 
 
@@ -80,10 +68,8 @@ def model_params(config: dict[str, Any], workspace: str | Path, key: str) -> dic
     ----------
     config : dict[str, Any]
         The campaign's model settings: ``type``, ``features`` and the model's parameters.
-    workspace : str or pathlib.Path
-        The campaign's workspace.
-    key : str
-        The stage's content key.
+    workspace, key : str or pathlib.Path, str
+        As :func:`model_dir` takes them.
 
     Returns
     -------
@@ -98,20 +84,8 @@ def model_params(config: dict[str, Any], workspace: str | Path, key: str) -> dic
 
 
 def staging(workspace: str | Path, key: str) -> Path:
-    """A new, empty folder to build model directory ``key`` in, unique to this call.
-
-    Parameters
-    ----------
-    workspace : str or pathlib.Path
-        The campaign's workspace.
-    key : str
-        The stage's content key.
-
-    Returns
-    -------
-    pathlib.Path
-        ``<workspace>/models/.staging/<key[:16]>-<random>``, created.
-    """
+    """A new, empty folder ``<workspace>/models/.staging/<key[:16]>-<random>``, unique to this
+    call, to build model directory ``key`` in."""
     path = Path(workspace) / "models" / ".staging" / f"{key[:16]}-{uuid.uuid4().hex}"
     path.mkdir(parents=True)
     return path
@@ -152,10 +126,9 @@ def publish_model(
     model : Any
         Has ``save(path, **save)``; its ``history_`` (when it has one and ``history`` is True)
         goes to ``history.json`` beside it.
-    workspace : str or pathlib.Path
-        The campaign's workspace.
-    key : str
-        The stage's content key; its checkpoints are removed once the directory is published.
+    workspace, key : str or pathlib.Path, str
+        As :func:`model_dir` takes them; the key's checkpoints are removed once the directory
+        is published.
     history : bool
         Whether to write ``history.json``.
     **save : Any
