@@ -135,10 +135,15 @@ class GaussianProcess(KernelModel):
         self.log_marginal_likelihood_ = float(
             -0.5 * (y @ self.alpha_) / a2 - 0.5 * logdet - 0.5 * n * math.log(2 * math.pi * a2)
         )
+        return self._record_metrics(validation, noise=self.noise_)
+
+    def _record_metrics(self, validation: AtomicData | None, **noise: float):
+        """Set ``metrics_``: the validation errors, the width, the fitted noise (``noise``), the
+        amplitude and the log marginal likelihood. Returns self."""
         self.metrics_ = validation_metrics(self, validation)
         self.metrics_.update(
             sigma=self.sigma_,
-            noise=self.noise_,
+            **noise,
             amplitude=self.amplitude_,
             log_marginal_likelihood=self.log_marginal_likelihood_,
         )
@@ -215,15 +220,9 @@ class GaussianProcess(KernelModel):
         self.log_marginal_likelihood_ = lml
         self.energy_std_scale_, self.force_std_scale_ = 1.0, 1.0
         self._recalibrate(validation)
-        self.metrics_ = validation_metrics(self, validation)
-        self.metrics_.update(
-            sigma=self.sigma_,
-            energy_noise=self.energy_noise_,
-            force_noise=self.force_noise_,
-            amplitude=self.amplitude_,
-            log_marginal_likelihood=lml,
+        return self._record_metrics(
+            validation, energy_noise=self.energy_noise_, force_noise=self.force_noise_
         )
-        return self
 
     def _recalibrate(self, validation: AtomicData | None) -> None:
         """Variance scaling on held-out labels (Kuleshov, Fenner & Ermon, ICML 2018; Levi et
