@@ -54,4 +54,6 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 
 
 def comparable(config: TrainingConfig) -> dict[str, Any]:
+    """The fields of ``config`` a checkpoint must match to be resumed (all but
+    ``RESUMABLE_FIELDS``, which may change between a run and its resumption)."""
     return {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_FIELDS}

@@ -18,6 +18,8 @@ __all__ = ["EMA", "Accumulator", "Clock", "Schedule", "make_optimizer"]
 
 
 def make_optimizer(module: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW (fused where every parameter allows it) or LBFGS with a strong-Wolfe line
+    search over ``module``'s trainable parameters, as ``config.optimizer`` says."""
     params = [p for p in module.parameters() if p.requires_grad]
     if config.optimizer in ("adam", "adamw"):
         klass = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
