@@ -128,9 +128,7 @@ def features(
     c = np.cos(distances * (0.5 * math.pi / rc))
     factors = np.exp(-exponent * (distances * distances)[:, None]) * (c * c * weights)[:, None]
     n_power = angular.max_power + 1
-    from .base import _moments_pay
-
-    if angular.separable and _moments_pay(angular, len(i), n_atoms, n_pairs):
+    if angular.separable and _moments_pay(len(i) / max(n_atoms, 1), angular, n_pairs):
         n_mono = angular.mono_degree.shape[0]
         total = np.zeros((n_atoms * nb, len(exponent), n_mono + 1))
         _moments(i * nb + bins[j], unit, factors, angular.max_power, total)
@@ -152,6 +150,15 @@ def features(
         )
     columns[:] = (sums @ angular.coef.numpy()).reshape(n_atoms, -1)
     return out
+
+
+def _moments_pay(k: float, angular: BehlerAngular, n_bin_pairs: int) -> bool:
+    """Whether per-atom moments beat explicit triplets in these kernels, for k neighbours per
+    atom: triplets cost ~k (k - 1) / 2 visits, moments ~M (k + n_bin_pairs) for M monomials, a
+    visit ~0.8x a triplet's (measured on Cu at 4 and 6.5 Å, k = 18 and 86, M = 35: triplets 1.7x
+    faster at k = 18, moments 1.6x faster at k = 86)."""
+    n_mono = angular.mono_degree.shape[0]
+    return k * (k - 1.0) > 1.6 * n_mono * (k + n_bin_pairs)
 
 
 def _radial_constants(radial: RadialTerm) -> tuple[np.ndarray, np.ndarray, float]:

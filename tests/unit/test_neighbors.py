@@ -72,3 +72,28 @@ def test_batch_offsets():
 def test_periodic_zero_cell_is_an_error():
     with pytest.raises(ValueError, match="non-zero cell"):
         primitive_neighbor_list(np.zeros((2, 3)), np.zeros((3, 3)), True, 3.0)
+
+
+@pytest.mark.parametrize("name", ["cu", "triclinic", "cu108 shifted"])
+@pytest.mark.parametrize("cutoff", [3.0, 6.5])
+def test_small_cell_search_same_pairs_as_ase(name, cutoff):
+    """The image-by-image search of small periodic cells (atomistic.cell_search), which
+    batch_neighbor_list uses for cells narrower than two cutoffs, against ASE; positions outside
+    the cell (the search wraps them and corrects the shifts)."""
+    from atomistic.cell_search import periodic_pairs
+    from atomistic.neighbors import _one_box
+
+    if name == "cu108 shifted":
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)
+        atoms.rattle(0.05, seed=5)
+        atoms.positions += [7.3, -12.1, 25.0]
+    else:
+        atoms = _structures()[name].copy()
+        atoms.positions -= [3.1, 0.4, -5.2]
+    i, j, s = periodic_pairs(atoms.positions, atoms.cell.array, cutoff)
+    ref = ase_nl("ijS", atoms.pbc, atoms.cell.array, atoms.positions, cutoff)
+    assert len(i) == len(ref[0]) > 0
+    assert _as_set(i, j, s) == _as_set(*ref)
+    assert np.all(np.diff(i) >= 0) and s.dtype == i.dtype == np.int64
+    # cubic cells of 7.2 and 10.8 Å are narrower than 2 x 6.5 Å, not than 2 x 3 Å
+    assert _one_box(atoms.cell.array, atoms.pbc, cutoff) == (name == "triclinic" or cutoff > 5)
