@@ -32,6 +32,7 @@ from tasks.active import (
     train_stage,
 )
 from tasks.caching import submit_cached
+from tasks.refs import DatasetRef, FeatureRef, ModelRef
 from tasks.stages import featurize, featurize_exists, fit_scaler, ingest, ingest_exists
 
 __all__ = ["active_flow", "check_active", "run_active"]
@@ -209,15 +210,17 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
     ).result()
     from atomistic.data import read_split
 
-    split = read_split(dataset["store"], dataset["key"], tuple(cfg.split.fractions), cfg.split.seed)
+    d = DatasetRef.of(dataset)
+    split = read_split(d.store, d.key, tuple(cfg.split.fractions), cfg.split.seed)
     parts = {"train": split["train"].tolist(), "validation": split["validation"].tolist()}
+    test: dict[str, Any]
     if a.test is None:
-        test = {"store": dataset["store"], "dataset": dataset["key"]}
+        test = {"store": d.store, "dataset": d.key}
         test["indices"] = split["test"].tolist()
     else:
-        tref = _ingest(cfg, a.test)
-        n = tref["summary"]["structures"]
-        test = {"store": tref["store"], "dataset": tref["key"], "indices": list(range(n))}
+        t = DatasetRef.of(_ingest(cfg, a.test))
+        n = t.summary["structures"]
+        test = {"store": t.store, "dataset": t.key, "indices": list(range(n))}
     model = _train(cfg, features, scaler, model_cfg, parts, None, test)
     rows = [_row(0, dataset, model, 0, 0, None, None, None)]
     log.info(
@@ -285,9 +288,9 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
             picked["indices"],
             {"keys": labels["keys"], "labels_dir": labels["labels_dir"]},
         ).result()
-        n_old = dataset["summary"]["structures"]
+        n_old = _size(dataset)
         dataset, features = grown["dataset"], grown["features"]
-        n_new = dataset["summary"]["structures"] - n_old
+        n_new = _size(dataset) - n_old
         parts = {
             "train": parts["train"] + list(range(n_old, n_old + n_new)),
             "validation": parts["validation"],
@@ -311,24 +314,33 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
         why = stop_reason(added, a.budget, rows[-1]["test_force_mae"], a.target_error)
         reason = why or "iterations"
     tracking = _record(cfg, rows, config)
+    final = ModelRef.of(model)
     return {
         "campaign": cfg.name,
         "iterations": rows,
         "stopped": reason,
-        "model": {"key": model["key"], "dir": model["dir"]},
-        "dataset": dataset["key"],
+        "model": {"key": final.key, "dir": final.dir},
+        "dataset": DatasetRef.of(dataset).key,
         "tracking": tracking,
         "wall_time_s": time.perf_counter() - t0,
     }
 
 
+def _size(dataset: dict[str, Any]) -> int:
+    """The number of structures of a dataset (its reference's JSON form)."""
+    return DatasetRef.of(dataset).summary["structures"]
+
+
 def _row(it, dataset, model, added, computed, picked, explored, grown) -> dict[str, Any]:
-    m = model["metrics"]
+    ref = ModelRef.of(model)
+    if ref.metrics is None:  # train_stage evaluates every committee on the test set
+        raise KeyError(f"model {ref.key}: no metrics")
+    m = ref.metrics
     row: dict[str, Any] = {
         "iteration": it,
-        "model": model["key"],
-        "dataset": dataset["key"],
-        "dataset_size": dataset["summary"]["structures"],
+        "model": ref.key,
+        "dataset": DatasetRef.of(dataset).key,
+        "dataset_size": _size(dataset),
         "labels_added": added,
         "labels_computed": computed,
         "test_force_mae": m.get("force_mae"),
@@ -340,7 +352,7 @@ def _row(it, dataset, model, added, computed, picked, explored, grown) -> dict[s
         row["threshold"] = picked["threshold"] if picked["threshold"] is not None else float("nan")
         row["uncertain"] = picked["uncertain"]
         row["candidates"] = explored["n"]
-        row["featurized_atoms"] = grown["features"]["featurized_atoms"]
+        row["featurized_atoms"] = FeatureRef.of(grown["features"]).featurized_atoms
     return row
 
 

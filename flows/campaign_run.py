@@ -13,6 +13,7 @@ from typing import Any
 from prefect import get_run_logger
 
 from flows.config import CampaignConfig, LatentFeatures
+from flows.fastpath import summary_entries
 from flows.limits import check_against_data, no_forces_error
 from flows.progress import CampaignProgress
 from tasks.caching import submit_cached
@@ -26,6 +27,7 @@ from tasks.models import (
     train_model,
 )
 from tasks.record import record_campaign
+from tasks.refs import DatasetRef
 from tasks.stages import featurize, featurize_exists, fit_scaler, ingest, ingest_exists
 
 __all__ = ["CampaignRun", "StageError"]
@@ -129,9 +131,10 @@ class CampaignRun:
         self.stages.update({f"ingest/{n}": f for n, f in futures.items()})
         datasets = {name: self.done(f"ingest {name}", fut) for name, fut in futures.items()}
         for name, ref in datasets.items():
-            n = ref["summary"]["structures"]
-            self.logger.info("dataset %s: %s (%d structures)", name, ref["key"][:12], n)
-            copies = ref["summary"].get("duplicates", 0)
+            d = DatasetRef.of(ref)
+            n = d.summary["structures"]
+            self.logger.info("dataset %s: %s (%d structures)", name, d.key[:12], n)
+            copies = d.summary.get("duplicates", 0)
             if copies:  # kept within one split each, so they cannot leak into the test set
                 self.logger.warning(
                     "dataset %s: %d structure(s) are copies of another; each stays in the "
@@ -302,12 +305,7 @@ class CampaignRun:
     def summary(self, datasets, features, results=None, record=None) -> dict[str, Any]:
         out = {
             "campaign": self.cfg.name,
-            "datasets": {n: r["key"] for n, r in datasets.items()},
-            "features": {n: r["key"] for n, r in features.items()},
-            "models": {
-                n: {"key": r["key"], "dir": r["dir"], **r["metrics"]}
-                for n, r in (results or {}).items()
-            },
+            **summary_entries(datasets, features, results or {}),
             "tracking": record or {},
             "states": self.states(),
             "wall_time_s": time.perf_counter() - self.t0,

@@ -134,6 +134,7 @@ def featurize(
     from atomistic.storage import StoreError
     from tasks.cluster import ClusterError, dask_client
     from tasks.featurize import featurize_dataset
+    from tasks.refs import FeatureRef
 
     params = parse_pairs(param, "--param")
     if features not in ("gaussian", "aev"):
@@ -150,8 +151,9 @@ def featurize(
         if stopped(exc):
             exit_interrupted(f"featurization of {dataset}")
         raise
-    typer.echo(f"features {ref['key']}")
-    typer.echo(f"  chunks computed {ref['computed_chunks']} of {ref['n_chunks']}")
+    made = FeatureRef.of(ref)
+    typer.echo(f"features {made.key}")
+    typer.echo(f"  chunks computed {made.computed_chunks} of {made.n_chunks}")
 
 
 def _check_params(features: str, params: dict) -> None:

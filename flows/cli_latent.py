@@ -11,6 +11,8 @@ import typer
 from flows.cli_common import DEFAULT_STORE, StoreOption, fail
 from flows.cli_signals import exit_interrupted, stoppable, stopped
 
+_NOT_REF = ("map", "samples")  # what run_latent adds to the latent group's reference
+
 
 def latent(
     features_key: Annotated[str, typer.Argument(help="feature key (from `atompipe featurize`)")],
@@ -84,12 +86,15 @@ def latent(
         if isinstance(exc, KeyError | ValueError | StoreError | OSError):
             fail(exc)
         raise
-    typer.echo(f"latent {ref['key']}")
-    typer.echo(f"  encoder                    {ref['encoder_dir']}")
-    typer.echo(f"  reconstruction MSE (test)  {ref['reconstruction_mse_test']:.4g}")
-    typer.echo(f"  scaled feature variance    {ref['scaled_variance_test']:.4g}")
-    if "kl_test" in ref:
-        typer.echo(f"  KL per atom (test, nats)   {ref['kl_test']:.4g}")
+    from tasks.refs import FeatureRef
+
+    made = FeatureRef.of({k: v for k, v in ref.items() if k not in _NOT_REF})
+    typer.echo(f"latent {made.key}")
+    typer.echo(f"  encoder                    {made.encoder_dir}")
+    typer.echo(f"  reconstruction MSE (test)  {made.reconstruction_mse_test:.4g}")
+    typer.echo(f"  scaled feature variance    {made.scaled_variance_test:.4g}")
+    if made.kl_test is not None:
+        typer.echo(f"  KL per atom (test, nats)   {made.kl_test:.4g}")
     if "map" in ref:
         typer.echo(f"  latent map                 {ref['map']}")
     if "samples" in ref:

@@ -33,8 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from atomistic.storage import Store, content_hash, file_sha256
+from tasks.refs import DatasetRef, FeatureRef, ModelRef
 
-__all__ = ["FastPath", "completed_run", "fingerprint", "remember_run", "results_folder"]
+__all__ = [
+    "FastPath",
+    "completed_run",
+    "fingerprint",
+    "remember_run",
+    "results_folder",
+    "summary_entries",
+]
 
 RECORD_FORMAT = 1
 _PACKAGES = ("atomistic", "tasks", "flows")
@@ -221,26 +229,66 @@ def _incomplete(label: str, key: str, ref: dict[str, Any], cfg: Any) -> str:
     the checks each stage's ``*_exists`` makes in the full path, on the output it points at."""
     stage = label.partition("/")[0]
     if stage == "ingest":
-        ok = Store(ref["store"]).lookup(key) == ref["key"]
-        return "" if ok else f"dataset {ref['key'][:12]} is not complete in the store"
+        d = DatasetRef.of(ref)
+        ok = Store(d.store).lookup(key) == d.key
+        return "" if ok else f"dataset {d.key[:12]} is not complete in the store"
     if stage in ("featurize", "train-encoder"):
+        f = FeatureRef.of(ref)
         kind = "latent" if stage == "train-encoder" else "features"
-        if not Store(ref["store"]).has(kind, ref["key"]):
-            return f"{kind} {ref['key'][:12]} are not complete in the store"
-        if stage == "train-encoder" and not (Path(ref["encoder_dir"]) / "card.json").exists():
-            return f"encoder {ref['encoder_dir']} is missing"
+        if not Store(f.store).has(kind, f.key):
+            return f"{kind} {f.key[:12]} are not complete in the store"
+        if stage == "train-encoder" and not (
+            f.encoder_dir is not None and (Path(f.encoder_dir) / "card.json").exists()
+        ):
+            return f"encoder {f.encoder_dir} is missing"
         return ""
     if stage == "train-model":
-        return "" if (Path(ref["dir"]) / "card.json").exists() else f"{ref['dir']} is missing"
+        m = ModelRef.of(ref)
+        return "" if (Path(m.dir) / "card.json").exists() else f"{m.dir} is missing"
     if stage == "evaluate":
-        if ref["metrics"].get("split") != cfg.evaluation.split:
+        m = ModelRef.of(ref)
+        if _metrics(m).get("split") != cfg.evaluation.split:
             return "evaluated on another split"
-        files = [Path(ref["dir"]) / "evaluation.json", *map(Path, ref.get("artifacts", []))]
+        files = [Path(m.dir) / "evaluation.json", *map(Path, m.artifacts or [])]
         missing = [str(f) for f in files if not f.exists()]
         return f"{missing[0]} is missing" if missing else ""
     if stage == "record":
         return _recorded(ref)
     return ""  # fit-scaler: its result is all it makes
+
+
+def _metrics(model: ModelRef) -> dict[str, Any]:
+    """An evaluated model's metrics (a KeyError, as for the dict, when it has none)."""
+    if model.metrics is None:
+        raise KeyError(f"model {model.key}: no metrics")
+    return model.metrics
+
+
+def summary_entries(
+    datasets: dict[str, Any], features: dict[str, Any], results: dict[str, Any]
+) -> dict[str, Any]:
+    """The datasets, feature sets and models of a campaign run's summary, from the stages'
+    references (shared by the full path and the fast path).
+
+    Parameters
+    ----------
+    datasets, features, results : dict[str, dict]
+        By name: the JSON form of each ingested :class:`~tasks.refs.DatasetRef`, each feature
+        set's (or latent group's) :class:`~tasks.refs.FeatureRef` and each evaluated
+        :class:`~tasks.refs.ModelRef`.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``datasets`` and ``features`` (name -> content key) and ``models`` (name -> key,
+        folder and metrics).
+    """
+    models = {n: ModelRef.of(r) for n, r in results.items()}
+    return {
+        "datasets": {n: DatasetRef.of(r).key for n, r in datasets.items()},
+        "features": {n: FeatureRef.of(r).key for n, r in features.items()},
+        "models": {n: {"key": m.key, "dir": m.dir, **_metrics(m)} for n, m in models.items()},
+    }
 
 
 def _recorded(tracking: dict[str, Any]) -> str:
@@ -293,14 +341,9 @@ def _summary(cfg: Any, refs: dict[str, Any], wall_time_s: float) -> dict[str, An
             if label.partition("/")[0] in stages
         }
 
-    results = named("evaluate")
     return {
         "campaign": cfg.name,
-        "datasets": {n: r["key"] for n, r in named("ingest").items()},
-        "features": {n: r["key"] for n, r in named("featurize", "train-encoder").items()},
-        "models": {
-            n: {"key": r["key"], "dir": r["dir"], **r["metrics"]} for n, r in results.items()
-        },
+        **summary_entries(named("ingest"), named("featurize", "train-encoder"), named("evaluate")),
         "tracking": refs["record"],
         "states": dict.fromkeys(refs, "Cached"),
         "wall_time_s": wall_time_s,

@@ -10,6 +10,7 @@ from typing import Any
 from atomistic.data import neighbour_estimate
 from atomistic.storage import Store
 from flows.config import AEVFeatures, CampaignConfig, ConfigError, GaussianFeatures
+from tasks.refs import DatasetRef
 
 __all__ = ["MAX_NEIGHBOURS", "check_against_data", "no_forces_error", "trains_on_forces"]
 
@@ -52,16 +53,17 @@ def no_forces_error(cfg: CampaignConfig, dataset: str, models: list[str]) -> str
 def check_against_data(cfg: CampaignConfig, datasets: dict[str, Any], models: list[str]) -> None:
     """Raise :class:`~flows.config.ConfigError` naming the key when the configuration cannot
     work on the ingested ``datasets`` (references from the ingest stage)."""
-    for ds, ref in datasets.items():
+    refs = {name: DatasetRef.of(ref) for name, ref in datasets.items()}
+    for ds, d in refs.items():
         message = no_forces_error(cfg, ds, models)
-        if message and "force_component_eV_per_A" not in ref["summary"]:
+        if message and "force_component_eV_per_A" not in d.summary:
             raise ConfigError(message)
     for name, feat in cfg.features.items():
         if not isinstance(feat, GaussianFeatures | AEVFeatures):
             continue
-        ref = datasets[feat.dataset]
+        d = refs[feat.dataset]
         cutoff = _cutoff(feat)
-        estimate, s, width = neighbour_estimate(Store(ref["store"]), ref["key"], cutoff)
+        estimate, s, width = neighbour_estimate(Store(d.store), d.key, cutoff)
         if estimate > MAX_NEIGHBOURS:
             key = "cutoff" if isinstance(feat, GaussianFeatures) else "params (Rcr, Rca)"
             raise ConfigError(
