@@ -24,8 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 import vesin
+from torch import Tensor
 
-__all__ = ["NeighborList", "primitive_neighbor_list", "neighbor_list", "batch_neighbor_list"]
+__all__ = [
+    "NeighborList",
+    "primitive_neighbor_list",
+    "neighbor_list",
+    "batch_neighbor_list",
+    "estimated_pairs",
+    "cell_offsets",
+]
 
 # non-periodic structures up to this many atoms are searched by testing all pairs, all structures
 # of a batch at once (cheaper than one cell-list call each: ethanol x 100, 8 ms -> 0.3 ms)
@@ -171,3 +179,33 @@ def _all_pairs_within(
     d = positions[j] - positions[i]  # shape (pairs, 3)
     keep = np.flatnonzero((np.einsum("pk,pk->p", d, d) < cutoff * cutoff) & (i != j))
     return i[keep], j[keep], np.zeros((len(keep), 3), dtype=np.int64)
+
+
+def estimated_pairs(offsets, cells, pbcs, cutoff: float) -> np.ndarray:
+    """Neighbour pairs of each structure, estimated before any search, shape (S,): n (n - 1) for
+    a molecule; for a periodic cell n times the atoms per cell volume in a sphere of the cutoff
+    (images included)."""
+    n = np.diff(offsets).astype(np.float64)
+    pairs = n * np.maximum(n - 1.0, 0.0)
+    periodic = pbcs.any(axis=1)
+    if periodic.any():
+        volume = np.abs(np.linalg.det(cells[periodic]))
+        sphere = 4.0 / 3.0 * np.pi * cutoff**3
+        dense = n[periodic] * n[periodic] * sphere / np.maximum(volume, 1e-12)
+        pairs[periodic] = np.minimum(dense, n[periodic] * 1e6)
+    return pairs
+
+
+def cell_offsets(shifts: Tensor, cells: Tensor, batch: Tensor, i: Tensor) -> Tensor:
+    """shifts @ cell of each pair's structure, shape (pairs, 3), Å. Pairs are sorted by centre
+    and atoms by structure, so each structure's pairs are one slice: one small matmul per
+    structure (a per-pair gather of cells and a broadcast product cost ~100x more)."""
+    if cells.shape[0] == 1:
+        return shifts @ cells[0]
+    if not bool(shifts.any()):  # molecules: no periodic images
+        return shifts.new_zeros(shifts.shape)
+    first_atom = torch.cumsum(torch.bincount(batch, minlength=cells.shape[0]), 0)
+    ends = torch.searchsorted(i, first_atom).tolist()  # pairs of structures 0..s end here
+    sizes = [b - a for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    parts = torch.split(shifts, sizes)
+    return torch.cat([part @ cells[s] for s, part in enumerate(parts)])

@@ -21,7 +21,9 @@ from ase.data import atomic_numbers, chemical_symbols
 from torch import Tensor
 
 from ..device import resolve_device
-from ..neighbors import NeighborList, batch_neighbor_list
+from ..neighbors import NeighborList, batch_neighbor_list, cell_offsets, estimated_pairs
+from .moments import angular_moments
+from .moments import moments_pay as _moments_pay
 from .terms import AngularTerm, RadialTerm
 from .triplets import block_sums, padding_ratio, sparse_sums, tracks_derivatives
 
@@ -261,9 +263,7 @@ class Featurizer(torch.nn.Module):
         on = module.species_bin.device
         fused = _fused_kernels(module) if on.type == "cpu" else None
         out = np.zeros((len(numbers), self.n_features), dtype=np.float64)
-        cum = np.concatenate(
-            [[0.0], np.cumsum(_estimated_pairs(offsets, cells, pbcs, self.cutoff))]
-        )
+        cum = np.concatenate([[0.0], np.cumsum(estimated_pairs(offsets, cells, pbcs, self.cutoff))])
         s = 0
         while s < len(cells):
             e = int(np.searchsorted(cum, cum[s] + _PAIRS_PER_CALL, side="right")) - 1
@@ -340,7 +340,7 @@ class Featurizer(torch.nn.Module):
         if i.numel() > 1 and not bool((i[1:] >= i[:-1]).all()):
             order = torch.argsort(i, stable=True)
             i, j, shifts = i[order], j[order], shifts[order]
-        offset = _cell_offsets(shifts.to(positions.dtype), cells, batch, i)
+        offset = cell_offsets(shifts.to(positions.dtype), cells, batch, i)
         vectors = positions[j] - positions[i] + offset  # shape (pairs, 3)
         distances = vectors.norm(dim=-1)  # shape (pairs,)
         weights = numbers.to(positions.dtype) if self.weighted else None
@@ -364,37 +364,12 @@ class Featurizer(torch.nn.Module):
             factors = factors * weights[j].unsqueeze(-1)
         args = (i, vectors, distances, factors, bins[j], n_atoms)
         if self.angular.separable and _moments_pay(self.angular, len(i), n_atoms, self.n_pairs):
-            angular = self._angular_moments(*args)
+            angular = angular_moments(self.angular, self.n_bins, *args)
         elif tracks_derivatives(vectors) or padding_ratio(i, n_atoms) > _MAX_PADDING:
             angular = sparse_sums(self.angular, self.pair_bin, *args)
         else:
             angular = block_sums(self.angular, self.pair_bin, *args)
         return torch.cat([radial, angular.reshape(n_atoms, -1)], dim=1)
-
-    def _angular_moments(self, i, vectors, distances, factors, nbins_j, n_atoms) -> Tensor:
-        """Separable angular sums (G4, integer zeta) from per-atom tensor moments, O(pairs):
-        sum_{j<k} g_j g_k (u_j . u_k)^p = 1/2 (|sum_j g_j u_j^(x)p|^2 - sum_j g_j^2) per element."""
-        term = self.angular
-        if term is None or not term.separable:
-            raise TypeError("per-atom moments need a separable angular term")
-        nb, a = self.n_bins, factors.shape[1]
-        unit = vectors / distances.unsqueeze(-1)  # shape (pairs, 3)
-        grad = tracks_derivatives(vectors, factors)
-        if grad or vectors.device.type != "cpu":
-            mono = term.pair_monomials(unit)  # shape (pairs, M)
-            moments = factors.unsqueeze(-1) * mono.unsqueeze(1)  # shape (pairs, a, M)
-            moments = torch.cat([moments, (factors * factors).unsqueeze(-1)], dim=-1)
-            total = moments.new_zeros((n_atoms * nb,) + moments.shape[1:])
-            total = total.index_add_(0, i * nb + nbins_j, moments)
-        else:
-            total = _segment_moments(term, i * nb + nbins_j, unit, factors, n_atoms * nb)
-        total = total.reshape(n_atoms, nb, a, -1)
-        left, right = torch.triu_indices(nb, nb, device=vectors.device)
-        tl, tr = total[:, left], total[:, right]  # shape (N, n_pairs, a, M + 1)
-        sums = term.moment_products(tl[..., :-1], tr[..., :-1])  # shape (N, n_pairs, a, P)
-        diag = (left == right).view(1, -1, 1, 1)
-        sums = torch.where(diag, 0.5 * (sums - tl[..., -1:]), sums)
-        return term.combine(sums)
 
 
 def _fused_kernels(featurizer: Featurizer) -> Any:
@@ -405,77 +380,12 @@ def _fused_kernels(featurizer: Featurizer) -> Any:
     return fused if fused.supports(featurizer) else None
 
 
-def _estimated_pairs(offsets, cells, pbcs, cutoff: float) -> np.ndarray:
-    """Neighbour pairs of each structure, estimated before any search, shape (S,): n (n - 1) for
-    a molecule; for a periodic cell n times the atoms per cell volume in a sphere of the cutoff
-    (images included)."""
-    n = np.diff(offsets).astype(np.float64)
-    pairs = n * np.maximum(n - 1.0, 0.0)
-    periodic = pbcs.any(axis=1)
-    if periodic.any():
-        volume = np.abs(np.linalg.det(cells[periodic]))
-        sphere = 4.0 / 3.0 * np.pi * cutoff**3
-        dense = n[periodic] * n[periodic] * sphere / np.maximum(volume, 1e-12)
-        pairs[periodic] = np.minimum(dense, n[periodic] * 1e6)
-    return pairs
-
-
 def _within(distances: Tensor, cutoff: float) -> Tensor | None:
     """Indices of the pairs closer than ``cutoff``; None when that is all of them (no gathers)."""
     inside = distances < cutoff
     if bool(inside.all()):
         return None
     return torch.nonzero(inside).squeeze(-1)
-
-
-def _cell_offsets(shifts: Tensor, cells: Tensor, batch: Tensor, i: Tensor) -> Tensor:
-    """shifts @ cell of each pair's structure, shape (pairs, 3), Å. Pairs are sorted by centre
-    and atoms by structure, so each structure's pairs are one slice: one small matmul per
-    structure (a per-pair gather of cells and a broadcast product cost ~100x more)."""
-    if cells.shape[0] == 1:
-        return shifts @ cells[0]
-    if not bool(shifts.any()):  # molecules: no periodic images
-        return shifts.new_zeros(shifts.shape)
-    first_atom = torch.cumsum(torch.bincount(batch, minlength=cells.shape[0]), 0)
-    ends = torch.searchsorted(i, first_atom).tolist()  # pairs of structures 0..s end here
-    sizes = [b - a for a, b in zip([0, *ends[:-1]], ends, strict=True)]
-    parts = torch.split(shifts, sizes)
-    return torch.cat([part @ cells[s] for s, part in enumerate(parts)])
-
-
-def _moments_pay(term, n_pairs_ij: int, n_atoms: int, n_bin_pairs: int) -> bool:
-    """Whether per-atom moments beat explicit triplets for a separable term: a triplet costs ~20
-    passes over the (j, k) pairs of a centre, k (k - 1) / 2 of them for k neighbours; moments cost
-    ~2 passes over k M monomials and the products of M per pair of neighbour bins. Dense Cu
-    (k ~ 100, M = 35): moments 3x faster; ethanol (k = 8): triplets 1.4x faster."""
-    k = n_pairs_ij / max(n_atoms, 1)
-    n_mono = term.mono_degree.shape[0]
-    return 10.0 * k * (k - 1) > 2.0 * n_mono * (k + n_bin_pairs)
-
-
-def _segment_moments(term, key: Tensor, unit: Tensor, factors: Tensor, rows: int) -> Tensor:
-    """Sums over pairs of g_a u^(x)p and g_a^2 per ``key`` (centre and neighbour bin), shape
-    (rows, a, M + 1), without gradients, on the CPU: monomials written row by row (M, pairs),
-    pairs sorted by key, contiguous segment sums (``np.add.reduceat``); a (pairs, a, M) array
-    and its scatter-add, ~5x slower, are never formed."""
-    if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
-        order = torch.argsort(key, stable=True)
-        key, unit, factors = key[order], unit[order], factors[order]
-    mono = term.pair_monomials_t(unit.t().contiguous())  # shape (M, pairs)
-    a, n_mono = factors.shape[1], mono.shape[0]
-    out = np.zeros((rows, a, n_mono + 1), dtype=mono.numpy().dtype)
-    if key.numel() == 0:
-        return torch.from_numpy(out)
-    counts = np.bincount(key.numpy(), minlength=rows)
-    present = np.flatnonzero(counts)
-    starts = (np.cumsum(counts) - counts)[present]
-    g = factors.t().contiguous().numpy()  # shape (a, pairs)
-    for alpha in range(a):  # the last (or only) factor scales the monomials in place
-        f = factors[:, alpha]
-        weighted = (mono.mul_(f) if alpha == a - 1 else mono * f).numpy()  # shape (M, pairs)
-        out[present, alpha, :n_mono] = np.add.reduceat(weighted, starts, axis=1).T
-        out[present, alpha, n_mono] = np.add.reduceat(g[alpha] * g[alpha], starts)
-    return torch.from_numpy(out)
 
 
 def featurizer_from_params(name: str, params: dict) -> Featurizer:

@@ -156,10 +156,6 @@ class AngularTerm(torch.nn.Module):
         """unit vectors (pairs, 3) -> monomials (pairs, M)."""
         raise NotImplementedError
 
-    def pair_monomials_t(self, unit_t: Tensor) -> Tensor:  # pragma: no cover - separable only
-        """:meth:`pair_monomials` transposed, (3, pairs) -> (M, pairs), without gradients."""
-        raise NotImplementedError
-
     def moment_products(self, left: Tensor, right: Tensor) -> Tensor:  # pragma: no cover
         """(..., M), (..., M) moments -> (..., P) sums by degree (separable terms only)."""
         raise NotImplementedError
@@ -287,23 +283,6 @@ class BehlerAngular(AngularTerm):
             level = torch.cat([x * level, y * level[:, -p:], z * level[:, -1:]], dim=1)
             levels.append(level)
         return torch.cat(levels, dim=1)
-
-    def pair_monomials_t(self, unit_t: Tensor) -> Tensor:
-        """:meth:`pair_monomials` transposed, (3, pairs) -> (M, pairs), written row by row into
-        one buffer (no concatenations; not differentiable: for sums without gradients)."""
-        n_mono = (self.max_power + 1) * (self.max_power + 2) * (self.max_power + 3) // 6
-        out = unit_t.new_empty((n_mono, unit_t.shape[1]))  # shape (M, pairs)
-        out[0].fill_(1.0)
-        x, y, z = unit_t[0], unit_t[1], unit_t[2]
-        p0, p1 = 0, 1  # rows of the previous degree
-        for p in range(1, self.max_power + 1):
-            prev, r = out[p0:p1], p1
-            torch.mul(prev, x, out=out[r : r + p1 - p0])
-            r += p1 - p0
-            torch.mul(prev[-p:], y, out=out[r : r + p])
-            torch.mul(prev[-1:], z, out=out[r + p : r + p + 1])
-            p0, p1 = p1, r + p + 1
-        return out
 
     def moment_products(self, left: Tensor, right: Tensor) -> Tensor:
         """sum_alpha w_alpha L_alpha R_alpha per degree p: (..., M), (..., M) -> (..., P)."""
