@@ -35,9 +35,9 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             out.append(
                 (
                     f"featurization, {row['data']}, {row['featurizer']} "
-                    f"({row['atoms']} atoms), atoms/s",
-                    _f(row["ours_atoms_per_s"]),
-                    f"{peer} {_f(row['peer_atoms_per_s'])}",
+                    f"({row['atoms']} atoms), atoms/s (spread of 5 calls)",
+                    f"{_f(row['ours_atoms_per_s'])} ({_f(row.get('ours_spread'))})",
+                    f"{peer} {_f(row['peer_atoms_per_s'])} ({_f(row.get('peer_spread'))})",
                     f"{_f(row['ratio'])}×",
                     _cmd("featurize"),
                 )
@@ -143,6 +143,21 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     _cmd("kernels"),
                 )
             )
+        demo = k.get("demo_search")
+        if demo:
+            runs = demo["runs"][0]
+            out.append(
+                (
+                    f"GP fit of the demo campaign ({demo['train_structures']} structures, "
+                    "marginal-likelihood search), new process, median of "
+                    f"{len(demo['runs'])}, s",
+                    f"{_f(demo['seconds'])} (σ {_f(runs['sigma'], 4)}, noise "
+                    f"{_f(runs['noise'], 4)})",
+                    f"target {_f(demo['target_s'])} s",
+                    "—",
+                    _cmd("kernels"),
+                )
+            )
     if "dask_scaling" in r:
         d = r["dask_scaling"]
         out.append(
@@ -173,6 +188,17 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     f"{_f(c['rerun_new_process_s'])} s",
                     "—",
                     "—",
+                    _cmd("cache"),
+                )
+            )
+        if "noop_fast_path_s" in c:
+            out.append(
+                (
+                    f"no-op rerun of a complete campaign, new process, median of "
+                    f"{c['noop_repeats']}, s",
+                    f"{_f(c['noop_fast_path_s'])} (fast path)",
+                    f"{_f(c['noop_full_path_s'])} (through Prefect, --no-fast-path)",
+                    f"{_f(c['noop_full_path_s'] / c['noop_fast_path_s'])}×",
                     _cmd("cache"),
                 )
             )
