@@ -1,7 +1,8 @@
 """Dask strong scaling: one dataset featurized into a fresh Zarr store with 1 and 2 workers.
 
 The Cu set (data/cu_emt.extxyz, 500 x 32 atoms; 60 frames with --quick) with ML4Chem's default
-Gaussian features (G2+G3, the demo campaign's), 640 rows (20 structures) per chunk, through the
+Gaussian features (G2+G3, the demo campaign's), chunked as the pipeline chunks by default (one
+4 MiB chunk for the serial run and one worker; four chunks a worker with two), through the
 pipeline's own code: ``tasks.featurize.featurize_dataset`` on ``tasks.cluster.dask_client`` (a
 LocalCluster of single-threaded worker processes). Timed: the featurization call alone, into a
 fresh store each repeat (best of the repeats), after a warm-up featurization on every worker; the
@@ -24,7 +25,6 @@ from pathlib import Path
 from atomistic.data import Dataset, write_dataset
 from benchmarks.common import load_frames, module_main, table
 
-ROWS = 640
 PARAMS = {"cutoff": 6.5}
 
 
@@ -45,17 +45,19 @@ def _warm_worker() -> int:
     return len(Gaussian(elements=["Cu"]).featurize_arrays(*flat([cu_supercell(2)])))
 
 
-def _timed(root: Path, ds: Dataset, client, repeat: int, tag: str) -> float:
+def _timed(root: Path, ds: Dataset, client, repeat: int, tag: str) -> tuple[float, int]:
+    """(best seconds, chunks) of ``repeat`` featurizations into fresh stores."""
     from tasks.featurize import featurize_dataset
 
-    best = float("inf")
+    best, chunks = float("inf"), 0
     for _ in range(repeat):
         url, key = _fresh_store(root, ds, tag)
         t = time.perf_counter()
-        ref = featurize_dataset(url, key, "gaussian", PARAMS, client=client, rows_per_chunk=ROWS)
+        ref = featurize_dataset(url, key, "gaussian", PARAMS, client=client)
         best = min(best, time.perf_counter() - t)
         assert ref["computed_chunks"] == ref["n_chunks"]
-    return best
+        chunks = ref["n_chunks"]
+    return best, chunks
 
 
 def _worker_trim() -> str | None:
@@ -71,8 +73,6 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
     out: dict = {
         "structures": ds.n_structures,
         "atoms": ds.n_atoms,
-        "rows_per_chunk": ROWS,
-        "chunks": -(-ds.n_atoms // ROWS),
         "repeat": repeat,
         "cpu_count": os.cpu_count(),
     }
@@ -80,25 +80,35 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
     with tempfile.TemporaryDirectory(prefix="atompipe-bench-dask-") as tmp:
         root = Path(tmp)
         _warm_worker()
-        out["serial_s"] = _timed(root, ds, None, repeat, "serial")
-        rows.append(("serial (no Dask)", "-", out["serial_s"], ds.n_atoms / out["serial_s"]))
+        out["serial_s"], out["chunks_serial"] = _timed(root, ds, None, repeat, "serial")
+        rows.append(
+            (
+                "serial (no Dask)",
+                "-",
+                out["chunks_serial"],
+                out["serial_s"],
+                ds.n_atoms / out["serial_s"],
+            )
+        )
         for n in (1, 2):
             t0 = time.perf_counter()
             with dask_client(n_workers=n) as client:
                 out[f"start_{n}_s"] = time.perf_counter() - t0
                 client.run(_warm_worker)
                 trim = sorted({str(v) for v in client.run(_worker_trim).values()})
-                out[f"workers_{n}_s"] = t = _timed(root, ds, client, repeat, f"w{n}")
+                t, chunks = _timed(root, ds, client, repeat, f"w{n}")
+                out[f"workers_{n}_s"], out[f"chunks_{n}"] = t, chunks
             out["worker_trim_threshold"] = trim
-            rows.append((f"{n} worker{'s' if n > 1 else ''}", ",".join(trim), t, ds.n_atoms / t))
+            label = f"{n} worker{'s' if n > 1 else ''}"
+            rows.append((label, ",".join(trim), chunks, t, ds.n_atoms / t))
     out["speedup_2_vs_1"] = out["workers_1_s"] / out["workers_2_s"]
     out["efficiency_2"] = out["speedup_2_vs_1"] / 2
     out["dask_1_over_serial"] = out["workers_1_s"] / out["serial_s"]
     print(
         table(
             f"Dask strong scaling: {ds.n_structures} Cu structures ({ds.n_atoms} atoms), "
-            f"{out['chunks']} chunks, Gaussian G2+G3 into a fresh Zarr store",
-            ["run", "worker MALLOC_TRIM_THRESHOLD_", "seconds", "atoms/s"],
+            "Gaussian G2+G3 into a fresh Zarr store",
+            ["run", "worker MALLOC_TRIM_THRESHOLD_", "chunks", "seconds", "atoms/s"],
             rows,
             f"speed-up 2 workers / 1: {out['speedup_2_vs_1']:.2f}x (efficiency "
             f"{out['efficiency_2']:.2f}) on {os.cpu_count()} CPUs; 1 worker / serial: "

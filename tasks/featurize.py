@@ -104,9 +104,12 @@ def featurize_dataset(
     store = Store(store_url)
     dataset = read_dataset(store, dataset_key)
     featurizer = build_featurizer(name, params, dataset.elements)
+    workers = len(client.scheduler_info().get("workers", {})) if client is not None else 1
     try:
         with _planning_lock(store, name):
-            plan = plan_feature_group(store, dataset, featurizer, rows_per_chunk=rows_per_chunk)
+            plan = plan_feature_group(
+                store, dataset, featurizer, rows_per_chunk=rows_per_chunk, workers=workers
+            )
     except OSError as exc:
         raise StoreError(f"cannot write features to the store {store_url}: {exc}") from exc
     full_params = featurizer.get_params()

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-from atomistic import interrupt
 from atomistic.data import Dataset
 from atomistic.storage import (
     CorruptionError,
@@ -56,6 +55,10 @@ __all__ = [
 
 FORMAT_VERSION = 1
 TARGET_CHUNK_BYTES = 4 * 2**20
+# with several workers, at least this many chunks each (load balance), of at least MIN_ROWS
+# rows (a chunk's fixed cost, opening the store and marking it done, is ~20 ms)
+CHUNKS_PER_WORKER = 4
+MIN_ROWS = 512
 
 
 def feature_key(dataset_key: str, name: str, params: dict[str, Any]) -> str:
@@ -81,12 +84,21 @@ class FeaturePlan:
         return lo, min(lo + self.rows_per_chunk, self.n_atoms)
 
 
-def _rows_per_chunk(offsets: np.ndarray, n_features: int, rows: int | None) -> int:
-    if rows is None:
-        rows = max(1, TARGET_CHUNK_BYTES // (8 * max(n_features, 1)))
+def _rows_per_chunk(
+    offsets: np.ndarray, n_features: int, rows: int | None, workers: int = 1
+) -> int:
+    """Rows per work chunk: ``rows`` if given; else ~TARGET_CHUNK_BYTES of values, and with
+    several ``workers`` no more than gives each CHUNKS_PER_WORKER chunks (16000 atoms with 8
+    columns are one 4 MiB chunk, which one worker would compute alone); rounded to whole
+    structures of the most common size."""
     sizes = np.diff(offsets)
     typical = int(np.bincount(sizes).argmax()) if sizes.size else 1
     typical = max(typical, 1)
+    if rows is None:
+        rows = max(1, TARGET_CHUNK_BYTES // (8 * max(n_features, 1)))
+        if workers > 1:
+            share = -(-int(offsets[-1]) // (CHUNKS_PER_WORKER * workers))
+            rows = min(rows, max(MIN_ROWS, -(-share // typical) * typical))
     return max(typical, (rows // typical) * typical)
 
 
@@ -98,11 +110,13 @@ def plan_feature_group(
     rows_per_chunk: int | None = None,
     kind: str = "features",
     key: str | None = None,
+    workers: int = 1,
 ) -> FeaturePlan:
     """Create (or reopen, to resume) the group for ``featurizer`` over ``dataset``.
 
-    ``featurizer`` must have its elements fixed. Returns the plan; ``todo`` is empty when the
-    group is already complete.
+    ``featurizer`` must have its elements fixed; ``workers`` will compute its chunks (the
+    default size leaves each a few). Returns the plan; ``todo`` is empty when the group is
+    already complete.
     """
     params = featurizer.get_params()
     key = key or feature_key(dataset.key, featurizer.name, params)
@@ -121,10 +135,10 @@ def plan_feature_group(
             array(group, "done")[c] = False
         done = read_array(group, "done")
     else:
-        rows = _lay_out(group, dataset, featurizer, rows_per_chunk)
+        rows = _lay_out(group, dataset, featurizer, rows_per_chunk, workers=workers)
         kept = verify_feature_group(store, key, kind)  # chunks another planner finished
         if kept is None:  # what was kept does not read back: start the group afresh
-            rows = _lay_out(group, dataset, featurizer, rows_per_chunk, fresh=True)
+            rows = _lay_out(group, dataset, featurizer, rows_per_chunk, True, workers)
         done = read_array(group, "done")
         for c in kept or []:
             done[c] = False
@@ -156,13 +170,18 @@ def _require_array(group: Any, name: str, fresh: bool, **spec: Any) -> zarr.Arra
 
 
 def _lay_out(
-    group: Any, dataset: Dataset, featurizer: Any, rows_per_chunk: int | None, fresh: bool = False
+    group: Any,
+    dataset: Dataset,
+    featurizer: Any,
+    rows_per_chunk: int | None,
+    fresh: bool = False,
+    workers: int = 1,
 ) -> int:
     """Create the arrays and attributes of a feature group, keeping any that another planner
     already made (no lock is needed on object stores: nothing it wrote is overwritten, and the
     chunks both compute are byte-identical). Returns the rows per work chunk."""
     n_features = featurizer.n_features
-    rows = _rows_per_chunk(dataset.offsets, n_features, rows_per_chunk)
+    rows = _rows_per_chunk(dataset.offsets, n_features, rows_per_chunk, workers)
     existing = None if fresh else group.get("values")
     if isinstance(existing, zarr.Array) and tuple(existing.shape) == (
         dataset.n_atoms,
@@ -260,19 +279,6 @@ def finish_feature_group(store: Store, key: str, kind: str = "features") -> None
         missing = np.flatnonzero(~done)[:10].tolist()
         raise RuntimeError(f"{store.url}: {kind}/{key} is missing chunks {missing}")
     store.mark_complete(kind, key)
-
-
-def featurize_to_store(
-    store: Store, dataset: Dataset, featurizer: Any, *, rows_per_chunk: int | None = None
-) -> tuple[str, int]:
-    """Serial featurization into the store (no executor); returns (key, chunks computed)."""
-    plan = plan_feature_group(store, dataset, featurizer, rows_per_chunk=rows_per_chunk)
-    for chunk in plan.todo:
-        interrupt.check()  # a stop request: the finished chunks stay, resumable
-        compute_chunk(store.url, dataset.key, plan.key, chunk, featurizer)
-    if plan.todo:
-        finish_feature_group(store, plan.key)
-    return plan.key, len(plan.todo)
 
 
 def read_features(

@@ -27,7 +27,7 @@ import zarr
 from reliability_support import ROOT, cli, error_lines, snapshot, write_cu
 
 from atomistic.data import load_files, read_dataset, write_dataset
-from atomistic.features.store import featurize_to_store, read_features
+from atomistic.features.store import read_features
 from atomistic.storage import Store
 
 PY_ENV = {
@@ -101,11 +101,11 @@ def test_rt1_crash_between_the_last_chunk_and_the_completion_mark(cu, tmp_path, 
     before = _chunk_files(store, fkey)
 
     ds = read_dataset(str(store), load_files([cu]).key)
-    from tasks.featurize import build_featurizer
+    from tasks.featurize import build_featurizer, featurize_dataset
 
     f = build_featurizer("gaussian", {"cutoff": 4.0}, ds.elements)
-    key, computed = featurize_to_store(Store(store), ds, f, rows_per_chunk=64)
-    assert (key, computed) == (fkey, 0)  # nothing computed again
+    ref = featurize_dataset(str(store), ds.key, "gaussian", {"cutoff": 4.0}, rows_per_chunk=64)
+    assert (ref["key"], ref["computed_chunks"]) == (fkey, 0)  # nothing computed again
     assert _chunk_files(store, fkey) == before
     values, _ = read_features(str(store), fkey)  # complete, and every chunk matches its sum
     expected = np.concatenate(f.featurize(ase.io.read(cu, ":")))
@@ -176,19 +176,22 @@ def test_rt3_a_live_writers_staging_is_not_swept(cu, tmp_path, capfd):
 def test_rt4_the_clock_moved_nothing_is_computed_again(cu, tmp_path, capfd):
     """Every file of the store dated 1970, then 2100 (a clock set back or forward): the stages
     decide by content and checksums, never by time, so nothing is written again."""
-    from tasks.featurize import build_featurizer
+    from tasks.featurize import featurize_dataset
 
     store = tmp_path / "store.zarr"
     ds = load_files([cu])
     write_dataset(ds, str(store))
-    f = build_featurizer("gaussian", {"cutoff": 4.0}, ds.elements)
-    fkey, _ = featurize_to_store(Store(store), ds, f, rows_per_chunk=64)
+    first = featurize_dataset(str(store), ds.key, "gaussian", {"cutoff": 4.0}, rows_per_chunk=64)
+    fkey = first["key"]
     for stamp in (0, 4102444800):  # 1970-01-01, 2100-01-01
         for p in store.rglob("*"):
             os.utime(p, (stamp, stamp), follow_symlinks=False)
         before = snapshot(store)
         assert write_dataset(ds, str(store)) == (ds.key, False)
-        assert featurize_to_store(Store(store), ds, f, rows_per_chunk=64) == (fkey, 0)
+        again = featurize_dataset(
+            str(store), ds.key, "gaussian", {"cutoff": 4.0}, rows_per_chunk=64
+        )
+        assert (again["key"], again["computed_chunks"]) == (fkey, 0)
         assert snapshot(store) == before
         assert {p.stat().st_mtime for p in store.rglob("*") if p.is_file()} == {stamp}
     _report(capfd, "RT4", "store dated 1970 and 2100: nothing rewritten, features read back")
