@@ -19,6 +19,9 @@ featurized by both chunks, each writing only its own rows.
 Nothing here knows about Dask: :func:`compute_chunk` is a plain function that any executor can
 run; the key of the group is :func:`feature_key`, a content hash of the dataset key, the
 featurizer's name and parameters, and this module's format version.
+
+Why one module of just over 400 lines: planning, computing, verifying, repairing and reading a
+group share one layout (rows per chunk, ``done``, ``sums``) and must change together.
 """
 
 from __future__ import annotations

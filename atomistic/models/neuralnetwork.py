@@ -10,6 +10,9 @@ by learning an O(1) target. The networks compute in ``dtype`` (float32 by defaul
 the reference energies are added in float64. Forces F_i = -dE/dR_i by autograd through the
 networks, the scaler and the featurizer.
 
+Why one module of just over 400 lines: it is the model class alone (its networks, batches and
+loss are in atomic_networks.py and nn_batches.py); splitting the class would scatter its fit.
+
 Loss (docs/training.md), per minibatch of B structures with N_s atoms each::
 
     L = energy_weight * mean_s (dE_s / n_s)^2 + force_weight * mean_(i,c) (dF_ic)^2
