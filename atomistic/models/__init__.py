@@ -7,6 +7,7 @@ from .gaussian_process import GaussianProcess
 from .io import ModelFileError
 from .kernelridge import KernelRidge
 from .neuralnetwork import NeuralNetwork, TrainingWarning
+from .saved import SavedModel, load_saved
 from .training import History, TrainingConfig, train
 
 __all__ = [
@@ -21,8 +22,10 @@ __all__ = [
     "ModelFileError",
     "NeuralNetwork",
     "NotFittedError",
+    "SavedModel",
     "TrainingConfig",
     "TrainingWarning",
     "load_model",
+    "load_saved",
     "train",
 ]

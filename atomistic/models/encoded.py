@@ -138,11 +138,8 @@ class EncodedFeaturizer(torch.nn.Module):
         if klass is None:
             raise ValueError(f"unknown encoder class {e['model']!r} in the model card")
         enc = klass(**e["hyperparameters"])
-        enc.elements_, enc.n_features_ = list(e["elements"]), int(e["n_features"])
-        enc.latent_dim_ = int(e["latent_dim"])
-        enc.module_ = enc._build(enc.n_features_)
-        enc.module_.load_state_dict({k: v.to(torch.float64) for k, v in tensors.items()})
-        enc.module_.eval()
+        state = {k: v.to(torch.float64) for k, v in tensors.items()}
+        enc._set_weights(e["elements"], e["n_features"], e["latent_dim"], state)
         out = cls.__new__(cls)
         torch.nn.Module.__init__(out)
         out.base, out.base_scaler, out.encoder = base, scaler, enc
