@@ -4,8 +4,11 @@ Run ``python -m benchmarks.featurize [--quick] [--device cuda]``. One thread eve
 (torch.set_num_threads(1), DScribe n_jobs=1), float64 everywhere. Prints atoms per second and
 ratios (their time / our time) for features alone and for features with gradients:
 
-* ours: forward, then backward of a feature-weighted sum (sum_i w . X_i), which is what forces
-  and stress need (a vector-Jacobian product);
+* features alone: ours is ``featurize_arrays`` (the pipeline's path: neighbour search and the
+  fused CPU kernels of atomistic/features/fused.py, compiled once before timing), DScribe's
+  ``ACSF.create``, TorchANI's ``AEVComputer`` forward;
+* ours with gradients: the torch forward, then backward of a feature-weighted sum
+  (sum_i w . X_i), which is what forces and stress need (a vector-Jacobian product);
 * DScribe: ``ACSF.derivatives()`` (the full Jacobian dX/dR, numerical; measured on a few frames);
 * TorchANI: backward of the sum of the AEV.
 
