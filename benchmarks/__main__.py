@@ -14,6 +14,7 @@ Benchmarks (each also runs alone: ``python -m benchmarks.<name>``):
   training      NN training throughput against a plain TorchANI loop (energies; +forces)
   kernels       KRR and GP fit time against N, beside scipy's Cholesky
   dask_scaling  Dask strong scaling (1 and 2 workers) of featurization into Zarr
+  incremental   a +2 % dataset version's features (active learning's grow) vs featurizing it all
   cache         the cached-rerun ratio of a small campaign, and Prefect start-up
   memory        peak memory of featurization as the dataset grows 1x..8x
   accuracy      held-out errors and training times of NN, KRR, GP on the shipped datasets
@@ -41,6 +42,7 @@ BENCHMARKS = (
     "training",
     "kernels",
     "dask_scaling",
+    "incremental",
     "cache",
     "memory",
     "accuracy",

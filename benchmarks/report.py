@@ -170,6 +170,20 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 _cmd("dask_scaling"),
             )
         )
+    if "incremental" in r:
+        inc = r["incremental"]
+        med = inc["median_s"]
+        out.append(
+            (
+                f"incremental featurization, +{inc['new_structures']} structures on "
+                f"{inc['parent_structures']} ({inc['featurized_atoms']} of {inc['full_atoms']} "
+                f"atoms): grow stage's features vs the whole set, median of {inc['repeat']}, s",
+                f"{_f(med['_grow_features'])} s (whole grow stage {_f(med['grow'])} s)",
+                f"full featurize_dataset {_f(med['full'])} s",
+                f"{_f(inc['ratio_full_over_features'])}×",
+                _cmd("incremental"),
+            )
+        )
     if "cache" in r:
         c = r["cache"]
         out.append(

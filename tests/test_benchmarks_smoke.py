@@ -54,3 +54,24 @@ def test_cuda_request_without_a_gpu_is_refused(capsys):
         main(["--device", "cuda", "--only", "featurize"])
     assert exc.value.code == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_incremental_quick_grows_by_the_new_structures_only(tmp_path):
+    from benchmarks.report import rows
+
+    assert main(["--quick", "--only", "incremental", "--out", str(tmp_path), "--no-plots"]) == 0
+    report = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert not report["errors"]
+    inc = report["results"]["incremental"]
+    assert inc["parent_structures"] == 200 and inc["new_structures"] == 4
+    assert inc["featurized_atoms"] == 4 * inc["atoms_per_structure"] == 128
+    assert inc["full_atoms"] == 204 * 32
+    assert inc["max_abs_diff"] <= 1e-12 and inc["same_keys"] is True
+    for name in ("full", "grow", "_grow_features"):
+        assert len(inc["seconds"][name]) == inc["repeat"] == 1
+        assert inc["median_s"][name] > 0 and inc["spread"][name] == 1.0
+    assert inc["ratio_full_over_features"] == pytest.approx(
+        inc["median_s"]["full"] / inc["median_s"]["_grow_features"]
+    )
+    (row,) = [r for r in rows(report) if r[-1] == "`python -m benchmarks.incremental`"]
+    assert row[0].startswith("incremental featurization, +4 structures on 200 (128 of 6528")
