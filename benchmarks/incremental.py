@@ -103,7 +103,7 @@ def _spread(times: list[float]) -> float:
 def run(quick: bool = False, device: str = "cpu") -> dict:
     """Medians of the incremental (grow) and the full featurization; ratio; the row check."""
     import tasks.work.pool as pool
-    from atomistic.active import LabelStore, label_structures
+    from atomistic.active import LabelStore, label_structures, structure_key
     from atomistic.features.store import read_features
     from tasks.featurize import featurize_dataset
     from tasks.refs import DatasetRef, FeatureRef
@@ -137,7 +137,13 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         new_labelled, computed = label_structures(new_frames, EMT, LabelStore(labels_dir))
         assert computed == n_new
         explored = {"path": snapshots}
-        labels = {"labels_dir": labels_dir}
+        # label_stage's result, as the flow hands it to grow_stage
+        labels = {
+            "keys": [structure_key(a) for a in new_frames],
+            "computed": computed,
+            "failed": [],
+            "labels_dir": labels_dir,
+        }
         indices = list(range(n_new))
         full = Dataset.from_atoms(parent_frames + new_labelled, require_energy=True)
 
