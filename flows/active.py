@@ -7,13 +7,13 @@ first committee on the training split of the model's dataset. Every later stage 
 of tasks/active.py keyed by content, so a rerun of a finished loop is cache hits throughout and a
 killed loop resumes at the stage it was in. The training split grows; the validation split (early
 stopping, the calibrated threshold) and the test set stay fixed. MLflow gets one run per
-iteration under a parent run, and a plot of the test force error against the labels added.
+iteration under a parent run, and a plot of the test force error against the labels added; each
+iteration's model is registered, the alias "champion" on the lowest test force error
+(:mod:`tasks.work.active_record`).
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -103,76 +103,6 @@ def _train(cfg, features, scaler, model_cfg, parts, previous, test) -> dict[str,
     ).result()
 
 
-def _record(cfg: CampaignConfig, rows: list[dict[str, Any]], config: dict[str, Any]) -> dict:
-    """One MLflow run per iteration under a parent run; the curve as a plot on the parent."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    from tasks.tracking import flatten
-
-    ws = Path(cfg.workspace)
-    name = (cfg.tracking.experiment or cfg.name) + "-active"
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    client = MlflowClient(cfg.tracking_uri)
-    exp = client.get_experiment_by_name(name)
-    exp_id = (
-        exp.experiment_id
-        if exp
-        else client.create_experiment(
-            name,
-            artifact_location=(ws / "mlartifacts").resolve().as_uri()
-            if cfg.tracking.uri is None or cfg.tracking_uri.startswith("sqlite")
-            else None,
-        )
-    )
-    from mlflow.entities import Metric, Param
-
-    parent = client.create_run(exp_id, run_name=f"{cfg.name}-active")
-    pid = parent.info.run_id
-    params = [Param(k[:250], v[:6000]) for k, v in flatten(config.get("active", {})).items()]
-    for i in range(0, len(params), 100):
-        client.log_batch(pid, params=params[i : i + 100])
-    now = int(time.time() * 1000)
-    for row in rows:
-        run = client.create_run(
-            exp_id,
-            run_name=f"iteration-{row['iteration']}",
-            tags={
-                "mlflow.parentRunId": pid,
-                "atompipe.model_key": row["model"],
-                "atompipe.dataset_key": row["dataset"],
-            },
-        )
-        metrics = [
-            Metric(k, float(v), now, row["iteration"])
-            for k, v in row.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
-        ]
-        client.log_batch(run.info.run_id, metrics=metrics)
-        client.set_terminated(run.info.run_id)
-        for m in ("test_force_mae", "labels_added"):
-            if m in row:
-                client.log_metric(pid, m, float(row[m]), now, row["iteration"])
-    with tempfile.TemporaryDirectory() as tmp:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([r["labels_added"] for r in rows], [r["test_force_mae"] for r in rows], "o-")
-        ax.set_xlabel("labels added")
-        ax.set_ylabel("test force MAE (eV/Å)")
-        fig.tight_layout()
-        fig.savefig(Path(tmp) / "active_curve.png", dpi=100)
-        plt.close(fig)
-        (Path(tmp) / "active_curve.json").write_text(json.dumps(rows, indent=1))
-        client.log_artifact(pid, str(Path(tmp) / "active_curve.png"))
-        client.log_artifact(pid, str(Path(tmp) / "active_curve.json"))
-    client.set_terminated(pid)
-    return {"experiment": name, "parent_run": pid, "tracking_uri": cfg.tracking_uri}
-
-
 @flow(name="atompipe-active", log_prints=True)
 def active_flow(config: dict[str, Any]) -> dict[str, Any]:
     """The active-learning loop of a campaign (``CampaignConfig.model_dump(mode="json")``)."""
@@ -222,6 +152,7 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
         n = t.summary["structures"]
         test = {"store": t.store, "dataset": t.key, "indices": list(range(n))}
     model = _train(cfg, features, scaler, model_cfg, parts, None, test)
+    model_dirs = {ModelRef.of(model).key: ModelRef.of(model).dir}
     rows = [_row(0, dataset, model, 0, 0, None, None, None)]
     log.info(
         "active 0: %d training structures, test force MAE %.4f eV/Å",
@@ -298,6 +229,7 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
         added += n_new
         previous = model if a.warm_start else None
         model = _train(cfg, features, scaler, model_cfg, parts, previous, test)
+        model_dirs[ModelRef.of(model).key] = ModelRef.of(model).dir
         rows.append(_row(it, dataset, model, added, labels["computed"], picked, explored, grown))
         log.info(
             "active %d: %d candidates, %d uncertain, %d labelled (%d computed), %d training "
@@ -313,7 +245,12 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
     else:
         why = stop_reason(added, a.budget, rows[-1]["test_force_mae"], a.target_error)
         reason = why or "iterations"
-    tracking = _record(cfg, rows, config)
+    from prefect.runtime import flow_run
+
+    from tasks.work.active_record import record_active
+
+    tracking = record_active(config, rows, test, model_dirs, str(flow_run.id or "none"))
+    log.info("active: champion %s", tracking["champion"])
     final = ModelRef.of(model)
     return {
         "campaign": cfg.name,
