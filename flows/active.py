@@ -212,12 +212,32 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
             cfg.dask.address,
             cfg.dask.n_workers,
         )
+        # a failed reference calculation (an SCF that does not converge) leaves its structure out
+        failed = {f["key"] for f in labels["failed"]}
+        for f in labels["failed"]:
+            log.warning(
+                "active %d: the reference calculation of snapshot %d failed; left out: %s",
+                it,
+                f["index"],
+                f["error"],
+            )
+        kept = [
+            (i, k)
+            for i, k in zip(picked["indices"], labels["keys"], strict=True)
+            if k not in failed
+        ]
+        if not kept:
+            log.warning("active %d: every reference calculation failed; the model stays", it)
+            rows.append(
+                _row(it, dataset, model, added, labels["computed"], picked, explored, None, failed)
+            )
+            continue
         grown = grow_stage.submit(
             dataset,
             features,
             explored,
-            picked["indices"],
-            {"keys": labels["keys"], "labels_dir": labels["labels_dir"]},
+            [i for i, _ in kept],
+            {"keys": [k for _, k in kept], "labels_dir": labels["labels_dir"]},
         ).result()
         n_old = _size(dataset)
         dataset, features = grown["dataset"], grown["features"]
@@ -230,15 +250,18 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
         previous = model if a.warm_start else None
         model = _train(cfg, features, scaler, model_cfg, parts, previous, test)
         model_dirs[ModelRef.of(model).key] = ModelRef.of(model).dir
-        rows.append(_row(it, dataset, model, added, labels["computed"], picked, explored, grown))
+        rows.append(
+            _row(it, dataset, model, added, labels["computed"], picked, explored, grown, failed)
+        )
         log.info(
-            "active %d: %d candidates, %d uncertain, %d labelled (%d computed), %d training "
-            "structures, test force MAE %.4f eV/Å",
+            "active %d: %d candidates, %d uncertain, %d labelled (%d computed, %d failed), %d "
+            "training structures, test force MAE %.4f eV/Å",
             it,
             explored["n"],
             picked["uncertain"],
             n_new,
             labels["computed"],
+            len(failed),
             len(parts["train"]),
             rows[-1]["test_force_mae"],
         )
@@ -268,7 +291,9 @@ def _size(dataset: dict[str, Any]) -> int:
     return DatasetRef.of(dataset).summary["structures"]
 
 
-def _row(it, dataset, model, added, computed, picked, explored, grown) -> dict[str, Any]:
+def _row(it, dataset, model, added, computed, picked, explored, grown, failed=()) -> dict[str, Any]:
+    """An iteration's numbers: its model's test errors, the dataset, the labels added so far,
+    computed and failed now (``failed``: the structures' keys), the selection's figures."""
     ref = ModelRef.of(model)
     if ref.metrics is None:  # train_stage evaluates every committee on the test set
         raise KeyError(f"model {ref.key}: no metrics")
@@ -280,6 +305,7 @@ def _row(it, dataset, model, added, computed, picked, explored, grown) -> dict[s
         "dataset_size": _size(dataset),
         "labels_added": added,
         "labels_computed": computed,
+        "labels_failed": len(failed),
         "test_force_mae": m.get("force_mae"),
         "test_force_rmse": m.get("force_rmse"),
         "test_energy_mae_per_atom": m.get("energy_mae_per_atom"),
@@ -289,7 +315,9 @@ def _row(it, dataset, model, added, computed, picked, explored, grown) -> dict[s
         row["threshold"] = picked["threshold"] if picked["threshold"] is not None else float("nan")
         row["uncertain"] = picked["uncertain"]
         row["candidates"] = explored["n"]
-        row["featurized_atoms"] = FeatureRef.of(grown["features"]).featurized_atoms
+        row["featurized_atoms"] = (
+            0 if grown is None else FeatureRef.of(grown["features"]).featurized_atoms
+        )
     return row
 
 

@@ -110,7 +110,9 @@ def active(
     for row in summary["iterations"]:
         typer.echo(
             f"iteration {row['iteration']}: {row['dataset_size']} structures, "
-            f"{row['labels_added']} labels added ({row['labels_computed']} computed now), "
+            f"{row['labels_added']} labels added ({row['labels_computed']} computed now"
+            + (f", {row['labels_failed']} failed" if row.get("labels_failed") else "")
+            + "), "
             f"test force MAE {row['test_force_mae']:.4f} eV/Å"
         )
     typer.echo(f"stopped: {summary['stopped']}; model {summary['model']['dir']}")

@@ -27,22 +27,27 @@ __all__ = ["grow_stage", "label_stage"]
 
 
 # -- labelling -------------------------------------------------------------------------------------
-def _label_one(path: str, index: int, labelling: dict[str, Any], labels_dir: str) -> int:
-    """Label snapshot ``index`` of ``path`` into the label store; 1 if computed, 0 if present."""
+def _label_one(
+    path: str, index: int, labelling: dict[str, Any], labels_dir: str
+) -> tuple[int, str | None]:
+    """Label snapshot ``index`` of ``path`` into the label store: (1 if computed, 0 if present
+    or failed; the failed reference calculation's message, or None)."""
     import ase.io
 
     from atomistic.active import LabelStore, label_structures, reference_calculator
 
     atoms = ase.io.read(path, index)
     assert isinstance(atoms, Atoms)  # one index, one structure
+    failed: list[tuple[int, str]] = []
     _, computed = label_structures(
         [atoms],
         lambda: reference_calculator(
             labelling["calculator"], labelling["params"], labelling["allow"]
         ),
         LabelStore(labels_dir),
+        failed=failed,
     )
-    return computed
+    return computed, failed[0][1] if failed else None
 
 
 def label_stage(
@@ -76,7 +81,9 @@ def label_stage(
     -------
     dict[str, Any]
         ``keys`` (structure keys, in the order of ``indices``), ``computed`` (labels computed
-        now) and ``labels_dir``.
+        now), ``failed`` (``index``, ``key``, ``error`` of each structure whose reference
+        calculation raised: left out of the label store, tried again by a rerun) and
+        ``labels_dir``.
     """
     from atomistic.active import LabelStore, reference_calculator, structure_key
     from tasks.cluster import dask_client
@@ -87,14 +94,14 @@ def label_stage(
     keys = [structure_key(frames[i]) for i in indices]
     todo = [i for i, k in zip(indices, keys, strict=True) if k not in store]
     todo = list(dict.fromkeys(todo))
-    computed = 0
+    done: list[tuple[int, str | None]] = []
     if todo:
         # fail here, in the flow, on a calculator the campaign does not allow or cannot import
         reference_calculator(labelling["calculator"], labelling["params"], labelling["allow"])
         if len(todo) == 1 or n_workers == 1 and scheduler is None:
             for i in todo:
                 interrupt.check()
-                computed += _label_one(explored["path"], i, labelling, labels_dir)
+                done.append(_label_one(explored["path"], i, labelling, labels_dir))
         else:
             with dask_client(scheduler, n_workers) as client:
                 futures = client.map(
@@ -105,8 +112,18 @@ def label_stage(
                     [labels_dir] * len(todo),
                     pure=False,
                 )
-                computed = int(sum(client.gather(futures)))
-    return {"keys": keys, "computed": computed, "labels_dir": labels_dir}
+                done = [(int(c), e) for c, e in client.gather(futures)]
+    failed = [
+        {"index": i, "key": keys[indices.index(i)], "error": error}
+        for i, (_, error) in zip(todo, done, strict=True)
+        if error is not None
+    ]
+    return {
+        "keys": keys,
+        "computed": sum(c for c, _ in done),
+        "failed": failed,
+        "labels_dir": labels_dir,
+    }
 
 
 def _no_calculator():

@@ -97,3 +97,51 @@ def test_two_iterations_grow_the_dataset_and_never_relabel(tmp_path, shipped, pr
     assert again["dataset"] == out["dataset"]
     assert [r["model"] for r in again["iterations"]] == [r["model"] for r in rows]
     assert len(labels.keys()) == 4
+
+
+def test_failed_reference_calculations_are_left_out_and_counted(tmp_path, shipped, prefect_harness):
+    import json
+
+    from atomistic.active import LabelStore, structure_key
+    from atomistic.data import read_dataset
+    from flows.active import run_active
+
+    ase.io.write(tmp_path / "cu.extxyz", ase.io.read(shipped["cu"], ":15"))
+    state = tmp_path / "failing.json"  # the calculator's own record of what it did
+    calculator = "tests.integration.failing_emt:FailingEMT"
+    labelling = {"calculator": calculator, "allow": [calculator], "params": {"state": str(state)}}
+    campaign = {**CAMPAIGN, "active": {**CAMPAIGN["active"], "labelling": labelling}}
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(campaign))
+    cfg = load_campaign(tmp_path / "campaign.yaml")
+    out = run_active(cfg)
+
+    seen = json.loads(state.read_text())
+    failed = {k for k, v in seen.items() if v == "failed"}
+    labelled = {k for k, v in seen.items() if v == "labelled"}
+    assert failed and labelled  # the loop met failures and went on
+    rows = out["iterations"]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert sum(r["labels_failed"] for r in rows) == len(failed)
+    assert rows[-1]["labels_added"] == len(labelled)
+    # the dataset grew by the labelled structures only, with EMT's labels
+    ds = read_dataset(cfg.store_url, out["dataset"])
+    assert ds.n_structures == 15 + len(labelled)
+    assert {structure_key(ds.atoms(s)) for s in range(15, ds.n_structures)} == labelled
+    for s in range(15, ds.n_structures):
+        ref = ds.atoms(s)
+        ref.calc = EMT()
+        np.testing.assert_allclose(ds.energy[s], ref.get_potential_energy(), rtol=0, atol=1e-10)
+    assert set(LabelStore(tmp_path / "workspace" / "active" / "labels").keys()) == labelled
+
+    import mlflow
+
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    exp = client.get_experiment_by_name("altest-active")
+    runs = client.search_runs([exp.experiment_id])
+    recorded = {r.info.run_name: r.data.metrics.get("labels_failed") for r in runs}
+    assert sum(recorded[f"iteration-{k}"] for k in range(3)) == len(failed)
+
+    # a rerun meets the same failures and finds every other stage
+    again = run_active(cfg)
+    assert again["dataset"] == out["dataset"]
+    assert [r["model"] for r in again["iterations"]] == [r["model"] for r in rows]
