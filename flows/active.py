@@ -104,8 +104,28 @@ def _train(cfg, features, scaler, model_cfg, parts, previous, test) -> dict[str,
 
 
 @flow(name="atompipe-active", log_prints=True)
-def active_flow(config: dict[str, Any]) -> dict[str, Any]:
-    """The active-learning loop of a campaign (``CampaignConfig.model_dump(mode="json")``)."""
+def active_flow(config: dict[str, Any], new_iterations: int | None = None) -> dict[str, Any]:
+    """The active-learning loop of a campaign.
+
+    Parameters
+    ----------
+    config : dict[str, Any]
+        The campaign (``CampaignConfig.model_dump(mode="json")``) with its ``active:`` section.
+    new_iterations : int or None
+        Stop (``stopped: "paused"``) once this many iterations were run that no earlier run had
+        finished (an iteration is finished when its model is saved; the finished ones are cache
+        hits): 1 runs the loop for one more iteration, what each trigger of ``atompipe serve``
+        does. None: no such limit. ``active.iterations``, the budget and the stopping rule
+        still apply.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``campaign``, ``iterations`` (one row per iteration, from 0), ``stopped`` (the reason),
+        ``new_iterations`` (iterations run now that no earlier run had finished), ``model`` and
+        ``dataset`` (the last), ``tracking`` (:func:`tasks.work.active_record.record_active`)
+        and ``wall_time_s``.
+    """
     cfg = CampaignConfig.model_validate(config)
     a = check_active(cfg)
     log = get_run_logger()
@@ -166,15 +186,23 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
     n_starts = explore_settings.pop("starts")
     from atomistic.active import stop_reason
 
+    fresh = 0  # iterations run now that no earlier run had finished
     for it in range(1, a.iterations + 1):
         why = stop_reason(added, a.budget, rows[-1]["test_force_mae"], a.target_error)
         if why:
             reason = why
             break
+        if new_iterations is not None and fresh >= new_iterations:
+            reason = "paused"
+            log.info("active: %d new iteration(s) run; paused before iteration %d", fresh, it)
+            break
         starts = sorted(
             int(i) for i in rng.choice(parts["train"], min(n_starts, len(parts["train"])), False)
         )
         seed = int(rng.integers(2**31))
+        explored_before = explore_exists(
+            model, dataset, starts, explore_settings, seed, cfg.workspace
+        )
         explored = submit_cached(
             explore_stage,
             explore_exists,
@@ -231,6 +259,7 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
             rows.append(
                 _row(it, dataset, model, added, labels["computed"], picked, explored, None, failed)
             )
+            fresh += not explored_before
             continue
         grown = grow_stage.submit(
             dataset,
@@ -248,6 +277,7 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
         }
         added += n_new
         previous = model if a.warm_start else None
+        fresh += not train_exists(features, scaler, model_cfg, parts, previous, cfg.workspace)
         model = _train(cfg, features, scaler, model_cfg, parts, previous, test)
         model_dirs[ModelRef.of(model).key] = ModelRef.of(model).dir
         rows.append(
@@ -279,6 +309,7 @@ def active_flow(config: dict[str, Any]) -> dict[str, Any]:
         "campaign": cfg.name,
         "iterations": rows,
         "stopped": reason,
+        "new_iterations": fresh,
         "model": {"key": final.key, "dir": final.dir},
         "dataset": DatasetRef.of(dataset).key,
         "tracking": tracking,
@@ -321,8 +352,8 @@ def _row(it, dataset, model, added, computed, picked, explored, grown, failed=()
     return row
 
 
-def run_active(cfg: CampaignConfig) -> dict[str, Any]:
+def run_active(cfg: CampaignConfig, new_iterations: int | None = None) -> dict[str, Any]:
     """Run the active-learning flow in this process (Prefect starts an ephemeral API if none is
-    set)."""
+    set); ``new_iterations`` as in :func:`active_flow`."""
     check_active(cfg)
-    return active_flow(cfg.model_dump(mode="json"))
+    return active_flow(cfg.model_dump(mode="json"), new_iterations)

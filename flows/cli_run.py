@@ -87,6 +87,15 @@ def active(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override a key: active.budget=50")
     ] = None,
+    more: Annotated[
+        int | None,
+        typer.Option(
+            "--more",
+            min=1,
+            help="run at most this many iterations beyond those finished before (what each "
+            "run of `atompipe serve` does with 1)",
+        ),
+    ] = None,
 ) -> None:
     """Run the campaign's active-learning loop: explore, select, label, retrain (cached; a
     killed loop resumes where it stopped). docs/active-learning.md."""
@@ -106,7 +115,7 @@ def active(
     except (ConfigError, TrackingError) as exc:
         fail(f"{campaign}: {exc}")
     _quiet_failure_tracebacks()
-    summary = run_or_exit(lambda: run_active(cfg), f"active learning of {cfg.name}")
+    summary = run_or_exit(lambda: run_active(cfg, more), f"active learning of {cfg.name}")
     for row in summary["iterations"]:
         typer.echo(
             f"iteration {row['iteration']}: {row['dataset_size']} structures, "

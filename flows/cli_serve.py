@@ -64,8 +64,17 @@ def serve(
     name: Annotated[str | None, typer.Option(help="deployment name")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Serve the campaign as a Prefect deployment (schedule and/or file-arrival trigger)."""
+    """Serve the campaign as a Prefect deployment (schedule and/or file-arrival trigger); with
+    an `active:` section, each run is one more active-learning iteration."""
     cfg = load_config(campaign, set_)
+    if cfg.active is not None:
+        from flows.active import check_active
+        from flows.config import ConfigError
+
+        try:
+            check_active(cfg)
+        except ConfigError as exc:
+            fail(f"{campaign}: {exc}")
     if watch is not None and not watch.is_dir():
         fail(f"--watch {watch}: not a folder")
     from flows.deploy import serve_campaign

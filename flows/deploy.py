@@ -1,8 +1,13 @@
 """Deployments with Prefect's own machinery: a cron schedule and a file-arrival trigger.
 
-``serve_campaign`` serves the campaign flow as a deployment of this process. With ``watch``, a
+``serve_campaign`` serves the campaign as a deployment of this process. With ``watch``, a
 small poller emits a Prefect event ``atompipe.files.arrived`` when new files appear in the
-folder, and the deployment's ``DeploymentEventTrigger`` starts a campaign run on that event.
+folder, and the deployment's ``DeploymentEventTrigger`` starts a run on that event.
+
+What a run is (:func:`served_flow`): the campaign flow, or, for a campaign with an ``active:``
+section, the active-learning loop for one more iteration (``new_iterations=1``: the finished
+iterations are cache hits, then one iteration is run, within ``active.iterations``, the budget
+and the stopping rule). :func:`run_trigger` runs it in this process.
 """
 
 from __future__ import annotations
@@ -14,7 +19,14 @@ from typing import Any
 
 from flows.config import CampaignConfig
 
-__all__ = ["serve_campaign", "watch_folder", "ARRIVAL_EVENT"]
+__all__ = [
+    "ARRIVAL_EVENT",
+    "build_deployment",
+    "run_trigger",
+    "serve_campaign",
+    "served_flow",
+    "watch_folder",
+]
 
 ARRIVAL_EVENT = "atompipe.files.arrived"
 
@@ -38,30 +50,72 @@ def watch_folder(folder: Path, interval: float = 5.0, stop: threading.Event | No
         seen = now
 
 
+def served_flow(cfg: CampaignConfig) -> tuple[Any, dict[str, Any]]:
+    """The flow that each run of ``atompipe serve`` runs, and its parameters.
+
+    Parameters
+    ----------
+    cfg : CampaignConfig
+        The campaign.
+
+    Returns
+    -------
+    tuple[prefect.Flow, dict[str, Any]]
+        With an ``active:`` section, the active-learning flow with ``new_iterations=1`` (one more
+        iteration per run); otherwise the campaign flow.
+    """
+    config = cfg.model_dump(mode="json")
+    if cfg.active is not None:
+        from flows.active import active_flow
+
+        return active_flow, {"config": config, "new_iterations": 1}
+    from flows.campaign import campaign
+
+    return campaign, {"config": config, "show_progress": False}
+
+
+def run_trigger(cfg: CampaignConfig) -> dict[str, Any]:
+    """Run here what one scheduled or triggered run of the served deployment runs.
+
+    Parameters
+    ----------
+    cfg : CampaignConfig
+        The campaign.
+
+    Returns
+    -------
+    dict[str, Any]
+        The flow's summary.
+    """
+    flow, parameters = served_flow(cfg)
+    return flow(**parameters)
+
+
 def build_deployment(
     cfg: CampaignConfig,
     cron: str | None = None,
     watch: Path | None = None,
     name: str | None = None,
 ) -> Any:
+    """The deployment of :func:`served_flow` (a Prefect ``RunnerDeployment``): its cron
+    schedule, and with ``watch`` an event trigger on files arriving in that folder."""
     from prefect.events import DeploymentEventTrigger, DeploymentTriggerTypes, TriggerTypes
 
-    from flows.campaign import campaign
-
+    flow, parameters = served_flow(cfg)
     triggers: list[DeploymentTriggerTypes | TriggerTypes] = []
     if watch is not None:
         triggers.append(
             DeploymentEventTrigger(
                 expect={ARRIVAL_EVENT},
                 match={"prefect.resource.id": f"atompipe.folder.{Path(watch).resolve()}"},
-                parameters={"config": cfg.model_dump(mode="json"), "show_progress": False},
+                parameters=parameters,
             )
         )
-    return campaign.to_deployment(
+    return flow.to_deployment(
         name=name or cfg.name,
         cron=cron,
         triggers=triggers or None,
-        parameters={"config": cfg.model_dump(mode="json"), "show_progress": False},
+        parameters=parameters,
         tags=["atompipe"],
     )
 

@@ -145,3 +145,42 @@ def test_failed_reference_calculations_are_left_out_and_counted(tmp_path, shippe
     again = run_active(cfg)
     assert again["dataset"] == out["dataset"]
     assert [r["model"] for r in again["iterations"]] == [r["model"] for r in rows]
+
+
+def test_each_serve_trigger_runs_one_more_iteration(tmp_path, shipped, prefect_harness):
+    """What a run of the deployment of ``atompipe serve`` runs, called here twice: one more
+    iteration each time, then nothing once the budget is spent."""
+    import mlflow
+
+    from flows.deploy import build_deployment, run_trigger
+
+    ase.io.write(tmp_path / "cu.extxyz", ase.io.read(shipped["cu"], ":15"))
+    cfg = _load(tmp_path)
+    deployment = build_deployment(cfg, cron="0 3 * * *")  # what `serve` would register
+    assert deployment.flow_name == "atompipe-active"
+    assert deployment.parameters["new_iterations"] == 1
+
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+
+    def recorded() -> list[str]:
+        exp = client.get_experiment_by_name("altest-active")
+        names = [r.info.run_name for r in client.search_runs([exp.experiment_id])]
+        return sorted(n for n in names if n.startswith("iteration-") and n != "iteration-0")
+
+    first = run_trigger(cfg)
+    assert [r["iteration"] for r in first["iterations"]] == [0, 1]
+    assert first["stopped"] == "paused" and first["new_iterations"] == 1
+    assert recorded() == ["iteration-1"]
+
+    second = run_trigger(cfg)
+    assert [r["iteration"] for r in second["iterations"]] == [0, 1, 2]
+    assert second["new_iterations"] == 1
+    assert [r["labels_computed"] for r in second["iterations"]] == [0, 0, 2]  # 1 was found
+    assert [r["model"] for r in second["iterations"][:2]] == [
+        r["model"] for r in first["iterations"]
+    ]
+    assert recorded() == ["iteration-1", "iteration-2"]
+
+    third = run_trigger(cfg)  # the budget (4 labels) is spent: no iteration more
+    assert third["stopped"] == "budget" and third["new_iterations"] == 0
+    assert recorded() == ["iteration-1", "iteration-2"]
