@@ -14,4 +14,5 @@ check and the flows.
 - :mod:`tasks.work.active`: the active-learning loop's training, exploration and selection.
 - :mod:`tasks.work.pool`: its labels and the grown dataset.
 - :mod:`tasks.work.record`: the campaign's runs in MLflow and the champion.
+- :mod:`tasks.work.active_record`: the active loop's runs, its registered models and champion.
 """
