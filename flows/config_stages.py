@@ -77,6 +77,7 @@ class DatasetConfig(Strict):
 
 
 class SplitConfig(Strict):
+    # atomistic.data.DEFAULT_SPLIT, written out (tests/unit/test_config_choices.py)
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from atomistic.data import DEFAULT_SPLIT
 from atomistic.features.store import feature_key, repair_feature_group
 from atomistic.storage import Store
 from tasks.caching import stage_task
@@ -36,7 +37,7 @@ def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
 def ingest(
     paths: list[str],
     store_url: str,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    fractions: tuple[float, float, float] = DEFAULT_SPLIT,
     seed: int = 0,
     format: str | None = None,
     energy_key: str = "energy",
@@ -95,7 +96,7 @@ def fit_scaler(
     kind: str = "minmax",
     feature_range: tuple[float, float] = (-1.0, 1.0),
     per_element: bool = False,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    fractions: tuple[float, float, float] = DEFAULT_SPLIT,
     seed: int = 0,
 ) -> dict[str, Any]:
     """:func:`tasks.work.data.fit_scaler`; returns its :class:`~tasks.refs.ScalerRef` (JSON

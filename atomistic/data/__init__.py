@@ -12,6 +12,7 @@ the Zarr store); every name is importable from here.
 """
 
 from atomistic.data.store import (
+    DEFAULT_SPLIT,
     SPLIT_NAMES,
     make_split,
     neighbour_estimate,
@@ -34,6 +35,7 @@ from atomistic.data.structures import (
 __all__ = [
     "FORMAT_VERSION",
     "MIN_DISTANCE",
+    "DEFAULT_SPLIT",
     "SPLIT_NAMES",
     "DataError",
     "Dataset",

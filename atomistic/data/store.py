@@ -27,9 +27,13 @@ SPLIT_NAMES = ("train", "validation", "test")
 
 
 # -- splits ----------------------------------------------------------------------------------
+#: the default train / validation / test fractions of a dataset's split (ML4Chem's 80/10/10)
+DEFAULT_SPLIT: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+
 def make_split(
     n_structures: int,
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    fractions: Sequence[float] = DEFAULT_SPLIT,
     seed: int = 0,
     groups: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
@@ -76,7 +80,7 @@ def write_dataset(
     ds: Dataset,
     store: Store | str,
     *,
-    split: Sequence[float] = (0.8, 0.1, 0.1),
+    split: Sequence[float] = DEFAULT_SPLIT,
     seed: int = 0,
 ) -> tuple[str, bool]:
     """Store ``ds`` under ``datasets/<key>`` with its default split; returns (key, written).
@@ -174,10 +178,10 @@ def read_split(
     if fractions is None and seed is None:
         sid = group.attrs["default_split"]
     else:
-        sid = split_id(fractions or (0.8, 0.1, 0.1), 0 if seed is None else seed)
+        sid = split_id(fractions or DEFAULT_SPLIT, 0 if seed is None else seed)
     path = f"splits/{sid}"
     if path in group:
         return {name: read_verified(group, f"{path}/{name}", store.url) for name in SPLIT_NAMES}
     ds = read_dataset(store, key)
-    fractions = fractions or (0.8, 0.1, 0.1)
+    fractions = fractions or DEFAULT_SPLIT
     return make_split(ds.n_structures, fractions, seed or 0, ds.structure_groups())

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from atomistic.data import (
+    DEFAULT_SPLIT,
     DataError,
     expand_paths,
     file_format,
@@ -30,7 +31,7 @@ __all__ = ["fit_scaler", "ingest", "ingest_exists", "ingest_key"]
 def ingest_key(
     paths: list[str],
     store_url: str,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    fractions: tuple[float, float, float] = DEFAULT_SPLIT,
     seed: int = 0,
     format: str | None = None,
     energy_key: str = "energy",

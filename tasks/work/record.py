@@ -179,10 +179,10 @@ def _champion(
 
 def _split_tag(config: dict[str, Any], which: str) -> str:
     """Which structures a score was measured on: the split's fractions and seed and the part."""
-    from atomistic.data import split_id
+    from atomistic.data import DEFAULT_SPLIT, split_id
 
     split = config.get("split") or {}
-    sid = split_id(split.get("fractions", (0.8, 0.1, 0.1)), split.get("seed", 0))
+    sid = split_id(split.get("fractions", DEFAULT_SPLIT), split.get("seed", 0))
     return f"{sid}/{which}"
 
 
