@@ -108,7 +108,12 @@ def featurize_dataset(
     try:
         with _planning_lock(store, name):
             plan = plan_feature_group(
-                store, dataset, featurizer, rows_per_chunk=rows_per_chunk, workers=workers
+                store,
+                dataset,
+                featurizer,
+                rows_per_chunk=rows_per_chunk,
+                workers=workers,
+                exclusive=store.path is not None,  # _planning_lock holds the local store's lock
             )
     except OSError as exc:
         raise StoreError(f"cannot write features to the store {store_url}: {exc}") from exc

@@ -116,12 +116,14 @@ def plan_feature_group(
     kind: str = "features",
     key: str | None = None,
     workers: int = 1,
+    exclusive: bool = False,
 ) -> FeaturePlan:
     """Create (or reopen, to resume) the group for ``featurizer`` over ``dataset``.
 
     ``featurizer`` must have its elements fixed; ``workers`` will compute its chunks (the
-    default size leaves each a few). Returns the plan; ``todo`` is empty when the group is
-    already complete.
+    default size leaves each a few). ``exclusive``: the caller holds the store's planning lock,
+    so a group laid out by this call holds no chunk another planner finished (its check is
+    skipped). Returns the plan; ``todo`` is empty when the group is already complete.
     """
     params = featurizer.get_params()
     key = key or feature_key(dataset.key, featurizer.name, params)
@@ -141,10 +143,17 @@ def plan_feature_group(
         done = read_array(group, "done")
     else:
         rows = _lay_out(group, dataset, featurizer, rows_per_chunk, workers=workers)
-        kept = verify_feature_group(store, key, kind)  # chunks another planner finished
+        fresh = exclusive and not same  # laid out now, under the caller's lock
+        if fresh:  # no planner finished a chunk of it
+            kept: list[int] | None = []
+        else:
+            kept = verify_feature_group(store, key, kind)  # chunks another planner finished
         if kept is None:  # what was kept does not read back: start the group afresh
             rows = _lay_out(group, dataset, featurizer, rows_per_chunk, True, workers)
-        done = read_array(group, "done")
+        if fresh:
+            done = np.zeros(-(-dataset.n_atoms // rows), dtype=bool)
+        else:
+            done = read_array(group, "done")
         for c in kept or []:
             done[c] = False
             array(group, "done")[c] = False
