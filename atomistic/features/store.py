@@ -56,7 +56,10 @@ __all__ = [
     "repair_feature_group",
 ]
 
-FORMAT_VERSION = 1
+# 2: features computed by the fused CPU kernels (atomistic/features/fused.py), which sum in
+# another order than the torch path of version 1 (the values agree to ~1e-15, not bit for bit):
+# a new key, so that one key always names the same bytes and no group mixes the two
+FORMAT_VERSION = 2
 TARGET_CHUNK_BYTES = 4 * 2**20
 # with several workers, at least this many chunks each (load balance), of at least MIN_ROWS
 # rows: a chunk's fixed cost (opening the store, reading its structures, writing and marking
