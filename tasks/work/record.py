@@ -25,7 +25,7 @@ from tasks.tracking import (
 
 __all__ = ["record_campaign"]
 
-_MODEL_CODE = str(Path(__file__).resolve().parents[2] / "flows" / "mlflow_model.py")
+_MODEL_CODE = str(Path(__file__).resolve().parents[1] / "mlflow_model.py")
 _BATCH = 900  # metrics per log_batch call
 
 
@@ -113,7 +113,7 @@ def _requirement() -> str:
         return "atompipe"
 
 
-# the pyfunc's output columns (flows/mlflow_model.py): MLflow type and array depth
+# the pyfunc's output columns (tasks/mlflow_model.py): MLflow type and array depth
 _OUTPUT_COLUMNS: dict[str, tuple[str, int]] = {
     "energy": ("double", 0),
     "energy_std": ("double", 0),
