@@ -27,12 +27,18 @@ def periodic_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs (i, j, shift) of a cell periodic in all three directions within ``cutoff``.
 
-    Args:
-        positions: (n, 3) Å, inside the cell or not.
-        cell: (3, 3) lattice vectors as rows, Å, non-singular.
-        cutoff: radius, Å.
+    Parameters
+    ----------
+    positions
+        (n, 3) Å, inside the cell or not.
+    cell
+        (3, 3) lattice vectors as rows, Å, non-singular.
+    cutoff
+        radius, Å.
 
-    Returns:
+    Returns
+    -------
+    tuple
         ``i`` (pairs,), ``j`` (pairs,), ``shifts`` (pairs, 3), int64, sorted by ``i`` then ``j``.
     """
     inverse = np.linalg.inv(cell)

@@ -74,13 +74,20 @@ def primitive_neighbor_list(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs (i, j, shift) with ``|r_j - r_i + shift @ cell| <= cutoff``, i != j or shift != 0.
 
-    Args:
-        positions: (n_atoms, 3) Cartesian positions, Å.
-        cell: (3, 3) lattice vectors as rows, Å; may be zero along non-periodic directions.
-        pbc: bool or three bools.
-        cutoff: radius, Å.
+    Parameters
+    ----------
+    positions
+        (n_atoms, 3) Cartesian positions, Å.
+    cell
+        (3, 3) lattice vectors as rows, Å; may be zero along non-periodic directions.
+    pbc
+        bool or three bools.
+    cutoff
+        radius, Å.
 
-    Returns:
+    Returns
+    -------
+    tuple
         ``i`` (pairs,) int64, ``j`` (pairs,) int64, ``shifts`` (pairs, 3) int64, sorted by ``i``.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
@@ -110,14 +117,22 @@ def batch_neighbor_list(
 ) -> NeighborList:
     """One neighbour list for a flat ragged batch of structures, with global atom indices.
 
-    Args:
-        positions: (n_atoms, 3) Å, all structures concatenated.
-        cells: (n_structures, 3, 3) Å.
-        pbcs: (n_structures, 3) bool.
-        offsets: (n_structures + 1,) atoms of structure ``s`` are rows ``offsets[s]:offsets[s+1]``.
-        cutoff: radius, Å.
+    Parameters
+    ----------
+    positions
+        (n_atoms, 3) Å, all structures concatenated.
+    cells
+        (n_structures, 3, 3) Å.
+    pbcs
+        (n_structures, 3) bool.
+    offsets
+        (n_structures + 1,) atoms of structure ``s`` are rows ``offsets[s]:offsets[s+1]``.
+    cutoff
+        radius, Å.
 
-    Returns:
+    Returns
+    -------
+    NeighborList
         a :class:`NeighborList` of numpy int64 arrays, sorted by ``i``.
     """
     positions = np.asarray(positions, dtype=np.float64)

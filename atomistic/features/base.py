@@ -318,12 +318,18 @@ class Featurizer(torch.nn.Module):
     ) -> Tensor:
         """Features, shape (N, n_features), dtype of ``positions``.
 
-        Args:
-            numbers: (N,) atomic numbers (long).
-            positions: (N, 3) Å.
-            cells: (S, 3, 3) Å, one cell per structure (rows are lattice vectors).
-            batch: (N,) structure index of each atom.
-            nl: neighbour list (from :meth:`neighbors`), indices into the N atoms.
+        Parameters
+        ----------
+        numbers
+            (N,) atomic numbers (long).
+        positions
+            (N, 3) Å.
+        cells
+            (S, 3, 3) Å, one cell per structure (rows are lattice vectors).
+        batch
+            (N,) structure index of each atom.
+        nl
+            neighbour list (from :meth:`neighbors`), indices into the N atoms.
         """
         self._require_elements()
         n_atoms, device = positions.shape[0], positions.device

@@ -63,10 +63,25 @@ def features(
 ) -> np.ndarray:
     """The columns of ``featurizer.forward`` for a flat batch, (N, n_features) float64.
 
-    Args:
-        featurizer: a featurizer for which :func:`supports` is true, with its elements fixed.
-        numbers: (N,) atomic numbers; positions: (N, 3) Å; cells: (S, 3, 3) Å;
-        batch: (N,) structure of each atom; nl: its neighbour list (numpy, sorted by centre).
+    Parameters
+    ----------
+    featurizer
+        a featurizer for which :func:`supports` is true, with its elements fixed.
+    numbers
+        (N,) atomic numbers.
+    positions
+        (N, 3) Å.
+    cells
+        (S, 3, 3) Å.
+    batch
+        (N,) structure of each atom.
+    nl
+        its neighbour list (numpy, sorted by centre).
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, n_features) float64.
     """
     n_atoms = len(numbers)
     species_bin = featurizer.species_bin.cpu().numpy()

@@ -112,22 +112,32 @@ class Gaussian(Featurizer):
     neighbour element, angular columns per unordered pair of neighbour elements; with
     ``weighted=True`` (wACSF) terms are weighted by Z_j (Z_j Z_k) and not resolved by element.
 
-    Args:
-        cutoff: R_c in Å, a float or {"radial": r, "angular": r}.
-        normalized: divide the exponents by R_c^2.
-        angular_type: "G3" or "G4".
-        elements: symbols (or atomic numbers); None to fix them later (fit_elements/featurize).
-        custom: ML4Chem-style parameter sets, e.g. {"G2": {"etas": [...], "Rs": [...]},
-            "G3": {"etas": [...], "zetas": [...], "gammas": [...]}}; full product grids; a term
-            left out keeps the defaults (docs/features.md).
-        weighted: wACSF.
-        preprocessor: ML4Chem's scaling of these features when a model is fitted on
-            structures (``model.fit(images, featurizer=...)``): ("MinMaxScaler", {"feature_range":
-            (-1, 1)}) (the default), ("StandardScaler", None), or None for none.
-        save_preprocessor: ML4Chem's path for the fitted scaler; atompipe writes it as JSON.
-            Neither changes the features or :meth:`get_params`.
-        device: "cpu" or "cuda", where :meth:`featurize` computes (the CPU, with one message,
-            when no GPU is present); not part of :meth:`get_params`.
+    Parameters
+    ----------
+    cutoff
+        R_c in Å, a float or {"radial": r, "angular": r}.
+    normalized
+        divide the exponents by R_c^2.
+    angular_type
+        "G3" or "G4".
+    elements
+        symbols (or atomic numbers); None to fix them later (fit_elements/featurize).
+    custom
+        ML4Chem-style parameter sets, e.g. {"G2": {"etas": [...], "Rs": [...]},
+        "G3": {"etas": [...], "zetas": [...], "gammas": [...]}}; full product grids; a term
+        left out keeps the defaults (docs/features.md).
+    weighted
+        wACSF.
+    preprocessor
+        ML4Chem's scaling of these features when a model is fitted on
+        structures (``model.fit(images, featurizer=...)``): ("MinMaxScaler", {"feature_range":
+        (-1, 1)}) (the default), ("StandardScaler", None), or None for none.
+    save_preprocessor
+        ML4Chem's path for the fitted scaler; atompipe writes it as JSON.
+        Neither changes the features or :meth:`get_params`.
+    device
+        "cpu" or "cuda", where :meth:`featurize` computes (the CPU, with one message,
+        when no GPU is present); not part of :meth:`get_params`.
 
     Output of ``forward``/``featurize``: (n_atoms, n_features), dimensionless.
     """

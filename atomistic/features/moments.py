@@ -40,10 +40,24 @@ def angular_moments(
 ) -> Tensor:
     """Angular columns of a separable term, shape (n_atoms, n_bin_pairs * term.n_features).
 
-    Args:
-        term: the separable AngularTerm; n_bins: element bins of neighbours.
-        i: (P,) centre of each pair. vectors: (P, 3) r_ij, Å. distances: (P,) R_ij, Å.
-        factors: (P, a) g(R_ij). nbins_j: (P,) element bin of each neighbour j.
+    Parameters
+    ----------
+    term
+        the separable AngularTerm.
+    n_bins
+        element bins of neighbours.
+    i
+        (P,) centre of each pair.
+    vectors
+        (P, 3) r_ij, Å.
+    distances
+        (P,) R_ij, Å.
+    factors
+        (P, a) g(R_ij).
+    nbins_j
+        (P,) element bin of each neighbour j.
+    n_atoms
+        atoms of the batch.
     """
     if term is None or not term.separable:
         raise TypeError("per-atom moments need a separable angular term")

@@ -41,10 +41,14 @@ class Triplets:
     per-pair array (:meth:`sides`), in shapes that broadcast to the triplet shape S
     (sparse: (T,); blocks: (n, m, h)). Attributes are computed on first use.
 
-    Args:
-        unit: (3, ...) unit vectors r_ij / R_ij, one row per Cartesian component.
-        distances: (...) R_ij, Å.
-        factors: (..., a) the angular term's per-neighbour factor g(R_ij).
+    Parameters
+    ----------
+    unit
+        (3, ...) unit vectors r_ij / R_ij, one row per Cartesian component.
+    distances
+        (...) R_ij, Å.
+    factors
+        (..., a) the angular term's per-neighbour factor g(R_ij).
     """
 
     def __init__(self, unit: Tensor, distances: Tensor, factors: Tensor) -> None:
@@ -192,12 +196,22 @@ def sparse_sums(
 ) -> Tensor:
     """Angular columns by sparse triplets, shape (n_atoms, n_pairs * term.n_features).
 
-    Args:
-        term: the AngularTerm.
-        pair_bin: (nb, nb) column block of each (unordered) pair of neighbour bins.
-        i: (P,) centre of each pair, sorted.
-        vectors: (P, 3) r_ij, Å. distances: (P,) R_ij, Å. factors: (P, a) g(R_ij).
-        bins: (P,) element bin of each neighbour j.
+    Parameters
+    ----------
+    term
+        the AngularTerm.
+    pair_bin
+        (nb, nb) column block of each (unordered) pair of neighbour bins.
+    i
+        (P,) centre of each pair, sorted.
+    vectors
+        (P, 3) r_ij, Å.
+    distances
+        (P,) R_ij, Å.
+    factors
+        (P, a) g(R_ij).
+    bins
+        (P,) element bin of each neighbour j.
     """
     nb, npairs = pair_bin.shape[0], int(pair_bin.max()) + 1
     device = distances.device

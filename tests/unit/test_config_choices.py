@@ -17,6 +17,7 @@ import torch
 from atoms_factory import cu_images, make_data
 
 from atomistic.data import DEFAULT_SPLIT
+from atomistic.features import scaling
 from atomistic.features.scaling import Scaler
 from atomistic.models import KernelRidge
 from atomistic.models.kernels import KERNELS
@@ -40,6 +41,7 @@ def test_written_out_values_equal_the_definitions():
     assert _choices(cfg.KernelRidgeConfig, "kernel") == KERNELS
     assert _choices(cfg.GaussianProcessConfig, "kernel") == KERNELS
     assert tuple(cfg.SplitConfig().fractions) == DEFAULT_SPLIT
+    assert _choices(cfg.ScalerConfig, "kind") == scaling._KINDS
 
 
 @pytest.mark.parametrize("name", ACTIVATION_NAMES)
