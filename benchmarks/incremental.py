@@ -6,7 +6,7 @@ rattled copy of each, 0.05 Å, EMT labels), stored and featurized with ML4Chem's
 features (G2+G3, ``{"cutoff": 6.5}``) through ``tasks.featurize.featurize_dataset`` serially
 (no Dask) into a fresh Zarr store. The +2 %: 20 further rattled copies (0.1 Å), written as an
 exploration's snapshots and labelled with EMT into a label store beforehand (untimed), then
-appended by the pipeline's own ``tasks.work.pool.grow_stage``, which writes the new dataset
+appended by the pipeline's own ``tasks.pipeline.pool.grow_stage``, which writes the new dataset
 version and its features (the parent's rows copied, the new structures' computed). Two times of
 that one call: the whole of it (labels read, the 1020-structure dataset version written,
 features) and its features part alone (``_grow_features``: parent rows read, the new structures
@@ -102,7 +102,7 @@ def _spread(times: list[float]) -> float:
 
 def run(quick: bool = False, device: str = "cpu") -> dict:
     """Medians of the incremental (grow) and the full featurization; ratio; the row check."""
-    import tasks.work.pool as pool
+    import tasks.pipeline.pool as pool
     from atomistic.active import LabelStore, label_structures, structure_key
     from atomistic.features.store import read_features
     from tasks.featurize import featurize_dataset

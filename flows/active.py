@@ -9,7 +9,7 @@ killed loop resumes at the stage it was in. The training split grows; the valida
 stopping, the calibrated threshold) and the test set stay fixed. MLflow gets one run per
 iteration under a parent run, and a plot of the test force error against the labels added; each
 iteration's model is registered, the alias "champion" on the lowest test force error
-(:mod:`tasks.work.active_record`).
+(:mod:`tasks.pipeline.active_record`).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def active_flow(config: dict[str, Any], new_iterations: int | None = None) -> di
     dict[str, Any]
         ``campaign``, ``iterations`` (one row per iteration, from 0), ``stopped`` (the reason),
         ``new_iterations`` (iterations run now that no earlier run had finished), ``model`` and
-        ``dataset`` (the last), ``tracking`` (:func:`tasks.work.active_record.record_active`)
+        ``dataset`` (the last), ``tracking`` (:func:`tasks.pipeline.active_record.record_active`)
         and ``wall_time_s``.
     """
     cfg = CampaignConfig.model_validate(config)
@@ -300,7 +300,7 @@ def active_flow(config: dict[str, Any], new_iterations: int | None = None) -> di
         reason = why or "iterations"
     from prefect.runtime import flow_run
 
-    from tasks.work.active_record import record_active
+    from tasks.pipeline.active_record import record_active
 
     tracking = record_active(config, rows, test, model_dirs, str(flow_run.id or "none"))
     log.info("active: champion %s", tracking["champion"])

@@ -1,5 +1,5 @@
 """Prefect tasks of the active-learning loop (docs/active-learning.md): each a few lines over its
-plain function in :mod:`tasks.work.active` or :mod:`tasks.work.pool`, which hold the stage
+plain function in :mod:`tasks.pipeline.active` or :mod:`tasks.pipeline.pool`, which hold the stage
 logic, the keys and the existence checks (re-exported here).
 
 Every stage is keyed by content, so a loop that is killed resumes where it stopped: ``train``
@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.caching import stage_task
+from tasks.pipeline import active as work
+from tasks.pipeline import pool
+from tasks.pipeline.active import active_model_key, explore_exists, explore_key, train_exists
+from tasks.pipeline.pool import label_stage
 from tasks.refs import DatasetRef, FeatureRef, ModelRef, ScalerRef
-from tasks.work import active as work
-from tasks.work import pool
-from tasks.work.active import active_model_key, explore_exists, explore_key, train_exists
-from tasks.work.pool import label_stage
 
 __all__ = [
     "active_model_key",
@@ -43,7 +43,7 @@ def train_stage(
     workspace: str,
     test: dict[str, Any],
 ) -> dict[str, Any]:
-    """:func:`tasks.work.active.train_stage`; returns the model's :class:`~tasks.refs.ModelRef`
+    """:func:`tasks.pipeline.active.train_stage`; returns the model's :class:`~tasks.refs.ModelRef`
     (JSON form) with its metrics."""
     f, sc = FeatureRef.of(features), ScalerRef.of(scaler)
     prev = None if previous is None else ModelRef.of(previous)
@@ -59,7 +59,7 @@ def explore_stage(
     seed: int,
     workspace: str,
 ) -> dict[str, Any]:
-    """:func:`tasks.work.active.explore_stage`: the snapshots' file and uncertainties."""
+    """:func:`tasks.pipeline.active.explore_stage`: the snapshots' file and uncertainties."""
     m, d = ModelRef.of(model), DatasetRef.of(dataset)
     return work.explore_stage(m, d, starts, settings, seed, workspace)
 
@@ -75,7 +75,7 @@ def select_stage(
     max_labels: int,
     seed: int,
 ) -> dict[str, Any]:
-    """:func:`tasks.work.active.select_stage`: the snapshots to label and the threshold."""
+    """:func:`tasks.pipeline.active.select_stage`: the snapshots to label and the threshold."""
     m, f, sc = ModelRef.of(model), FeatureRef.of(features), ScalerRef.of(scaler)
     return work.select_stage(explored, m, f, sc, validation, settings, max_labels, seed)
 
@@ -88,7 +88,7 @@ def grow_stage(
     indices: list[int],
     labels: dict[str, Any],
 ) -> dict[str, Any]:
-    """:func:`tasks.work.pool.grow_stage`; returns {"dataset": DatasetRef, "features":
+    """:func:`tasks.pipeline.pool.grow_stage`; returns {"dataset": DatasetRef, "features":
     FeatureRef} (JSON forms)."""
     p, f = DatasetRef.of(parent), FeatureRef.of(features)
     dataset, grown = pool.grow_stage(p, f, explored, indices, labels)

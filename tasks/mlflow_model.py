@@ -7,7 +7,7 @@ DataFrame with one row per structure: ``energy`` (eV); where the model different
 its featurizer ``forces`` ((n_atoms, 3) nested lists, eV/Å) and ``stress`` (6 values, eV/Å³,
 ASE's Voigt order; empty for a structure without a periodic cell); where the model has
 uncertainty ``energy_std`` (eV) and, for a sparse GP on forces, ``forces_std`` (eV/Å).
-The logged signature (tasks/work/record.py) names these columns.
+The logged signature (tasks/pipeline/record.py) names these columns.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Prefect tasks of the learning stages: autoencoders and latent features, supervised models,
-evaluation. Each is a few lines over its plain function in :mod:`tasks.work.encoder` or
-:mod:`tasks.work.models` (which hold the stage logic, the keys and the existence checks,
+evaluation. Each is a few lines over its plain function in :mod:`tasks.pipeline.encoder` or
+:mod:`tasks.pipeline.models` (which hold the stage logic, the keys and the existence checks,
 re-exported here): references in, the reference's JSON form out."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import sys
 from typing import Any
 
 from tasks.caching import content_cache_key, stage_task
+from tasks.pipeline import encoder as encoder_work
+from tasks.pipeline import models as work
+from tasks.pipeline.encoder import encoder_exists, encoder_key
+from tasks.pipeline.models import evaluation_done, evaluation_exists, model_exists, model_key
 from tasks.refs import FeatureRef, ModelRef, ScalerRef
-from tasks.work import encoder as encoder_work
-from tasks.work import models as work
-from tasks.work.encoder import encoder_exists, encoder_key
-from tasks.work.models import evaluation_done, evaluation_exists, model_exists, model_key
 
 __all__ = [
     "encoder_exists",
@@ -49,7 +49,7 @@ def train_encoder(
     workspace: str,
     on_epoch: Any = None,
 ) -> dict[str, Any]:
-    """:func:`tasks.work.encoder.train_encoder`; returns the latent group's
+    """:func:`tasks.pipeline.encoder.train_encoder`; returns the latent group's
     :class:`~tasks.refs.FeatureRef` (JSON form)."""
     f, sc = FeatureRef.of(features), ScalerRef.of(scaler)
     return encoder_work.train_encoder(f, sc, settings, split, workspace, on_epoch).to_dict()
@@ -65,7 +65,7 @@ def train_model(
     workspace: str,
     on_epoch: Any = None,
 ) -> dict[str, Any]:
-    """:func:`tasks.work.models.train_model`, its warnings in the run log; returns the model's
+    """:func:`tasks.pipeline.models.train_model`, its warnings in the run log; returns the model's
     :class:`~tasks.refs.ModelRef` (JSON form)."""
     f, sc = FeatureRef.of(features), ScalerRef.of(scaler)
     ref = work.train_model(name, f, sc, config, split, workspace, on_epoch, warn=_warn)
@@ -81,7 +81,7 @@ def evaluate_model(
     which: str = "test",
     plots: bool = True,
 ) -> dict[str, Any]:
-    """:func:`tasks.work.models.evaluate_model`; returns the model's
+    """:func:`tasks.pipeline.models.evaluate_model`; returns the model's
     :class:`~tasks.refs.ModelRef` (JSON form) with its metrics and plots."""
     m, f, sc = ModelRef.of(model), FeatureRef.of(features), ScalerRef.of(scaler)
     return work.evaluate_model(m, f, sc, split, which, plots).to_dict()

@@ -1,5 +1,5 @@
 """The Prefect task that records a campaign in MLflow: a few lines over
-:func:`tasks.work.record.record_campaign`, which holds the logging, the runs and the champion's
+:func:`tasks.pipeline.record.record_campaign`, which holds the logging, the runs and the champion's
 registration; this adds the Prefect flow run's id to its tags."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from typing import Any
 from prefect.context import get_run_context
 
 from tasks.caching import stage_task
+from tasks.pipeline import record as work
+from tasks.pipeline.record import _MODEL_CODE as _MODEL_CODE  # the pyfunc's pieces, re-exported
+from tasks.pipeline.record import _requirement as _requirement
+from tasks.pipeline.record import _signature as _signature
 from tasks.refs import DatasetRef, FeatureRef, ModelRef
 from tasks.tracking import TrackingError, check_tracking, follow_moved_workspace
-from tasks.work import record as work
-from tasks.work.record import _MODEL_CODE as _MODEL_CODE  # the pyfunc's pieces, re-exported
-from tasks.work.record import _requirement as _requirement
-from tasks.work.record import _signature as _signature
 
 __all__ = ["record_campaign", "check_tracking", "TrackingError", "follow_moved_workspace"]
 
@@ -37,7 +37,7 @@ def record_campaign(
     features: dict[str, Any],
     results: dict[str, Any],
 ) -> dict[str, Any]:
-    """:func:`tasks.work.record.record_campaign`; returns the run ids and the champion model
+    """:func:`tasks.pipeline.record.record_campaign`; returns the run ids and the champion model
     version.
 
     ``datasets``, ``features`` and ``results`` map the campaign's names to references

@@ -1,8 +1,8 @@
 """Prefect tasks of the data stages: ingest, featurize, fit the scaler. Each is a few lines over
-its plain function (:mod:`tasks.work.data`, :func:`tasks.featurize.featurize_dataset`) and
+its plain function (:mod:`tasks.pipeline.data`, :func:`tasks.featurize.featurize_dataset`) and
 returns the JSON form of a small reference (store URL, content key, a few figures), never
 arrays. Results are persisted as JSON in the workspace so that caching holds across processes
-and days. The keys and existence checks are re-exported from :mod:`tasks.work.data`.
+and days. The keys and existence checks are re-exported from :mod:`tasks.pipeline.data`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from atomistic.features.store import feature_key, repair_feature_group
 from atomistic.storage import Store
 from tasks.caching import stage_task
 from tasks.featurize import build_featurizer, featurize_dataset
+from tasks.pipeline import data
+from tasks.pipeline.data import ingest_exists, ingest_key
 from tasks.refs import DatasetRef, FeatureRef
-from tasks.work import data
-from tasks.work.data import ingest_exists, ingest_key
 
 __all__ = [
     "ingest",
@@ -44,7 +44,7 @@ def ingest(
     forces_key: str = "forces",
     needs_forces: str | None = None,
 ) -> dict[str, Any]:
-    """:func:`tasks.work.data.ingest`; returns a :class:`~tasks.refs.DatasetRef` (JSON form)."""
+    """:func:`tasks.pipeline.data.ingest`; returns a :class:`~tasks.refs.DatasetRef` (JSON form)."""
     args = (fractions, seed, format, energy_key, forces_key, needs_forces)
     return data.ingest(paths, store_url, *args).to_dict()
 
@@ -99,7 +99,7 @@ def fit_scaler(
     fractions: tuple[float, float, float] = DEFAULT_SPLIT,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """:func:`tasks.work.data.fit_scaler`; returns its :class:`~tasks.refs.ScalerRef` (JSON
+    """:func:`tasks.pipeline.data.fit_scaler`; returns its :class:`~tasks.refs.ScalerRef` (JSON
     form)."""
     f = FeatureRef.of(features)
     return data.fit_scaler(f, kind, feature_range, per_element, fractions, seed).to_dict()

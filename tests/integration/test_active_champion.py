@@ -10,36 +10,11 @@ from contextlib import closing
 import ase.io
 import pytest
 import yaml
+from test_active_flow import CAMPAIGN  # its tiny loop: two iterations, two labels each
 
 from flows.config import load_campaign
 
 pytestmark = pytest.mark.slow
-
-CAMPAIGN = {  # the tiny loop of test_active_flow.py: two iterations, two labels each
-    "name": "altest",
-    "datasets": {"cu": {"paths": ["cu.extxyz"]}},
-    "features": {"g": {"type": "gaussian", "dataset": "cu", "cutoff": 4.0}},
-    "dask": {"n_workers": 1},
-    "models": {
-        "nn": {
-            "type": "neuralnetwork",
-            "features": "g",
-            "hiddenlayers": [4],
-            "activation": "celu0.1",
-            "force_weight": 1.0,
-            "ensemble": 2,
-            "training": {"epochs": 3, "batch_size": 8, "warmup_epochs": 0},
-        }
-    },
-    "active": {
-        "model": "nn",
-        "iterations": 2,
-        "budget": 4,
-        "exploration": {"temperatures": [600], "steps": 10, "interval": 5, "starts": 1},
-        "selection": {"threshold": 0.0, "max_labels": 2, "diversity": "none"},
-        "labelling": {"calculator": "emt"},
-    },
-}
 
 
 def _from_sqlite(db) -> tuple[dict[str, tuple[float, str]], dict[str, str], str]:

@@ -23,8 +23,7 @@ import numpy as np
 
 from atomistic.data import read_dataset, read_structures
 from atomistic.storage import content_hash
-from tasks.refs import DatasetRef, FeatureRef, ModelRef, ScalerRef
-from tasks.work.common import (
+from tasks.pipeline.common import (
     atomic_data,
     model_dir,
     model_featurizer,
@@ -32,6 +31,7 @@ from tasks.work.common import (
     publish_model,
     write_atomic,
 )
+from tasks.refs import DatasetRef, FeatureRef, ModelRef, ScalerRef
 
 __all__ = [
     "active_model_key",

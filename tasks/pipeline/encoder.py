@@ -13,8 +13,8 @@ from atomistic.data import read_dataset
 from atomistic.features.scaling import Scaler
 from atomistic.features.store import read_features, write_feature_array
 from atomistic.storage import Store, content_hash
+from tasks.pipeline.common import checkpoint_dir, model_dir, publish_model, split_arrays
 from tasks.refs import FeatureRef, ScalerRef
-from tasks.work.common import checkpoint_dir, model_dir, publish_model, split_arrays
 
 __all__ = ["encoder_exists", "encoder_key", "train_encoder"]
 

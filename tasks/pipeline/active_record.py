@@ -6,7 +6,7 @@ not recorded before), each iteration's model registered as a version of
 force MAE on the fixed test set is lower than the champion's (docs/active-learning.md, MLflow).
 
 The pyfunc, its pip requirement and signature are those of the campaign's models
-(:mod:`tasks.work.record`).
+(:mod:`tasks.pipeline.record`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tasks.pipeline.record import (
+    _MODEL_CODE,
+    _git_commit,
+    _params,
+    _requirement,
+    _signature,
+    recording,
+)
 from tasks.tracking import (
-    check_tracking,
     experiment_id,
     follow_moved_workspace,
-    tracking_lock,
 )
-from tasks.work.record import _MODEL_CODE, _git_commit, _params, _requirement, _signature
 
 __all__ = ["champion_name", "record_active", "test_set_key"]
 
@@ -84,13 +89,7 @@ def record_active(
     tasks.tracking.TrackingError
         The tracking server cannot be reached, or its sqlite database is damaged.
     """
-    from atomistic import interrupt
-
-    interrupt.check()
-    ws = Path(config["workspace"])
-    uri = (config.get("tracking") or {}).get("uri") or f"sqlite:///{(ws / 'mlflow.db').resolve()}"
-    check_tracking(uri)
-    with tracking_lock(uri):
+    with recording(config) as uri:
         return _record(config, rows, test, model_dirs, uri, flow_run)
 
 

@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from atomistic.storage import content_hash
-from tasks.refs import FeatureRef, ModelRef, ScalerRef
-from tasks.work.common import (
+from tasks.pipeline.common import (
     atomic_data,
     model_dir,
     model_featurizer,
@@ -26,6 +25,7 @@ from tasks.work.common import (
     publish_model,
     split_arrays,
 )
+from tasks.refs import FeatureRef, ModelRef, ScalerRef
 
 __all__ = [
     "evaluate_model",

@@ -11,6 +11,7 @@ import json
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +270,30 @@ def _register_champion(
     return {"name": reg_name, "version": str(mv.version), "model": best}
 
 
+@contextlib.contextmanager
+def recording(config: dict[str, Any]) -> Iterator[str]:
+    """The campaign's tracking URI, checked and held under the tracking lock while it records.
+
+    A stop request is honoured first (a stopped campaign records nothing); the URI is the
+    campaign's ``tracking.uri`` or the workspace's sqlite store.
+
+    Raises
+    ------
+    atomistic.interrupt.Interrupted
+        A stop was requested.
+    tasks.tracking.TrackingError
+        The tracking server cannot be reached, or its sqlite database is damaged.
+    """
+    from atomistic import interrupt
+
+    interrupt.check()
+    ws = Path(config["workspace"])
+    uri = (config.get("tracking") or {}).get("uri") or f"sqlite:///{(ws / 'mlflow.db').resolve()}"
+    check_tracking(uri)
+    with tracking_lock(uri):
+        yield uri
+
+
 def record_campaign(
     config: dict[str, Any],
     datasets: dict[str, DatasetRef],
@@ -302,13 +327,7 @@ dict[str, ModelRef]
     tasks.tracking.TrackingError
         The tracking server cannot be reached, or its sqlite database is damaged.
     """
-    from atomistic import interrupt
-
-    interrupt.check()
-    ws = Path(config["workspace"])
-    uri = (config.get("tracking") or {}).get("uri") or f"sqlite:///{(ws / 'mlflow.db').resolve()}"
-    check_tracking(uri)
-    with tracking_lock(uri):
+    with recording(config) as uri:
         return _record(config, datasets, features, results, uri, flow_run)
 
 

@@ -20,8 +20,8 @@ from atomistic.features.store import (
     write_feature_array,
 )
 from atomistic.storage import Store
+from tasks.pipeline.common import model_featurizer
 from tasks.refs import DatasetRef, FeatureRef
-from tasks.work.common import model_featurizer
 
 __all__ = ["grow_stage", "label_stage"]
 
@@ -65,7 +65,7 @@ def label_stage(
     Parameters
     ----------
     explored : dict[str, Any]
-        :func:`tasks.work.active.explore_stage`'s result.
+        :func:`tasks.pipeline.active.explore_stage`'s result.
     indices : list[int]
         The picked snapshots.
     labelling : dict[str, Any]
@@ -194,7 +194,7 @@ def grow_stage(
     features : FeatureRef
         Its features.
     explored : dict[str, Any]
-        :func:`tasks.work.active.explore_stage`'s result.
+        :func:`tasks.pipeline.active.explore_stage`'s result.
     indices : list[int]
         The picked snapshots, labelled by :func:`label_stage`.
     labels : dict[str, Any]
