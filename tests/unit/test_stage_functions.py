@@ -1,4 +1,4 @@
-"""The stages' plain functions (tasks/work/) run without Prefect: a kernel model trained and
+"""The stages' plain functions (tasks/pipeline/) run without Prefect: a kernel model trained and
 evaluated on a tiny stored dataset, its evaluation checked against the model's own predictions
 from structures, recomputed with numpy; the scaler against one fitted by hand; active
 learning's labels and grown dataset against EMT and the featurizer called directly."""
@@ -22,10 +22,10 @@ from atomistic.features.scaling import Scaler
 from atomistic.features.store import read_features
 from atomistic.models import load_model
 from tasks.featurize import featurize_dataset
+from tasks.pipeline import data, pool
+from tasks.pipeline import models as work
+from tasks.pipeline.common import model_dir
 from tasks.refs import DatasetRef, FeatureRef, ModelRef, ScalerRef
-from tasks.work import data, pool
-from tasks.work import models as work
-from tasks.work.common import model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 SPLIT = {"fractions": [0.6, 0.2, 0.2], "seed": 0}
@@ -50,7 +50,7 @@ def stored(tmp_path_factory) -> tuple[FeatureRef, ScalerRef, str]:
 
 def test_no_prefect_is_imported_by_the_plain_functions():
     names = ("common", "data", "encoder", "models", "active", "pool", "record")
-    modules = ", ".join(f"tasks.work.{m}" for m in names)
+    modules = ", ".join(f"tasks.pipeline.{m}" for m in names)
     code = f"import sys, {modules}; print(sorted(m for m in sys.modules if 'prefect' in m))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
