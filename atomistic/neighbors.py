@@ -33,6 +33,7 @@ __all__ = [
     "batch_neighbor_list",
     "estimated_pairs",
     "cell_offsets",
+    "within_cutoff",
 ]
 
 # non-periodic structures up to this many atoms are searched by testing all pairs, all structures
@@ -224,3 +225,11 @@ def cell_offsets(shifts: Tensor, cells: Tensor, batch: Tensor, i: Tensor) -> Ten
     sizes = [b - a for a, b in zip([0, *ends[:-1]], ends, strict=True)]
     parts = torch.split(shifts, sizes)
     return torch.cat([part @ cells[s] for s, part in enumerate(parts)])
+
+
+def within_cutoff(distances: Tensor, cutoff: float) -> Tensor | None:
+    """Indices of the pairs closer than ``cutoff``; None when that is all of them (no gathers)."""
+    inside = distances < cutoff
+    if bool(inside.all()):
+        return None
+    return torch.nonzero(inside).squeeze(-1)

@@ -21,7 +21,13 @@ from ase.data import atomic_numbers, chemical_symbols
 from torch import Tensor
 
 from ..device import resolve_device
-from ..neighbors import NeighborList, batch_neighbor_list, cell_offsets, estimated_pairs
+from ..neighbors import (
+    NeighborList,
+    batch_neighbor_list,
+    cell_offsets,
+    estimated_pairs,
+    within_cutoff,
+)
 from .moments import angular_moments
 from .moments import moments_pay as _moments_pay
 from .terms import AngularTerm, RadialTerm
@@ -351,7 +357,7 @@ class Featurizer(torch.nn.Module):
         distances = vectors.norm(dim=-1)  # shape (pairs,)
         weights = numbers.to(positions.dtype) if self.weighted else None
 
-        keep = _within(distances, self.radial.cutoff)
+        keep = within_cutoff(distances, self.radial.cutoff)
         ir, jr, rr = (i, j, distances) if keep is None else (i[keep], j[keep], distances[keep])
         terms = self.radial(rr)  # shape (pairs, F_r)
         if weights is not None:
@@ -362,7 +368,7 @@ class Featurizer(torch.nn.Module):
         if self.angular is None:
             return radial
 
-        keep = _within(distances, self.angular.cutoff)
+        keep = within_cutoff(distances, self.angular.cutoff)
         if keep is not None:
             i, j, vectors, distances = i[keep], j[keep], vectors[keep], distances[keep]
         factors = self.angular.pair_factor(distances)  # shape (pairs, a)
@@ -384,14 +390,6 @@ def _fused_kernels(featurizer: Featurizer) -> Any:
     from . import fused
 
     return fused if fused.supports(featurizer) else None
-
-
-def _within(distances: Tensor, cutoff: float) -> Tensor | None:
-    """Indices of the pairs closer than ``cutoff``; None when that is all of them (no gathers)."""
-    inside = distances < cutoff
-    if bool(inside.all()):
-        return None
-    return torch.nonzero(inside).squeeze(-1)
 
 
 def featurizer_from_params(name: str, params: dict) -> Featurizer:
