@@ -237,8 +237,11 @@ class Store:
             yield from self._writing_remote(kind, key, staging)
             return
         try:
-            group = self.root.require_group(staging)
+            # The folder first, synchronously: a store this user may not write fails here with
+            # one PermissionError (zarr's own writes run concurrently and would log the others).
             try:
+                (self.path / staging).mkdir(parents=True)
+                group = self.root.require_group(staging)
                 yield group
                 seal(group)
                 group.attrs["complete"] = True
