@@ -128,6 +128,7 @@ def select(
     groups: np.ndarray | None = None,
     min_separation: float = 0.0,
     upper: float | None = None,
+    pool: float | None = None,
     seed: int = 0,
 ) -> np.ndarray:
     """Indices (sorted) of the snapshots to label.
@@ -136,7 +137,10 @@ def select(
     ``max_labels`` of them are picked, by ``diversity``:
 
     - "none": the most uncertain first;
-    - "fps": farthest-point sampling on ``descriptors`` (S, D), starting at the most uncertain;
+    - "fps": farthest-point sampling on ``descriptors`` (S, D), starting at the most uncertain,
+      among the ``pool`` × ``max_labels`` most uncertain candidates (``pool`` None: among all of
+      them; then, when nearly every snapshot is above the threshold, the picks are diverse but
+      no more uncertain than a random draw);
     - "time": the most uncertain first, skipping any snapshot within ``min_separation`` (in the
       units of ``times``, e.g. MD steps) of one already picked in the same ``groups`` entry
       (trajectory).
@@ -168,6 +172,10 @@ def select(
     elif diversity == "fps":
         if descriptors is None:
             raise ValueError("diversity 'fps' needs descriptors")
+        if pool is not None:
+            if pool < 1.0:
+                raise ValueError(f"pool must be >= 1, got {pool}")
+            cand = cand[: int(np.ceil(pool * max_labels))]
         D = np.asarray(descriptors, dtype=np.float64)[cand]
         picked = cand[farthest_point_order(D, 0, max_labels)] if len(cand) else cand
     elif diversity == "time":

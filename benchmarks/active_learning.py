@@ -18,8 +18,9 @@ as data/cu_emt.extxyz):
   ``--per-iteration`` (20) of them; label them with EMT; retrain, warm-started from the previous
   weights, with the same epoch budget; measure the test force MAE (eV/Å).
 * active learning picks snapshots whose committee force uncertainty u = max_i |σ_F,i| exceeds the
-  threshold calibrated on the validation structures (the 0.9 quantile of their u), the most
-  uncertain first, diverse by farthest-point sampling on structure descriptors; random selection
+  threshold calibrated on the validation structures (the 0.9 quantile of their u), diverse by
+  farthest-point sampling on structure descriptors among the ``--pool`` (2) × ``--per-iteration``
+  most uncertain of them; random selection
   runs the same loop (its own model drives its own, equally long exploration) and picks the same
   number of snapshots uniformly at random. Neither picks a snapshot above
   ``--max-uncertainty`` (2 eV/Å), where a trajectory is stopped as unphysical.
@@ -250,6 +251,7 @@ def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) 
                 diversity="fps",
                 descriptors=structure_descriptors(frames, featurizer, scaler),
                 upper=args.max_uncertainty,
+                pool=args.pool,
             )
         else:
             threshold = float("nan")
@@ -349,6 +351,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--temperatures", type=float, nargs="+", default=None)
     p.add_argument("--quantile", type=float, default=0.9)
     p.add_argument("--max-uncertainty", type=float, default=2.0)
+    p.add_argument(
+        "--pool",
+        type=float,
+        default=2.0,
+        help="active: farthest-point sampling among the pool x per-iteration most uncertain",
+    )
     p.add_argument("--no-warm-start", dest="warm_start", action="store_false")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--features", choices=["dense", "ml4chem"], default="dense")

@@ -54,6 +54,12 @@ class ActiveSelection(Strict):
         "`min_separation` MD steps apart within a trajectory; `none`: most uncertain first",
     )
     min_separation: int = Field(0, ge=0, description="`diversity: time`: MD steps between picks")
+    pool: float | None = Field(
+        2.0,
+        ge=1,
+        description="`diversity: fps`: farthest-point sampling among the `pool` × `max_labels` "
+        "most uncertain candidates (null: among all above the threshold)",
+    )
 
 
 class ActiveLabelling(Strict):

@@ -290,6 +290,7 @@ def select_stage(
         groups=np.array([f.info["trajectory"] for f in frames]),
         min_separation=settings["min_separation"],
         upper=settings.get("upper"),
+        pool=settings.get("pool"),
     )
     return {
         "indices": picks.tolist(),

@@ -75,6 +75,20 @@ def test_farthest_point_diversity_skips_near_duplicates():
     assert select(u, 0.5, 3, diversity="fps", descriptors=X).tolist() == [0, 1, 2]
 
 
+def test_farthest_point_pool_keeps_the_picks_uncertain():
+    """With nearly everything above the threshold, fps over all candidates reaches for the far,
+    barely uncertain snapshot; a pool of 2 x 2 keeps the four most uncertain (0, 1, 2, 4)."""
+    u = np.array([0.9, 0.85, 0.8, 0.31, 0.7, 0.32])
+    X = np.array([[0.0], [0.1], [1.0], [100.0], [2.0], [50.0]])
+    assert select(u, 0.3, 2, diversity="fps", descriptors=X).tolist() == [0, 3]
+    # pool 2: candidates 0, 1, 2, 4 (u 0.9, 0.85, 0.8, 0.7); from 0 the farthest is 4 (x = 2)
+    assert select(u, 0.3, 2, diversity="fps", descriptors=X, pool=2).tolist() == [0, 4]
+    # pool 1: the most uncertain only, in order
+    assert select(u, 0.3, 2, diversity="fps", descriptors=X, pool=1).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="pool"):
+        select(u, 0.3, 2, diversity="fps", descriptors=X, pool=0.5)
+
+
 def test_farthest_point_order_by_hand():
     X = np.array([[0.0], [1.0], [10.0], [4.0]])
     # from 0: distances 0, 1, 10, 4 -> 2; then min(d, |x - 10|) = 0, 1, 0, 4 -> 3; then 1
