@@ -121,7 +121,7 @@ def read_verified(group: zarr.Group, name: str, store_url: str = "") -> np.ndarr
     where = f"{store_url}: {group.path}" if store_url else group.path
     try:
         data = read_array(group, name)
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, OSError, RuntimeError) as exc:  # numcodecs: RuntimeError
         raise CorruptionError(f"{where}: array {name} is missing or unreadable ({exc})") from exc
     expected = _checksums(group)
     if expected is None:

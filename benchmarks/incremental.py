@@ -7,10 +7,11 @@ features (G2+G3, ``{"cutoff": 6.5}``) through ``tasks.featurize.featurize_datase
 (no Dask) into a fresh Zarr store. The +2 %: 20 further rattled copies (0.1 Å), written as an
 exploration's snapshots and labelled with EMT into a label store beforehand (untimed), then
 appended by the pipeline's own ``tasks.pipeline.pool.grow_stage``, which writes the new dataset
-version and its features (the parent's rows copied, the new structures' computed). Two times of
-that one call: the whole of it (labels read, the 1020-structure dataset version written,
-features) and its features part alone (``_grow_features``: parent rows read, the new structures
-featurized, the group written; timed by wrapping that function, the pipeline unchanged). The
+version (only the new structures; it names the parent whose structures it shares) and its
+features (the parent's rows copied, the new structures' computed). Two times of that one call:
+the whole of it (labels read, the dataset version written, features) and its features part
+alone (``_grow_features``: parent rows read, the new structures featurized, the group written;
+timed by wrapping that function, the pipeline unchanged). The
 reference: ``featurize_dataset`` of the same 1020 structures into a fresh store (the dataset
 written beforehand, untimed). Each repeat uses fresh stores; medians of 5 repeats (--quick:
 100 + 100 structures + 4, one repeat) after one untimed warm-up, spread = max / min, one thread.
@@ -96,6 +97,11 @@ def _store(root: Path, ds: Dataset, tag: str) -> tuple[str, str]:
     return url, key
 
 
+def _bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder``."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 def _spread(times: list[float]) -> float:
     return max(times) / min(times)
 
@@ -123,6 +129,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         "write_feature_array": [],
     }
     featurized_atoms, max_diff, same_key = [], 0.0, []
+    stored_bytes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="atompipe-bench-incremental-") as tmp:
         root = Path(tmp)
         # the exploration's snapshots and their labels (the label stage's output), untimed
@@ -165,6 +172,8 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
                 grown, gfeat = pool.grow_stage(pref, FeatureRef.of(fref), explored, indices, labels)
                 times["grow"].append(time.perf_counter() - t)
             featurized_atoms.append(gfeat.featurized_atoms)
+            stored_bytes["parent"] = _bytes(Path(url) / "datasets" / pkey)
+            stored_bytes["grown"] = _bytes(Path(url) / "datasets" / grown.key)
             assert grown.summary["structures"] == 2 * half + n_new
 
             # from scratch: the same 1020 structures into a fresh store
@@ -199,6 +208,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         "ratio_full_over_grow": med["full"] / med["grow"],
         "max_abs_diff": max_diff,
         "same_keys": all(same_key),
+        "dataset_bytes": stored_bytes,
     }
     compute = [
         g - r - w
@@ -273,7 +283,9 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
             f"= full rows, max |diff| {max_diff:.1e}; grown keys = the featurize stage's: "
             f"{out['same_keys']}. Ratio full / incremental features: "
             f"{out['ratio_full_over_features']:.1f}x (whole grow_stage: "
-            f"{out['ratio_full_over_grow']:.1f}x).",
+            f"{out['ratio_full_over_grow']:.1f}x). The grown dataset version stores "
+            f"{stored_bytes['grown'] / 1024:.0f} KiB (its {n_new} new structures; the parent: "
+            f"{stored_bytes['parent'] / 1024:.0f} KiB).",
         ),
         flush=True,
     )

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from atomistic.data.structures import FORMAT_VERSION, STORED_ARRAYS, Dataset
-from atomistic.storage import CorruptionError, Store, read_verified
+from atomistic.storage import CorruptionError, Store, read_array, read_verified
 
 __all__ = [
     "SPLIT_NAMES",
     "make_split",
     "neighbour_estimate",
     "read_dataset",
+    "read_offsets",
     "read_split",
+    "read_structure_range",
     "split_id",
     "write_dataset",
 ]
@@ -76,28 +79,49 @@ def split_id(fractions: Sequence[float], seed: int) -> str:
 
 
 # -- storage ---------------------------------------------------------------------------------
+#: arrays with one row per atom, and with one row per structure (``offsets`` is neither)
+PER_ATOM = ("numbers", "positions", "forces")
+PER_STRUCTURE = ("cell", "pbc", "energy")
+
+
 def write_dataset(
     ds: Dataset,
     store: Store | str,
     *,
     split: Sequence[float] = DEFAULT_SPLIT,
     seed: int = 0,
+    parent: str | None = None,
 ) -> tuple[str, bool]:
     """Store ``ds`` under ``datasets/<key>`` with its default split; returns (key, written).
 
     Content already present is found by its key and nothing is written; a stored copy that no
     longer matches its checksums is an error naming the key.
+
+    ``parent``: the key of a stored dataset that ``ds`` extends (its first structures are the
+    parent's, in order, with the same labels), e.g. a version grown by active learning. Only the
+    appended structures are written; the group names its parent in the attribute ``appends``
+    and reading it follows the chain. A ``ds`` that does not start with the parent is stored
+    whole.
     """
     store = store if isinstance(store, Store) else Store(store)
     key = ds.key
     if store.has("datasets", key):
         read_dataset(store, key)  # the stored copy still matches its checksums (else: error)
         return key, False
+    base = _prefix_of(store, parent, ds) if parent is not None else None
     with store.writing("datasets", key) as group:
+        n0, a0 = (base.n_structures, base.n_atoms) if base is not None else (0, 0)
         for name in STORED_ARRAYS:
             arr = getattr(ds, name)
-            if arr is not None:
-                group.create_array(name, data=arr, chunks=arr.shape or (1,))
+            if arr is None:
+                continue
+            if name in PER_ATOM:
+                arr = arr[a0:]
+            elif name in PER_STRUCTURE:
+                arr = arr[n0:]
+            else:  # offsets, from 0 in every group
+                arr = arr[n0:] - a0
+            group.create_array(name, data=arr, chunks=arr.shape or (1,))
         parts = make_split(ds.n_structures, split, seed, ds.structure_groups())
         sid = split_id(split, seed)
         for name, idx in parts.items():
@@ -112,7 +136,104 @@ def write_dataset(
                 "default_split": sid,
             }
         )
+        if base is not None:
+            group.attrs["appends"] = {"parent": parent, "structures": n0, "atoms": a0}
     return key, True
+
+
+def _prefix_of(store: Store, parent: str, ds: Dataset) -> Dataset | None:
+    """The stored dataset ``parent`` when ``ds`` starts with it (same arrays, same labels)."""
+    base = read_dataset(store, parent)
+    n, a = base.n_structures, base.n_atoms
+    if n == 0 or ds.n_structures <= n:
+        return None
+    for name in STORED_ARRAYS:
+        mine, theirs = getattr(ds, name), getattr(base, name)
+        if (mine is None) != (theirs is None):
+            return None
+        if mine is None:
+            continue
+        head = mine[:a] if name in PER_ATOM else mine[: n + 1] if name == "offsets" else mine[:n]
+        if not np.array_equal(head, theirs):
+            return None
+    return base
+
+
+def _chain(store: Store, key: str) -> list[tuple[str, Any]]:
+    """(key, group) of the groups holding ``datasets/<key>``'s structures, the oldest first:
+    one group, or a version's parents and then the version."""
+    chain: list[tuple[str, Any]] = []
+    k: str | None = key
+    while k is not None:
+        if any(k == seen for seen, _ in chain):
+            raise CorruptionError(f"{store.url}: datasets/{key}: its parent chain loops at {k}")
+        try:
+            group = store.open("datasets", k)
+        except KeyError as exc:
+            raise CorruptionError(
+                f"{store.url}: datasets/{key}: its parent datasets/{k} is missing or incomplete "
+                "(the version stores only the structures it appended)"
+            ) from exc
+        chain.append((k, group))
+        link = group.attrs.get("appends")
+        k = None
+        if link is not None:
+            if not isinstance(link, dict) or not isinstance(link.get("parent"), str):
+                raise CorruptionError(f"{store.url}: datasets/{chain[-1][0]}: bad 'appends'")
+            k = link["parent"]
+    return chain[::-1]
+
+
+def _gather(
+    store: Store,
+    key: str,
+    names: Sequence[str],
+    s0: int = 0,
+    s1: int | None = None,
+    verified: bool = True,
+) -> dict[str, np.ndarray]:
+    """Arrays ``names`` of structures ``s0:s1`` of ``datasets/<key>``, across its chain of
+    groups (offsets from 0). ``verified``: every array read whole and checked against its
+    checksum; else only the rows needed are read (a worker's chunk)."""
+
+    def read(group: Any, name: str, lo: int, hi: int) -> np.ndarray:
+        if verified:
+            return read_verified(group, name, store.url)[lo:hi]
+        return read_array(group, name, lo, hi)
+
+    pieces: dict[str, list[np.ndarray]] = {n: [] for n in names if n != "offsets"}
+    offsets = [np.zeros(1, dtype=np.int64)]
+    start = 0  # the first structure of the group, in the whole dataset
+    for _, group in _chain(store, key):
+        local = read(group, "offsets", 0, None)  # type: ignore[arg-type]
+        n = len(local) - 1
+        lo, hi = max(s0 - start, 0), min((n if s1 is None else s1 - start), n)
+        start += n
+        if hi <= lo:
+            continue
+        a_lo, a_hi = int(local[lo]), int(local[hi])
+        offsets.append(local[lo + 1 : hi + 1] - a_lo + offsets[-1][-1])
+        for name in pieces:
+            rows = (a_lo, a_hi) if name in PER_ATOM else (lo, hi)
+            pieces[name].append(read(group, name, *rows))
+    out = {n: np.concatenate(p) for n, p in pieces.items()}
+    if "offsets" in names:
+        out["offsets"] = np.concatenate(offsets).astype(np.int64)
+    return out
+
+
+def read_structure_range(store: Store | str, key: str, s0: int, s1: int) -> dict[str, np.ndarray]:
+    """numbers, positions, cell, pbc and offsets (from 0) of structures ``s0:s1`` of
+    ``datasets/<key>``, reading only their rows (a featurization chunk)."""
+    store = store if isinstance(store, Store) else Store(store)
+    names = ("numbers", "positions", "cell", "pbc", "offsets")
+    return _gather(store, key, names, s0, s1, verified=False)
+
+
+def read_offsets(store: Store | str, key: str) -> np.ndarray:
+    """(n_structures + 1,) atom offsets of ``datasets/<key>`` (unverified; sizes work)."""
+    store = store if isinstance(store, Store) else Store(store)
+    return _gather(store, key, ("offsets",), verified=False)["offsets"]
 
 
 def read_dataset(store: Store | str, key: str) -> Dataset:
@@ -120,22 +241,25 @@ def read_dataset(store: Store | str, key: str) -> Dataset:
 
     A dataset is source data (it cannot be recomputed): a missing or damaged chunk raises
     :class:`~atomistic.storage.CorruptionError` naming the store and the key. A group written
-    before checksums existed is checked against its content key instead.
+    before checksums existed, and a version stored as its parent plus appended structures, is
+    checked against its content key too.
     """
     store = store if isinstance(store, Store) else Store(store)
-    group = store.open("datasets", key)
+    chain = _chain(store, key)
+    group = chain[-1][1]
     stored = group.attrs.get("checksums")
     if stored is not None and not isinstance(stored, dict):
         raise CorruptionError(f"{store.url}: datasets/{key}: its checksums are not a mapping")
     names = [n for n in STORED_ARRAYS if (n in stored if stored is not None else n in group)]
-    arrays = {name: read_verified(group, name, store.url) for name in names}
     sources = group.attrs.get("sources", [])
     listed = sources if isinstance(sources, list) else []
-    ds = Dataset(**arrays, sources=tuple(s for s in listed if isinstance(s, dict)))
-    if stored is None and ds.key != key:
+    ds = Dataset(
+        **_gather(store, key, names), sources=tuple(s for s in listed if isinstance(s, dict))
+    )
+    if (stored is None or len(chain) > 1) and ds.key != key:
         raise CorruptionError(
             f"{store.url}: datasets/{key}: its arrays no longer hash to its key (a chunk file "
-            "was deleted, truncated or changed)"
+            "was deleted, truncated or changed, or a parent version replaced)"
         )
     return ds
 
@@ -150,9 +274,8 @@ def neighbour_estimate(store: Store | str, key: str, cutoff: float) -> tuple[flo
     cells, periodicity and offsets.
     """
     store = store if isinstance(store, Store) else Store(store)
-    group = store.open("datasets", key)
-    cell, pbc = read_verified(group, "cell", store.url), read_verified(group, "pbc", store.url)
-    counts = np.diff(read_verified(group, "offsets", store.url))
+    arrays = _gather(store, key, ("cell", "pbc", "offsets"))
+    cell, pbc, counts = arrays["cell"], arrays["pbc"], np.diff(arrays["offsets"])
     volume = np.abs(np.linalg.det(cell))
     periodic = pbc.any(axis=1) & (volume > 0)
     sphere = 4.0 / 3.0 * math.pi * float(cutoff) ** 3

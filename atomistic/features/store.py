@@ -33,6 +33,7 @@ import numpy as np
 import zarr
 
 from atomistic.data import Dataset
+from atomistic.data.store import read_offsets, read_structure_range
 from atomistic.storage import (
     CorruptionError,
     Store,
@@ -265,20 +266,15 @@ def compute_chunk(
     store = Store(store_url)
     group = store.require(kind, key)
     rows = _rows_attr(group)
-    dsg = store.open("datasets", dataset_key)
-    offsets = read_array(dsg, "offsets")
+    offsets = read_offsets(store, dataset_key)
     n_atoms = int(offsets[-1])
     lo, hi = chunk * rows, min((chunk + 1) * rows, n_atoms)
     s0 = int(np.searchsorted(offsets, lo, side="right")) - 1
     s1 = int(np.searchsorted(offsets, hi, side="left"))
-    a0, a1 = int(offsets[s0]), int(offsets[s1])
-    sub_offsets = offsets[s0 : s1 + 1] - a0
+    a0 = int(offsets[s0])
+    part = read_structure_range(store, dataset_key, s0, s1)
     values = featurizer.featurize_arrays(
-        read_array(dsg, "numbers", a0, a1),
-        read_array(dsg, "positions", a0, a1),
-        read_array(dsg, "cell", s0, s1),
-        read_array(dsg, "pbc", s0, s1),
-        sub_offsets,
+        part["numbers"], part["positions"], part["cell"], part["pbc"], part["offsets"]
     )
     rows_out = np.asarray(values, dtype=np.float64)[lo - a0 : hi - a0]
     array(group, "values")[lo:hi] = rows_out
@@ -331,7 +327,7 @@ def _verified_offsets(store: Store, group: Any, key: str, kind: str) -> np.ndarr
         return read_verified(group, "offsets", store.url)
     try:
         return read_array(group, "offsets")
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, OSError, RuntimeError) as exc:
         raise CorruptionError(f"{store.url}: {kind}/{key}: offsets unreadable ({exc})") from exc
 
 

@@ -185,7 +185,7 @@ def grow_stage(
     labels: dict[str, Any],
 ) -> tuple[DatasetRef, FeatureRef]:
     """The parent dataset followed by the newly labelled structures, stored as a new version
-    (attrs ``parent``, ``parent_structures``), and its features.
+    that stores only the new structures (attrs ``appends``: the parent), and its features.
 
     Parameters
     ----------
@@ -221,11 +221,7 @@ def grow_stage(
     old = read_dataset(store, parent.key)
     added = Dataset.from_atoms(new, require_energy=True)
     grown = _grown(old, added)
-    key, _ = write_dataset(grown, store)
-    if "parent" not in store.open("datasets", key).attrs:  # the version's lineage
-        store.root[f"datasets/{key}"].attrs.update(
-            {"parent": parent.key, "parent_structures": old.n_structures}
-        )
+    key, _ = write_dataset(grown, store, parent=parent.key)  # stores only the new structures
     fkey, computed_atoms = _grow_features(store, features, key, grown, added)
     grown_ref = DatasetRef(store=parent.store, key=key, summary=grown.summary(), parent=parent.key)
     grown_features = replace(

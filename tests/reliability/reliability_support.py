@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import ase.io
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,3 +136,45 @@ def copy_campaign(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of ``proc`` and wait until none of its processes (the Dask
+    workers included) is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        alive = [p for p in psutil.process_iter(["pid"]) if _pgid(p.info["pid"]) == proc.pid]
+        if not alive:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes of the killed group {proc.pid} survive: {alive}")
+
+
+def wait_until(proc: subprocess.Popen, ready, what: str, timeout: float = 240):
+    """Poll ``ready()`` until it returns something other than None, and return that; fail when
+    ``proc`` ends first or after ``timeout`` seconds (killing its group)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = ready()
+        if value is not None:
+            return value
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(
+                f"atompipe ended (rc {proc.returncode}) before {what}: {err.decode()[-3000:]}"
+            )
+        time.sleep(0.01)
+    kill_group(proc)
+    raise AssertionError(f"timed out waiting for {what}")

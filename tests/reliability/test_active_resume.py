@@ -12,22 +12,21 @@ apart by (inode, mtime): a label or a chunk written again is a new file renamed 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import torch  # imported now: the first poll of a checkpoint must not wait for it
 from reliability_support import (
     atompipe_cmd,
     atompipe_env,
+    kill_group,
     start_atompipe,
+    wait_until,
     write_campaign,
     write_cu,
 )
@@ -97,46 +96,6 @@ def _stamps(root: Path, pattern: str = "**/*") -> dict[str, tuple[int, int]]:
 
 def _labels(workspace: Path) -> dict[str, tuple[int, int]]:
     return _stamps(workspace / "active" / "labels", "*.npz")
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group of ``proc`` and wait until none of its processes is left."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        alive = [p for p in psutil.process_iter(["pid"]) if _pgid(p.info["pid"]) == proc.pid]
-        if not alive:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"processes of the killed group {proc.pid} survive: {alive}")
-
-
-def _wait_until(proc: subprocess.Popen, ready, what: str, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = ready()
-        if value is not None:
-            return value
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            raise AssertionError(
-                f"atompipe active ended (rc {proc.returncode}) before {what}: "
-                f"{err.decode()[-3000:]}"
-            )
-        time.sleep(0.01)
-    _kill_group(proc)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _start(campaign: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -271,8 +230,8 @@ def test_killed_while_labelling_resumes_computing_only_the_missing_labels(
         n = len(_labels(workspace))
         return n if 1 <= n <= PICKS - 3 else None
 
-    _wait_until(first, some_labels, "some labels were written")
-    _kill_group(first)
+    wait_until(first, some_labels, "some labels were written")
+    kill_group(first)
     at_kill = _labels(workspace)
     leftovers = sorted(p.name for p in (workspace / "active" / "labels").glob(".*"))
     n_kill = len(at_kill)
@@ -325,8 +284,8 @@ def test_killed_while_training_resumes_without_labelling_or_featurizing_again(
                 return key, ckpt
         return None
 
-    training, ckpt = _wait_until(first, iteration_one_training, "iteration 1 trains")
-    _kill_group(first)
+    training, ckpt = wait_until(first, iteration_one_training, "iteration 1 trains")
+    kill_group(first)
     member = ckpt.parent.name if ckpt.parent.name.startswith("member") else "member0"
     at_kill = _checkpoint_epochs(ckpt)
     epochs = {

@@ -23,8 +23,10 @@ import torch
 import zarr
 from reliability_support import (
     atompipe_env,
+    kill_group,
     snapshot,
     start_atompipe,
+    wait_until,
     write_campaign,
     write_cu,
 )
@@ -190,44 +192,6 @@ def _start(campaign: Path, env: dict[str, str]) -> subprocess.Popen:
     return start_atompipe(["run", campaign, "--quiet"], campaign.parent, env)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-    deadline = time.monotonic() + 30  # wait for the workers of the group to be gone too
-    while time.monotonic() < deadline:
-        alive = [p for p in psutil.process_iter(["pid"]) if _pgid(p.info["pid"]) == proc.pid]
-        if not alive:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"processes of the killed group {proc.pid} survive: {alive}")
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-
-
-def _wait_until(proc: subprocess.Popen, ready, what: str, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = ready()
-        if value is not None:
-            return value
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            raise AssertionError(
-                f"atompipe run ended (rc {proc.returncode}) before {what}: {err.decode()[-3000:]}"
-            )
-        time.sleep(0.01)
-    _kill_group(proc)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _checkpoint_epochs(path: Path) -> int | None:
     try:
         return int(torch.load(path, weights_only=True)["history"]["epochs_completed"])
@@ -269,8 +233,8 @@ def test_killed_campaign_resumes_featurization_and_training(prefect_api, tmp_pat
         done = _done(store, fkey)
         return done if done is not None and 4 <= done.sum() <= len(done) - 8 else None
 
-    _wait_until(first, some_chunks_done, "a few feature chunks were done")
-    _kill_group(first)
+    wait_until(first, some_chunks_done, "a few feature chunks were done")
+    kill_group(first)
     done_at_kill = _done(store, fkey)
     n_chunks, n_done = len(done_at_kill), int(done_at_kill.sum())
     group = zarr.open_group(str(store), mode="r", path=f"features/{fkey}")
@@ -289,8 +253,8 @@ def test_killed_campaign_resumes_featurization_and_training(prefect_api, tmp_pat
                 return ckpt
         return None
 
-    ckpt = _wait_until(second, some_epochs_done, "some training epochs were checkpointed")
-    _kill_group(second)
+    ckpt = wait_until(second, some_epochs_done, "some training epochs were checkpointed")
+    kill_group(second)
     k = _checkpoint_epochs(ckpt)
     assert not list((tmp_path / "workspace" / "models").glob("*/card.json"))
 
@@ -339,7 +303,7 @@ def test_two_campaigns_on_one_store_at_once(prefect_api, tmp_path):
             _, err = proc.communicate(timeout=400)
         finally:
             if proc.poll() is None:
-                _kill_group(proc)
+                kill_group(proc)
         errors.append(err.decode()[-3000:])
     assert [p.returncode for p in procs] == [0, 0], errors
 

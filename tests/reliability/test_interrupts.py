@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import psutil
 import zarr
-from reliability_support import atompipe_env, cli, start_atompipe, write_campaign, write_cu
-from test_faults import (
-    _checkpoint_epochs,
-    _chunk_files,
-    _done,
-    _feature_key,
-    _kill_group,
-    _start,
-    _wait_until,
+from reliability_support import (
+    atompipe_env,
+    cli,
+    kill_group,
+    start_atompipe,
+    wait_until,
+    write_campaign,
+    write_cu,
 )
+from test_faults import _checkpoint_epochs, _chunk_files, _done, _feature_key, _start
 
 EPOCHS = 80
 
@@ -39,7 +39,7 @@ def _interrupt(proc: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[float,
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            _kill_group(proc)
+            kill_group(proc)
     return time.monotonic() - t0, err.decode()
 
 
@@ -78,7 +78,7 @@ def test_sigint_during_featurization_and_training_stops_and_resumes(prefect_api,
         done = _done(store, fkey)
         return done if done is not None and 2 <= done.sum() <= len(done) - 8 else None
 
-    _wait_until(first, some_chunks_done, "a few feature chunks were done")
+    wait_until(first, some_chunks_done, "a few feature chunks were done")
     children = psutil.Process(first.pid).children(recursive=True)
     assert any("uvicorn" in " ".join(p.cmdline()) for p in children)  # the ephemeral API
     seconds, err = _interrupt(first)
@@ -101,7 +101,7 @@ def test_sigint_during_featurization_and_training_stops_and_resumes(prefect_api,
                 return ckpt
         return None
 
-    ckpt = _wait_until(second, some_epochs_done, "some training epochs were checkpointed")
+    ckpt = wait_until(second, some_epochs_done, "some training epochs were checkpointed")
     seconds, err = _interrupt(second)
     _assert_stopped(second, seconds, err, "training", capfd)
     k = _checkpoint_epochs(ckpt)
@@ -119,14 +119,14 @@ def test_sigint_during_featurization_and_training_stops_and_resumes(prefect_api,
         epochs = _checkpoint_epochs(ckpt)
         return ckpt if epochs is not None and k < epochs <= EPOCHS - 20 else None
 
-    _wait_until(third, further, "the resumed training went on")
+    wait_until(third, further, "the resumed training went on")
     t0 = time.monotonic()
     third.send_signal(signal.SIGTERM)
     try:
         _, raw = third.communicate(timeout=60)
     finally:
         if third.poll() is None:
-            _kill_group(third)
+            kill_group(third)
     _assert_stopped(third, time.monotonic() - t0, raw.decode(), "training (SIGTERM)", capfd)
     k3 = _checkpoint_epochs(ckpt)
     assert k3 is not None and k < k3 < EPOCHS
@@ -163,7 +163,7 @@ def _signal_and_wait(proc: subprocess.Popen, lines: list[str], sig: int) -> tupl
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
-            _kill_group(proc)
+            kill_group(proc)
     seconds = time.monotonic() - t0
     time.sleep(0.2)  # the reader thread takes the last lines
     return seconds, "".join(lines)
@@ -191,7 +191,7 @@ def test_sigint_during_kernel_fits_stops_within_seconds(prefect_api, tmp_path, c
     def fitting() -> bool | None:
         return True if any(line.startswith("scaler g") for line in lines) else None
 
-    _wait_until(proc, fitting, "the scaler stage ended (the fits started)", timeout=600)
+    wait_until(proc, fitting, "the scaler stage ended (the fits started)", timeout=600)
     time.sleep(3.0)  # well inside both fits
     seconds, err = _signal_and_wait(proc, lines, signal.SIGINT)
     _assert_stopped(proc, seconds, err, "KRR and GP fits", capfd)
@@ -237,7 +237,7 @@ def test_sigint_stops_atompipe_latent_and_the_rerun_resumes(tmp_path, capfd):
                 return ckpt
         return None
 
-    ckpt = _wait_until(proc, some_epochs, "some encoder epochs were checkpointed", timeout=600)
+    ckpt = wait_until(proc, some_epochs, "some encoder epochs were checkpointed", timeout=600)
     seconds, err = _signal_and_wait(proc, lines, signal.SIGINT)
     last = [line for line in err.splitlines() if line.strip()]
     assert proc.returncode == 130, err[-3000:]
