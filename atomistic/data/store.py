@@ -19,7 +19,7 @@ __all__ = [
     "make_split",
     "neighbour_estimate",
     "read_dataset",
-    "read_offsets",
+    "read_atom_range",
     "read_split",
     "read_structure_range",
     "split_id",
@@ -184,17 +184,27 @@ def _chain(store: Store, key: str) -> list[tuple[str, Any]]:
     return chain[::-1]
 
 
+def _segments(store: Store, key: str, verified: bool) -> list[tuple[Any, np.ndarray]]:
+    """(group, its offsets from 0) along ``datasets/<key>``'s chain, the oldest first."""
+    read = (lambda g: read_verified(g, "offsets", store.url)) if verified else _offsets
+    return [(group, read(group)) for _, group in _chain(store, key)]
+
+
+def _offsets(group: Any) -> np.ndarray:
+    return read_array(group, "offsets")
+
+
 def _gather(
     store: Store,
-    key: str,
+    segments: list[tuple[Any, np.ndarray]],
     names: Sequence[str],
     s0: int = 0,
     s1: int | None = None,
     verified: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Arrays ``names`` of structures ``s0:s1`` of ``datasets/<key>``, across its chain of
-    groups (offsets from 0). ``verified``: every array read whole and checked against its
-    checksum; else only the rows needed are read (a worker's chunk)."""
+    """Arrays ``names`` of structures ``s0:s1`` across a chain's ``segments`` (offsets from 0).
+    ``verified``: every array read whole and checked against its checksum; else only the rows
+    needed are read (a worker's chunk)."""
 
     def read(group: Any, name: str, lo: int, hi: int) -> np.ndarray:
         if verified:
@@ -204,8 +214,7 @@ def _gather(
     pieces: dict[str, list[np.ndarray]] = {n: [] for n in names if n != "offsets"}
     offsets = [np.zeros(1, dtype=np.int64)]
     start = 0  # the first structure of the group, in the whole dataset
-    for _, group in _chain(store, key):
-        local = read(group, "offsets", 0, None)  # type: ignore[arg-type]
+    for group, local in segments:
         n = len(local) - 1
         lo, hi = max(s0 - start, 0), min((n if s1 is None else s1 - start), n)
         start += n
@@ -222,18 +231,31 @@ def _gather(
     return out
 
 
+_GEOMETRY = ("numbers", "positions", "cell", "pbc", "offsets")
+
+
 def read_structure_range(store: Store | str, key: str, s0: int, s1: int) -> dict[str, np.ndarray]:
     """numbers, positions, cell, pbc and offsets (from 0) of structures ``s0:s1`` of
-    ``datasets/<key>``, reading only their rows (a featurization chunk)."""
+    ``datasets/<key>``, reading only their rows (unverified: a worker's chunk)."""
     store = store if isinstance(store, Store) else Store(store)
-    names = ("numbers", "positions", "cell", "pbc", "offsets")
-    return _gather(store, key, names, s0, s1, verified=False)
+    return _gather(store, _segments(store, key, False), _GEOMETRY, s0, s1, verified=False)
 
 
-def read_offsets(store: Store | str, key: str) -> np.ndarray:
-    """(n_structures + 1,) atom offsets of ``datasets/<key>`` (unverified; sizes work)."""
+def read_atom_range(
+    store: Store | str, key: str, lo: int, hi: int
+) -> tuple[dict[str, np.ndarray], int]:
+    """The structures of ``datasets/<key>`` that hold atoms ``lo:hi`` (as
+    :func:`read_structure_range` gives them) and the index of their first atom: a featurization
+    chunk's input, read in one pass over the store."""
     store = store if isinstance(store, Store) else Store(store)
-    return _gather(store, key, ("offsets",), verified=False)["offsets"]
+    segments = _segments(store, key, False)
+    first = np.cumsum([0] + [int(local[-1]) for _, local in segments])  # each group's first atom
+    offsets = np.concatenate(
+        [[0]] + [local[1:] + a for (_, local), a in zip(segments, first, strict=False)]
+    )
+    s0 = int(np.searchsorted(offsets, lo, side="right")) - 1
+    s1 = int(np.searchsorted(offsets, hi, side="left"))
+    return _gather(store, segments, _GEOMETRY, s0, s1, verified=False), int(offsets[s0])
 
 
 def read_dataset(store: Store | str, key: str) -> Dataset:
@@ -245,18 +267,17 @@ def read_dataset(store: Store | str, key: str) -> Dataset:
     checked against its content key too.
     """
     store = store if isinstance(store, Store) else Store(store)
-    chain = _chain(store, key)
-    group = chain[-1][1]
+    segments = _segments(store, key, True)
+    group = segments[-1][0]
     stored = group.attrs.get("checksums")
     if stored is not None and not isinstance(stored, dict):
         raise CorruptionError(f"{store.url}: datasets/{key}: its checksums are not a mapping")
     names = [n for n in STORED_ARRAYS if (n in stored if stored is not None else n in group)]
     sources = group.attrs.get("sources", [])
     listed = sources if isinstance(sources, list) else []
-    ds = Dataset(
-        **_gather(store, key, names), sources=tuple(s for s in listed if isinstance(s, dict))
-    )
-    if (stored is None or len(chain) > 1) and ds.key != key:
+    arrays = _gather(store, segments, names)
+    ds = Dataset(**arrays, sources=tuple(s for s in listed if isinstance(s, dict)))
+    if (stored is None or len(segments) > 1) and ds.key != key:
         raise CorruptionError(
             f"{store.url}: datasets/{key}: its arrays no longer hash to its key (a chunk file "
             "was deleted, truncated or changed, or a parent version replaced)"
@@ -274,7 +295,7 @@ def neighbour_estimate(store: Store | str, key: str, cutoff: float) -> tuple[flo
     cells, periodicity and offsets.
     """
     store = store if isinstance(store, Store) else Store(store)
-    arrays = _gather(store, key, ("cell", "pbc", "offsets"))
+    arrays = _gather(store, _segments(store, key, True), ("cell", "pbc", "offsets"))
     cell, pbc, counts = arrays["cell"], arrays["pbc"], np.diff(arrays["offsets"])
     volume = np.abs(np.linalg.det(cell))
     periodic = pbc.any(axis=1) & (volume > 0)

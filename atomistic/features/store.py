@@ -33,7 +33,7 @@ import numpy as np
 import zarr
 
 from atomistic.data import Dataset
-from atomistic.data.store import read_offsets, read_structure_range
+from atomistic.data.store import read_atom_range
 from atomistic.storage import (
     CorruptionError,
     Store,
@@ -266,13 +266,9 @@ def compute_chunk(
     store = Store(store_url)
     group = store.require(kind, key)
     rows = _rows_attr(group)
-    offsets = read_offsets(store, dataset_key)
-    n_atoms = int(offsets[-1])
+    n_atoms = array(group, "values").shape[0]
     lo, hi = chunk * rows, min((chunk + 1) * rows, n_atoms)
-    s0 = int(np.searchsorted(offsets, lo, side="right")) - 1
-    s1 = int(np.searchsorted(offsets, hi, side="left"))
-    a0 = int(offsets[s0])
-    part = read_structure_range(store, dataset_key, s0, s1)
+    part, a0 = read_atom_range(store, dataset_key, lo, hi)
     values = featurizer.featurize_arrays(
         part["numbers"], part["positions"], part["cell"], part["pbc"], part["offsets"]
     )

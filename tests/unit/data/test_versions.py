@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from atomistic.data import Dataset, neighbour_estimate, read_dataset, write_dataset
-from atomistic.data.store import read_offsets, read_structure_range
+from atomistic.data.store import read_atom_range, read_structure_range
 from atomistic.storage import CorruptionError, Store
 
 DATA = Path(__file__).resolve().parents[3] / "data"
@@ -49,7 +49,12 @@ def test_a_grown_version_stores_only_its_new_structures(tmp_path, cu):
     assert group["energy"].shape == (3,) and group["cell"].shape == (3, 3, 3)
     # the whole reads back exactly, and so does any range of structures across the boundary
     _same(read_dataset(store, gkey), grown)
-    np.testing.assert_array_equal(read_offsets(store, gkey), grown.offsets)
+    for lo, hi in [(0, 33 * 32), (950, 970), (960, 1000), (10, 20)]:  # atoms
+        part, first = read_atom_range(store, gkey, lo, hi)
+        s0, s1 = lo // 32, -(-hi // 32)
+        assert first == grown.offsets[s0]
+        np.testing.assert_array_equal(part["positions"], grown.positions[s0 * 32 : s1 * 32])
+        np.testing.assert_array_equal(part["offsets"], grown.offsets[s0 : s1 + 1] - first)
     for s0, s1 in [(0, 33), (28, 32), (30, 33), (31, 32), (5, 9)]:
         part = read_structure_range(store, gkey, s0, s1)
         sub = grown.subset(range(s0, s1))
