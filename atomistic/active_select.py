@@ -159,8 +159,8 @@ def select(
     trusted = np.ones(n, dtype=bool) if upper is None else u <= upper
     if method == "random":
         rng = np.random.default_rng(seed)
-        pool = np.flatnonzero(trusted)
-        picked = rng.choice(pool, size=min(max_labels, len(pool)), replace=False)
+        allowed = np.flatnonzero(trusted)
+        picked = rng.choice(allowed, size=min(max_labels, len(allowed)), replace=False)
         return np.sort(picked).astype(np.int64)
     if method != "uncertainty":
         raise ValueError(f"method must be 'uncertainty' or 'random', got {method!r}")

@@ -348,6 +348,30 @@ def labels_to_reach(curve: list[dict], target: float) -> float | None:
     return None
 
 
+def median_curve(curves: list[list[dict]], step: int) -> list[dict]:
+    """Over runs (seeds) of one method, at every ``step`` labels up to the fewest any run
+    reached: the median force MAE, its min and max (``mae_min``, ``mae_max``) and the number of
+    runs. A run whose iterations added fewer labels (snapshots left out as untrusted) is
+    interpolated linearly between its iterations."""
+    last = min(c[-1]["labels"] for c in curves)
+    out = []
+    for labels in range(0, last + 1, step):
+        mae = [
+            float(np.interp(labels, [r["labels"] for r in c], [r["force_mae"] for r in c]))
+            for c in curves
+        ]
+        out.append(
+            {
+                "labels": labels,
+                "force_mae": float(np.median(mae)),
+                "mae_min": min(mae),
+                "mae_max": max(mae),
+                "runs": len(mae),
+            }
+        )
+    return out
+
+
 def plot(curves: dict[str, list[dict]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -356,12 +380,18 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, curve in curves.items():
-        ax.plot(
-            [r["labels"] for r in curve],
+        x = [r["labels"] for r in curve]
+        runs = curve[0].get("runs", 1)
+        (line,) = ax.plot(
+            x,
             [r["force_mae"] * 1000 for r in curve],
             "o-",
-            label=name,
+            label=name if runs == 1 else f"{name} (median of {runs} seeds, min-max shaded)",
         )
+        if runs > 1:
+            lo = [r["mae_min"] * 1000 for r in curve]
+            hi = [r["mae_max"] * 1000 for r in curve]
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("labels added to the 20 seed structures")
     ax.set_ylabel("test force MAE (meV/Å)")
     ax.set_yscale("log")
@@ -409,10 +439,13 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, name) is None:
             setattr(args, name, spec[name])
     if args.combine:
-        curves = {}
-        for path in args.combine:
-            curves.update(json.loads(path.read_text())["curves"])
-        return report(curves, args)
+        runs: dict[str, list[list[dict]]] = {}
+        loaded = [json.loads(path.read_text()) for path in args.combine]
+        for one in sorted(loaded, key=lambda r: int(r["args"].get("seed", 0))):  # paired by seed
+            for name, curve in one["curves"].items():
+                runs.setdefault(name, []).append(curve)
+        medians = {name: median_curve(c, args.per_iteration) for name, c in runs.items()}
+        return report(medians, args, runs)
 
     import torch
 
@@ -441,18 +474,36 @@ def main(argv: list[str] | None = None) -> dict:
     return report(curves, args)
 
 
-def report(curves: dict[str, list[dict]], args) -> dict:
-    """Print the table and the labels-to-match figure; write the JSON and the plot."""
+def _cell(row: dict | None) -> str:
+    """A table cell: the force MAE in meV/Å, with the min-max over seeds where there are some."""
+    if row is None:
+        return f"{'':22s}"
+    text = f"{row['force_mae'] * 1000:.1f}"
+    if row.get("runs", 1) > 1:
+        text += f" ({row['mae_min'] * 1000:.1f}-{row['mae_max'] * 1000:.1f})"
+    return f"{text:>22s}"
+
+
+def report(curves: dict[str, list[dict]], args, runs: dict | None = None) -> dict:
+    """Print the table and the labels-to-match figure; write the JSON and the plot. ``runs``:
+    the separate runs (seeds) behind median ``curves``, kept in the JSON."""
     result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "curves": curves}
-    print("\nlabels  " + "  ".join(f"{m:>12s}" for m in curves) + "   (test force MAE, meV/Å)")
+    if runs is not None:
+        result["runs"] = runs
+        result["labels_to_match_per_seed"] = {
+            name: [
+                labels_to_reach(c, r[-1]["force_mae"])
+                for c, r in zip(runs[name], runs.get("random", []), strict=False)
+            ]
+            for name in runs
+            if name != "random"
+        }
+    print("\nlabels  " + "  ".join(f"{m:>22s}" for m in curves) + "   (test force MAE, meV/Å)")
     n = max(len(c) for c in curves.values())
     for k in range(n):
         row = [c[k] if k < len(c) else None for c in curves.values()]
         lab = next(r["labels"] for r in row if r is not None)
-        print(
-            f"{lab:6d}  "
-            + "  ".join(f"{r['force_mae'] * 1000:12.1f}" if r else f"{'':12s}" for r in row)
-        )
+        print(f"{lab:6d}  " + "  ".join(_cell(r) for r in row))
     if "random" in curves:
         target = curves["random"][-1]["force_mae"]
         result["random_final_mae"] = target

@@ -52,12 +52,14 @@ def check_active(cfg: CampaignConfig) -> ActiveConfig:
     model = cfg.models.get(a.model)
     if model is None:
         raise ConfigError(f"active.model: unknown model {a.model!r}; models: {list(cfg.models)}")
-    if model.type != "neuralnetwork" or model.ensemble < 2:
+    committee = model.type == "neuralnetwork" and model.ensemble >= 2
+    gp_on_forces = model.type == "gaussianprocess" and model.forces
+    if not (committee or gp_on_forces):
         raise ConfigError(
-            f"active.model: {a.model!r} must be a neuralnetwork with ensemble >= 2 (a committee "
-            "gives the force uncertainty)"
+            f"active.model: {a.model!r} must give a force uncertainty: a neuralnetwork with "
+            "ensemble >= 2 (a committee) or a gaussianprocess with forces: true"
         )
-    if model.force_weight <= 0:
+    if model.type == "neuralnetwork" and model.force_weight <= 0:
         raise ConfigError(f"active.model: {a.model!r} must train on forces (force_weight > 0)")
     if isinstance(cfg.features[model.features], LatentFeatures):
         raise ConfigError("active.model: latent features cannot drive molecular dynamics")

@@ -78,7 +78,8 @@ class ActiveLabelling(Strict):
 
 class ActiveConfig(Strict):
     model: str = Field(
-        description="the campaign model that drives the loop: a neuralnetwork with ensemble > 1"
+        description="the campaign model that drives the loop: a neuralnetwork with ensemble > 1 "
+        "(a committee) or a gaussianprocess with forces: true"
     )
     test: str | None = Field(
         None,

@@ -31,6 +31,7 @@ from tasks.pipeline.common import (
     publish_model,
     write_atomic,
 )
+from tasks.pipeline.models import model_class
 from tasks.refs import DatasetRef, FeatureRef, ModelRef, ScalerRef
 
 __all__ = [
@@ -98,9 +99,9 @@ def train_stage(
     workspace: str,
     test: dict[str, Any],
 ) -> ModelRef:
-    """Train the committee on ``parts["train"]`` (``parts["validation"]`` for early stopping),
-    warm-started from ``previous`` when given, and evaluate it; each step only when its output
-    is not saved yet.
+    """Train the committee (or the Gaussian process on forces) on ``parts["train"]``
+    (``parts["validation"]`` for early stopping), a committee warm-started from ``previous``
+    when given, and evaluate it; each step only when its output is not saved yet.
 
     Parameters
     ----------
@@ -133,8 +134,8 @@ def train_stage(
     key = active_model_key(features, scaler, config, parts, previous)
     target = model_dir(workspace, key)
     if not (target / "card.json").exists():
-        model = models.NeuralNetwork(**model_params(config, workspace, key))
-        if previous is not None:
+        model = model_class(config)(**model_params(config, workspace, key))
+        if previous is not None and config["type"] == "neuralnetwork":  # a GP is refitted
             warm_start(model, models.load_model(previous.dir))
         train = _data(features, scaler, parts["train"])
         val = _data(features, scaler, parts["validation"]) if parts["validation"] else None

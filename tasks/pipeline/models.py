@@ -33,6 +33,7 @@ __all__ = [
     "evaluation_exists",
     "model_exists",
     "model_key",
+    "model_class",
     "train_model",
 ]
 
@@ -41,6 +42,13 @@ _MODEL_TYPES = {
     "kernelridge": "KernelRidge",
     "gaussianprocess": "GaussianProcess",
 }
+
+
+def model_class(config: dict[str, Any]) -> type:
+    """The class of a campaign model's ``type`` (``neuralnetwork`` -> ``NeuralNetwork``, ...)."""
+    import atomistic.models as models
+
+    return getattr(models, _MODEL_TYPES[config["type"]])
 
 
 def model_key(
@@ -159,7 +167,7 @@ def train_model(
     val = None
     if len(parts["validation"]):
         val = atomic_data(features, scaler, parts["validation"], featurizer)
-    model = getattr(models, _MODEL_TYPES[config["type"]])(**model_params(config, workspace, key))
+    model = model_class(config)(**model_params(config, workspace, key))
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", models.TrainingWarning)

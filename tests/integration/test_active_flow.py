@@ -184,3 +184,38 @@ def test_each_serve_trigger_runs_one_more_iteration(tmp_path, shipped, prefect_h
     third = run_trigger(cfg)  # the budget (4 labels) is spent: no iteration more
     assert third["stopped"] == "budget" and third["new_iterations"] == 0
     assert recorded() == ["iteration-1", "iteration-2"]
+
+
+def test_a_gaussian_process_on_forces_drives_the_loop(tmp_path, shipped, prefect_harness):
+    """A sparse GP on energies and forces in place of the committee: its predicted force
+    standard deviations rank the explored snapshots, and the two most uncertain are labelled."""
+    from atomistic.data import read_dataset
+    from atomistic.models import load_model
+    from flows.active import run_active
+
+    ase.io.write(tmp_path / "cu.extxyz", ase.io.read(shipped["cu"], ":15"))
+    gp = {"type": "gaussianprocess", "features": "g", "forces": True, "n_sparse": 30}
+    gp.update({"optimize": False, "sigma": 2.0, "energy_noise": 0.002, "force_noise": 0.02})
+    active = {**CAMPAIGN["active"], "model": "gp", "iterations": 1, "budget": 2}
+    campaign = {**CAMPAIGN, "models": {"gp": gp}, "active": active}
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(campaign))
+    cfg = load_campaign(tmp_path / "campaign.yaml")
+    out = run_active(cfg)
+
+    rows = out["iterations"]
+    assert [r["labels_added"] for r in rows] == [0, 2]
+    assert rows[1]["test_force_mae"] is not None and "force_calibration_spearman" in rows[1]
+    # the snapshots' uncertainties are the first GP's predicted force stds, u = max_i |sigma_i|
+    (explored,) = (tmp_path / "workspace" / "active" / "explore").glob("*.extxyz")
+    frames = ase.io.read(explored, ":")
+    first = load_model(tmp_path / "workspace" / "models" / rows[0]["model"])
+    std = np.linalg.norm(first.predict_atoms(frames, forces=True)["forces_std"], axis=1)
+    ends = np.cumsum([len(f) for f in frames])
+    u = np.array([part.max() for part in np.split(std, ends[:-1])])
+    assert u.min() > 0
+    np.testing.assert_allclose([f.info["uncertainty"] for f in frames], u, rtol=1e-6)
+    # diversity none, threshold 0: the two most uncertain were labelled and appended
+    ds = read_dataset(cfg.store_url, out["dataset"])
+    assert ds.n_structures == 17
+    for s, k in zip(range(15, 17), sorted(np.argsort(-u)[:2]), strict=True):
+        np.testing.assert_allclose(ds.atoms(s).positions, frames[k].positions, atol=1e-12)
