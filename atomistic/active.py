@@ -98,8 +98,12 @@ def explore(
     ``info``: ``uncertainty`` (u, eV/Å), ``energy_std`` (eV, when reported), ``temperature``
     (K), ``start`` (index), ``step``, ``trajectory`` (index). ``rattle`` (Å) displaces the start's
     atoms by Gaussian noise first. A trajectory ends early, its last snapshot kept, when u exceeds
-    ``max_uncertainty`` (the model has left what it knows; the dynamics would be nonsense) or two
-    atoms come closer than ``min_distance`` (Å). Seeded: same inputs, same snapshots.
+    ``max_uncertainty`` (the model has left what it knows; the dynamics would be nonsense; u is
+    checked at every step) or two atoms come closer than ``min_distance`` (Å, checked at the
+    snapshots). When it leaves the trust bound, the step before, the last configuration within
+    it, is kept too (unless it was a snapshot already): the edge of what the model knows, the
+    most useful configuration to label, which a trajectory that breaks down between two
+    snapshots would otherwise never offer. Seeded: same inputs, same snapshots.
     """
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
@@ -132,8 +136,9 @@ def explore(
                 fixcm=False,
                 rng=rng,
             )
-            for step in range(interval, steps + 1, interval):
-                dyn.run(interval)
+            edge: Atoms | None = None  # the last step within the trust bound, unless kept
+            for step in range(1, steps + 1):
+                dyn.run(1)
                 atoms.get_forces()
                 std = calc.results.get("forces_std")
                 if std is None:
@@ -142,28 +147,35 @@ def explore(
                         "NeuralNetwork(ensemble>1) or a GaussianProcess(forces=True))"
                     )
                 u = float(np.linalg.norm(std, axis=1).max())
-                snap = Atoms(
-                    numbers=atoms.numbers,
-                    positions=atoms.positions.copy(),
-                    cell=atoms.cell.array.copy(),
-                    pbc=atoms.pbc.copy(),
-                )
-                snap.info.update(
-                    uncertainty=u,
-                    temperature=float(T),
-                    start=s,
-                    step=step,
-                    trajectory=trajectory,
-                )
-                if "energy_std" in calc.results:
-                    snap.info["energy_std"] = float(calc.results["energy_std"])
-                frames.append(snap)
-                if (max_uncertainty is not None and u > max_uncertainty) or (
-                    _min_distance(atoms) < min_distance
-                ):
+                untrusted = max_uncertainty is not None and u > max_uncertainty
+                if not (untrusted or step % interval == 0):
+                    if max_uncertainty is not None:
+                        edge = _snapshot(atoms, u, T, s, step, trajectory, calc)
+                    continue
+                if untrusted and edge is not None:
+                    frames.append(edge)
+                frames.append(_snapshot(atoms, u, T, s, step, trajectory, calc))
+                edge = None
+                if untrusted or _min_distance(atoms) < min_distance:
                     break
             trajectory += 1
     return frames
+
+
+def _snapshot(atoms: Atoms, u: float, T: float, start: int, step: int, trajectory: int, calc):
+    """A copy of the MD state (no calculator) with the exploration's ``info``."""
+    snap = Atoms(
+        numbers=atoms.numbers,
+        positions=atoms.positions.copy(),
+        cell=atoms.cell.array.copy(),
+        pbc=atoms.pbc.copy(),
+    )
+    snap.info.update(
+        uncertainty=u, temperature=float(T), start=start, step=step, trajectory=trajectory
+    )
+    if "energy_std" in calc.results:
+        snap.info["energy_std"] = float(calc.results["energy_std"])
+    return snap
 
 
 # -- stopping --------------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 _VERSION = 1
+# 2: a trajectory that leaves the trust bound also keeps its last step within it
+_EXPLORE_VERSION = 2
 
 
 def _data(features: FeatureRef, scaler: ScalerRef, indices: Any) -> Any:
@@ -157,7 +159,7 @@ def explore_key(
 ) -> str:
     """The active-explore stage's key (its snapshot file)."""
     key = ModelRef.of(model).key
-    return content_hash("atompipe-active-explore", _VERSION, key, starts, settings, seed)
+    return content_hash("atompipe-active-explore", _EXPLORE_VERSION, key, starts, settings, seed)
 
 
 def _explored_path(workspace: str | Path, key: str) -> Path:

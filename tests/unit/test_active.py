@@ -262,9 +262,39 @@ def test_exploration_snapshots_and_their_bookkeeping():
     again = explore(_EMTWithStd(), starts, [300.0, 600.0], steps=6, interval=3, seed=1)
     for f, g in zip(frames, again, strict=True):
         np.testing.assert_array_equal(f.positions, g.positions)
-    # a trajectory ends at its first snapshot above max_uncertainty
+    # a trajectory ends at its first step above max_uncertainty (u is checked at every step)
     short = explore(_EMTWithStd(), starts, [300.0], steps=30, interval=3, max_uncertainty=0.2)
-    assert [f.info["step"] for f in short] == [3, 3]
+    assert [f.info["step"] for f in short] == [1, 1]
+
+
+class _GrowingStd(EMT):
+    """EMT whose force std grows by 0.01 eV/Å with every new configuration (one atom's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.configurations = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        super().calculate(atoms, properties, system_changes or ["positions"])
+        self.configurations += 1
+        std = np.zeros((len(self.atoms), 3))
+        std[0, 0] = 0.01 * self.configurations
+        self.results["forces_std"] = std
+
+
+def test_a_trajectory_leaving_the_trust_bound_keeps_its_last_trusted_step():
+    """u = 0.01 (k + 1) at MD step k (the start is configuration 1): past 0.075 from step 7 on.
+    Snapshots every 5 steps: step 5 (u 0.06); then the edge, step 6 (u 0.07, the last within
+    the bound, no snapshot step), and step 7 (u 0.08), where the trajectory ends."""
+    frames = explore(_GrowingStd(), [_cu(0)], [300.0], steps=30, interval=5, max_uncertainty=0.075)
+    assert [f.info["step"] for f in frames] == [5, 6, 7]
+    assert [f.info["uncertainty"] for f in frames] == pytest.approx([0.06, 0.07, 0.08])
+    # without a bound, every 5th step to the end and nothing else
+    free = explore(_GrowingStd(), [_cu(0)], [300.0], steps=30, interval=5)
+    assert [f.info["step"] for f in free] == [5, 10, 15, 20, 25, 30]
+    # an edge that is a snapshot step already is kept once: bound crossed at step 6
+    frames = explore(_GrowingStd(), [_cu(0)], [300.0], steps=30, interval=5, max_uncertainty=0.065)
+    assert [f.info["step"] for f in frames] == [5, 6]
 
 
 def test_exploration_needs_an_uncertainty():
