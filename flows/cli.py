@@ -38,7 +38,8 @@ app = typer.Typer(
 
 # the first line of each command, printed before its heavy imports (torch, Prefect, MLflow)
 _FIRST_LINE = {
-    "run": "loading the campaign; Prefect's API starts next (about 10 s the first time)",
+    "run": "loading the campaign; Prefect's API starts if anything is to compute (about 10 s "
+    "the first time)",
     "active": "loading the campaign; Prefect's API starts next (about 10 s the first time)",
     "compare": "reading the campaign's MLflow runs",
     "predict": "loading the model",
