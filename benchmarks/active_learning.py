@@ -379,14 +379,16 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    several = any(c[0].get("runs", 1) > 1 for c in curves.values())
     for name, curve in curves.items():
         x = [r["labels"] for r in curve]
         runs = curve[0].get("runs", 1)
+        label = f"{name} (median of {runs} seeds, min-max shaded)" if runs > 1 else name
         (line,) = ax.plot(
             x,
             [r["force_mae"] * 1000 for r in curve],
             "o-",
-            label=name if runs == 1 else f"{name} (median of {runs} seeds, min-max shaded)",
+            label=f"{name} (one seed)" if several and runs == 1 else label,
         )
         if runs > 1:
             lo = [r["mae_min"] * 1000 for r in curve]
