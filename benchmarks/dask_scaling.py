@@ -2,7 +2,7 @@
 
 The Cu set (data/cu_emt.extxyz, 500 x 32 atoms; 60 frames with --quick) with ML4Chem's default
 Gaussian features (G2+G3, the demo campaign's), chunked as the pipeline chunks by default (one
-4 MiB chunk for the serial run and one worker; four chunks a worker with two), through the
+4 MiB chunk for the serial run and one worker; one chunk a worker with two), through the
 pipeline's own code: ``tasks.featurize.featurize_dataset`` on ``tasks.cluster.dask_client`` (a
 LocalCluster of single-threaded worker processes). Timed: the featurization call alone, into a
 fresh store each repeat (best of the repeats), after a warm-up featurization on every worker; the

@@ -62,11 +62,12 @@ __all__ = [
 # a new key, so that one key always names the same bytes and no group mixes the two
 FORMAT_VERSION = 2
 TARGET_CHUNK_BYTES = 4 * 2**20
-# with several workers, at least this many chunks each (load balance), of at least MIN_ROWS
-# rows: a chunk's fixed cost (opening the store, reading its structures, writing and marking
-# its rows, the task itself) is ~35 ms on a Dask worker; 16000 Cu atoms with G2+G3 on 2
-# workers: 4 chunks 1.63x one worker, 8 chunks 1.58x
-CHUNKS_PER_WORKER = 2
+# with several workers, this many chunks each, of at least MIN_ROWS rows: a chunk's fixed cost
+# (opening the store, reading its structures, writing and marking its rows: ~20 round trips
+# into zarr, ~30 ms) is paid once per chunk; 16000 Cu atoms with G2+G3 on 2 workers, three
+# alternating runs: 1 chunk each 1.77-1.79x one worker, 2 chunks each 1.64-1.70x (8 chunks
+# each 1.58x, measured before). More chunks balance uneven work at that cost.
+CHUNKS_PER_WORKER = 1
 MIN_ROWS = 512
 
 

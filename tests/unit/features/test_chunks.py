@@ -22,7 +22,7 @@ def _cu_dataset(n: int) -> Dataset:
 
 def test_default_chunks_leave_every_worker_a_few(tmp_path):
     """8 columns of 16000 atoms are one 4 MiB chunk; with 2 workers the default cuts them into
-    two chunks a worker (4000 rows: whole 32-atom structures), with 1 it keeps one chunk."""
+    one chunk a worker (8000 rows: whole 32-atom structures), with 1 it keeps one chunk."""
     ds = _cu_dataset(500)
     url = str(tmp_path / "store.zarr")
     write_dataset(ds, url)
@@ -31,7 +31,7 @@ def test_default_chunks_leave_every_worker_a_few(tmp_path):
     one = plan_feature_group(Store(url), ds, f, key="one")
     assert (one.rows_per_chunk, one.n_chunks) == (65536, 1)  # 4 MiB / (8 columns x 8 bytes)
     two = plan_feature_group(Store(url), ds, f, key="two", workers=2)
-    assert (two.rows_per_chunk, two.n_chunks) == (4000, 4)  # 125 structures each
+    assert (two.rows_per_chunk, two.n_chunks) == (8000, 2)  # 250 structures each
     small = _cu_dataset(20)  # 640 atoms: chunks of at least 512 rows (512 = 16 structures)
     write_dataset(small, url)
     few = plan_feature_group(Store(url), small, f, key="few", workers=2)
