@@ -39,9 +39,14 @@ steps, seed data at 300 K (one frame every 100 steps), test data at 800 K (every
 exploration at 500 and 1000 K (300 steps, a snapshot every 10).
 
     python -m benchmarks.active_learning                          # Cu, budget 100
-    python -m benchmarks.active_learning --methods active          # one curve (run the two
-    python -m benchmarks.active_learning --methods random          # side by side), then
-    python -m benchmarks.active_learning --combine benchmarks/results/active_learning_cu_*.json
+    python -m benchmarks.active_learning --methods active --seed 1 --out runs/s1   # one curve
+    python -m benchmarks.active_learning --methods random --seed 1 --out runs/s1   # (side by side)
+    python -m benchmarks.active_learning --combine runs/*/active_learning_cu_*.json
+
+``--combine`` reads runs of several seeds and methods: the median curve of each method over its
+seeds, with the min-max band, at every ``--per-iteration`` labels (a run whose iterations added
+fewer, untrusted snapshots left out, is interpolated between its iterations); the JSON keeps the
+runs.
 """
 
 from __future__ import annotations

@@ -91,6 +91,7 @@ def write_dataset(
     split: Sequence[float] = DEFAULT_SPLIT,
     seed: int = 0,
     parent: str | None = None,
+    parent_data: Dataset | None = None,
 ) -> tuple[str, bool]:
     """Store ``ds`` under ``datasets/<key>`` with its default split; returns (key, written).
 
@@ -101,14 +102,14 @@ def write_dataset(
     parent's, in order, with the same labels), e.g. a version grown by active learning. Only the
     appended structures are written; the group names its parent in the attribute ``appends``
     and reading it follows the chain. A ``ds`` that does not start with the parent is stored
-    whole.
+    whole. ``parent_data``: the parent as the caller read it (verified), not read again.
     """
     store = store if isinstance(store, Store) else Store(store)
     key = ds.key
     if store.has("datasets", key):
         read_dataset(store, key)  # the stored copy still matches its checksums (else: error)
         return key, False
-    base = _prefix_of(store, parent, ds) if parent is not None else None
+    base = _prefix_of(store, parent, ds, parent_data) if parent is not None else None
     with store.writing("datasets", key) as group:
         n0, a0 = (base.n_structures, base.n_atoms) if base is not None else (0, 0)
         for name in STORED_ARRAYS:
@@ -141,9 +142,12 @@ def write_dataset(
     return key, True
 
 
-def _prefix_of(store: Store, parent: str, ds: Dataset) -> Dataset | None:
-    """The stored dataset ``parent`` when ``ds`` starts with it (same arrays, same labels)."""
-    base = read_dataset(store, parent)
+def _prefix_of(
+    store: Store, parent: str, ds: Dataset, base: Dataset | None = None
+) -> Dataset | None:
+    """The stored dataset ``parent`` (``base``, read if not given) when ``ds`` starts with it
+    (same arrays, same labels)."""
+    base = read_dataset(store, parent) if base is None else base
     n, a = base.n_structures, base.n_atoms
     if n == 0 or ds.n_structures <= n:
         return None

@@ -221,7 +221,8 @@ def grow_stage(
     old = read_dataset(store, parent.key)
     added = Dataset.from_atoms(new, require_energy=True)
     grown = _grown(old, added)
-    key, _ = write_dataset(grown, store, parent=parent.key)  # stores only the new structures
+    # stores only the new structures, naming the parent
+    key, _ = write_dataset(grown, store, parent=parent.key, parent_data=old)
     fkey, computed_atoms = _grow_features(store, features, key, grown, added)
     grown_ref = DatasetRef(store=parent.store, key=key, summary=grown.summary(), parent=parent.key)
     grown_features = replace(
