@@ -174,6 +174,8 @@ def _chain(store: Store, key: str) -> list[tuple[str, Any]]:
         try:
             group = store.open("datasets", k)
         except KeyError as exc:
+            if k == key:
+                raise  # the dataset asked for is absent: the store's own message
             raise CorruptionError(
                 f"{store.url}: datasets/{key}: its parent datasets/{k} is missing or incomplete "
                 "(the version stores only the structures it appended)"
