@@ -90,6 +90,7 @@ def explore(
     seed: int = 0,
     max_uncertainty: float | None = None,
     min_distance: float = 0.5,
+    check_every: int = 1,
 ) -> list[Atoms]:
     """Langevin MD with ``model`` (an atompipe model, a model directory or any ASE calculator
     that reports ``forces_std``) from every start at every temperature (K).
@@ -104,6 +105,11 @@ def explore(
     it, is kept too (unless it was a snapshot already): the edge of what the model knows, the
     most useful configuration to label, which a trajectory that breaks down between two
     snapshots would otherwise never offer. Seeded: same inputs, same snapshots.
+
+    ``check_every`` > 1 computes u only every that many steps and at the snapshots, for
+    models whose stds cost more than their forces (a GP's force stds: a forward-mode pass per
+    atom and direction; a committee's come with its forces): the steps between run on the
+    means alone, and the edge is the last checked step within the bound.
     """
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
@@ -111,9 +117,13 @@ def explore(
 
     from atomistic.calculator import AtompipeCalculator
 
-    if steps < 0 or interval < 1:
-        raise ValueError(f"steps >= 0 and interval >= 1 are required, got {steps}, {interval}")
+    if steps < 0 or interval < 1 or check_every < 1:
+        raise ValueError(
+            "steps >= 0, interval >= 1 and check_every >= 1 are required, got "
+            f"{steps}, {interval}, {check_every}"
+        )
     calc = model if isinstance(model, Calculator) else AtompipeCalculator(model)
+    selective = check_every > 1 and hasattr(calc, "uncertainty")
     rng = np.random.default_rng(seed)
     frames: list[Atoms] = []
     trajectory = 0
@@ -138,8 +148,13 @@ def explore(
             )
             edge: Atoms | None = None  # the last step within the trust bound, unless kept
             for step in range(1, steps + 1):
+                checked = step % interval == 0 or step % check_every == 0
+                if selective:
+                    calc.uncertainty = checked  # the forces of this step are computed in run
                 dyn.run(1)
                 atoms.get_forces()
+                if selective and not checked:
+                    continue
                 std = calc.results.get("forces_std")
                 if std is None:
                     raise ValueError(
@@ -159,6 +174,8 @@ def explore(
                 if untrusted or _min_distance(atoms) < min_distance:
                     break
             trajectory += 1
+    if selective:
+        calc.uncertainty = True
     return frames
 
 

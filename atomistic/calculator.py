@@ -36,6 +36,9 @@ class AtompipeCalculator(Calculator):
             # a sparse GP on forces and a committee of networks give forces_std too
             if getattr(self.model, "forces", False) or int(getattr(self.model, "ensemble", 1)) > 1:
                 self.implemented_properties.append("forces_std")
+        # False: energies and forces only where the stds cost extra (a GP's force stds cost a
+        # forward-mode pass per atom and direction); MD between uncertainty checks sets it
+        self.uncertainty = True
         super().__init__(**kwargs)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
@@ -43,7 +46,12 @@ class AtompipeCalculator(Calculator):
         stress = "stress" in properties
         if stress and self.atoms.cell.rank < 3:
             raise PropertyNotImplementedError("stress needs a structure with a 3-D cell")
-        out = self.model.predict_atoms([self.atoms], forces=True, stress=stress)
+        if self.uncertainty or not getattr(self.model, "std_optional", False):
+            out = self.model.predict_atoms([self.atoms], forces=True, stress=stress)
+        else:  # a GP asked for means only: no stds (a model whose stds are free keeps them)
+            data = self.model._as_data([self.atoms])
+            out = self.model.predict(data, forces=True, stress=stress, std=False)
+            out["forces"] = [out["forces"]]  # one structure, as predict_atoms gives it
         energy = float(out["energy"][0])
         self.results = {
             "energy": energy,

@@ -179,10 +179,36 @@ def make_model(args) -> Any:
     )
 
 
+def make_gp(args, previous=None) -> Any:
+    """The sparse GP on energies and forces: its hyperparameters by the marginal likelihood on
+    the seed structures, then kept (``previous``'s) unless ``--gp-reoptimize``; the stds are
+    recalibrated on the validation structures at every fit."""
+    from atomistic.models import GaussianProcess
+
+    common = {"forces": True, "n_sparse": args.n_sparse, "seed": args.seed}
+    if previous is None or args.gp_reoptimize:
+        return GaussianProcess(sigma=4.0, optimize=True, optimize_max_structures=40, **common)
+    return GaussianProcess(
+        sigma=previous.sigma_,
+        amplitude=previous.amplitude_,
+        energy_noise=previous.energy_noise_,
+        force_noise=previous.force_noise_,
+        optimize=False,
+        **common,
+    )
+
+
 def fit(args, train: list, val: list, featurizer, scaler, previous=None):
     from atomistic.active import warm_start
     from atomistic.models import AtomicData
 
+    if args.model == "gp":
+        model = make_gp(args, previous)
+        model.fit(
+            AtomicData.from_atoms(train, featurizer, scaler),
+            AtomicData.from_atoms(val, featurizer, scaler),
+        )
+        return model
     model = make_model(args)
     if previous is not None and args.warm_start:
         warm_start(model, previous)
@@ -261,6 +287,7 @@ def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) 
             timestep_fs=SYSTEMS[args.system]["timestep_fs"],
             seed=int(rng.integers(2**31)),
             max_uncertainty=args.max_uncertainty,
+            check_every=args.interval if args.model == "gp" else 1,
         )
         u = np.array([f.info["uncertainty"] for f in frames])
         n_pick = min(args.per_iteration, args.budget - added)
@@ -414,6 +441,14 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget", type=int, default=100)
     p.add_argument("--per-iteration", type=int, default=20)
+    p.add_argument(
+        "--model",
+        choices=["committee", "gp"],
+        default="committee",
+        help="the model that drives the loop: a committee of networks or the sparse GP",
+    )
+    p.add_argument("--n-sparse", type=int, default=1000, help="gp: representatives per element")
+    p.add_argument("--gp-reoptimize", action="store_true", help="gp: hyperparameters every fit")
     p.add_argument("--committee", type=int, default=3)
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--max-time", type=float, default=None)
@@ -523,7 +558,8 @@ def report(curves: dict[str, list[dict]], args, runs: dict | None = None) -> dic
                 + (f"reaches it with {need:.0f} labels" if need is not None else "never does")
             )
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"active_learning_{args.system}" + ("" if len(curves) > 1 else f"_{next(iter(curves))}")
+    stem = f"active_learning_{args.system}" + ("_gp" if args.model == "gp" else "")
+    stem += "" if len(curves) > 1 else f"_{next(iter(curves))}"
     png = args.out / f"{stem}.png"
     plot(curves, png, f"{SYSTEMS[args.system]['title']}: active learning vs random selection")
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))

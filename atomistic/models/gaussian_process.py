@@ -87,6 +87,7 @@ class GaussianProcess(KernelModel):
     """
 
     has_uncertainty = True
+    std_optional = True  # predict(std=False): means only, much cheaper with forces
     noise: float
     amplitude: float
     optimize: bool
@@ -243,13 +244,17 @@ class GaussianProcess(KernelModel):
 
     # -- prediction ------------------------------------------------------------------------------
     def predict(
-        self, data: AtomicData, forces: bool = False, stress: bool = False
+        self, data: AtomicData, forces: bool = False, stress: bool = False, std: bool = True
     ) -> dict[str, np.ndarray]:
         """energy (S,) eV and energy_std (S,) eV; with ``forces`` forces (n_atoms, 3) eV/Å and,
         for the sparse model, forces_std (n_atoms, 3) eV/Å (std of a new force label); with
-        ``stress`` stress (S, 6) eV/Å^3 (mean only, by autograd as KernelRidge)."""
+        ``stress`` stress (S, 6) eV/Å^3 (mean only, by autograd as KernelRidge).
+
+        ``std=False`` skips the force stds: the means then come from one reverse-mode pass
+        (as KernelRidge's) instead of a forward-mode pass per atom and direction, which MD
+        steps between uncertainty checks need."""
         data = self._as_data(data)
-        if not (forces and self._sparse):
+        if not (forces and self._sparse and std):
             return super().predict(data, forces, stress)
         if stress:
             return {**super().predict(data, False, True), **self.predict(data, True)}

@@ -192,7 +192,6 @@ def design_blocks(
     # per forward-mode featurizer pass (its three-body temporaries dominate otherwise)
     per = max(1, min(budget // max(1, 3 * n_max * M), _ATOMS_PER_BLOCK // n_max))
     XM = XM.to(torch.float64)
-    inv_s2 = 1.0 / sigma**2
     if not forces:
         yield from _energy_design_blocks(data, XM, numbers_M, sigma, per, prior)
         return
@@ -204,53 +203,81 @@ def design_blocks(
     for s0 in range(0, ds.n_structures, per):
         interrupt.check()  # a stop request: at the next block of structures
         idx = np.arange(s0, min(ds.n_structures, s0 + per))
-        b: dict[str, Any] = cache.batch(idx)
-        pos: Tensor = b[POSITIONS_KEY].detach()
-        z, batch, n = b[NUMBERS_KEY], b[BATCH_KEY], int(pos.shape[0])
+        n = int(counts[idx].sum())
+        # a small block (a single structure in MD) is copied so that one featurizer pass carries
+        # several tangents, copy r moving atom a_r along c_r: passes cost Python dispatch, not
+        # only flops
+        copies = max(1, _ATOMS_PER_BLOCK // n)
+        tangents = [(a, c) for a in range(int(counts[idx].max())) for c in range(3)]
         starts = np.repeat(ds.offsets[idx] - ds.offsets[idx[0]], counts[idx])
         local = torch.arange(n) - torch.as_tensor(starts)  # index of an atom in its structure
-        blocks = _element_blocks(z, numbers_M)
-        KF = pos.new_zeros((n, 3, M))
-        kFF = pos.new_zeros((n, 3))
-        # the features, energy rows and like-atom pairs come with the first tangent's pass
+        KF: Tensor | None = None
+        kFF: Tensor | None = None
         X: Tensor | None = None
-        KE = pos.new_zeros((len(idx), M))
-        ks: list[Tensor] = []
-        pairs = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
-        kij = pos.new_zeros(0)
-        for a in range(int(counts[idx].max())):
-            interrupt.check()  # and at the next atom: 3 featurizer passes each
-            moved = torch.nonzero(local == a).squeeze(1)  # atom a of every structure, shape (B',)
-            for c in range(3):
-                tangent = torch.zeros_like(pos)
-                tangent[moved, c] = 1.0
-                with fwAD.dual_level():
-                    dual = fwAD.make_dual(pos, tangent)
-                    out = scaled_features_torch(featurizer, scaler, {**b, POSITIONS_KEY: dual})
-                    Xp, dX = fwAD.unpack_dual(out)
-                Xp = Xp.detach()
-                dX = torch.zeros_like(Xp) if dX is None else dX.detach()
-                if X is None:
-                    X = Xp
-                    KE, ks = _energy_rows(X, z, batch, len(idx), XM, blocks, sigma)
-                    if prior:
-                        pairs = _pairs(z, batch)
-                        kij = torch.exp(-((X[pairs[0]] - X[pairs[1]]) ** 2).sum(1) * 0.5 * inv_s2)
-                p = (X * dX).sum(1)  # x_i . dx_i, shape (n,)
-                seg = X.new_zeros((len(idx), M))
-                for (ia, c0, c1), k in zip(blocks, ks, strict=True):
-                    q = dX[ia] @ XM[c0:c1].T  # dx_i . x_m, shape (n_z, M_z)
-                    seg[:, c0:c1].index_add_(0, batch[ia], k * (p[ia, None] - q) * inv_s2)
-                KF[moved, c] = seg[batch[moved]]
-                if prior:
-                    i, j = pairs
-                    dd = (dX[i] * dX[j]).sum(1)
-                    u = ((X[i] - X[j]) * dX[i]).sum(1)
-                    v = ((X[i] - X[j]) * dX[j]).sum(1)
-                    val = kij * inv_s2 * (dd - u * v * inv_s2)
-                    kFF[moved, c] = X.new_zeros(len(idx)).index_add_(0, batch[i], val)[batch[moved]]
-        d = Design(idx, b[ROWS_KEY].numpy(), KE, KF.reshape(3 * n, M))
+        for g0 in range(0, len(tangents), copies):
+            interrupt.check()  # and at the next group of tangents
+            group = tangents[g0 : g0 + copies]
+            b: dict[str, Any] = cache.batch(np.tile(idx, len(group)))
+            pos: Tensor = b[POSITIONS_KEY].detach()
+            tangent = torch.zeros_like(pos)
+            moved = [torch.nonzero(local == a).squeeze(1) for a, _ in group]  # atom a, each (B',)
+            for r, ((_, c), m) in enumerate(zip(group, moved, strict=True)):
+                tangent[r * n + m, c] = 1.0
+            with fwAD.dual_level():
+                dual = fwAD.make_dual(pos, tangent)
+                out = scaled_features_torch(featurizer, scaler, {**b, POSITIONS_KEY: dual})
+                Xp, dX = fwAD.unpack_dual(out)
+            dX = torch.zeros_like(Xp) if dX is None else dX.detach()
+            if X is None:  # the features, energy rows and like-atom pairs: with the first pass
+                X = Xp[:n].detach()
+                z, batch = b[NUMBERS_KEY][:n], b[BATCH_KEY][:n]
+                rows = b[ROWS_KEY][:n].numpy()
+                rows_design = _ForceRows(X, z, batch, len(idx), XM, numbers_M, sigma, prior)
+                KF = X.new_zeros((n, 3, M))
+                kFF = X.new_zeros((n, 3))
+            assert KF is not None and kFF is not None
+            for r, ((_, c), m) in enumerate(zip(group, moved, strict=True)):
+                seg, prior_f = rows_design.tangent(dX[r * n : (r + 1) * n])
+                KF[m, c] = seg[batch[m]]
+                if prior_f is not None:
+                    kFF[m, c] = prior_f[batch[m]]
+        assert KF is not None and kFF is not None
+        d = Design(idx, rows, rows_design.KE, KF.reshape(3 * n, M))
         if prior:
-            d.kEE = pos.new_zeros(len(idx)).index_add_(0, batch[pairs[0]], kij)
+            d.kEE = rows_design.kEE
             d.kFF = kFF.reshape(-1)
         yield d
+
+
+class _ForceRows:
+    """The energy rows of one block of structures (features X (n, F), numbers z, structure
+    ``batch``) against representatives XM, and, per featurizer tangent dX (n, F) (the features'
+    derivative along one displacement), the force rows' segment (B, M) and, with ``prior``, the
+    prior variance terms (B,) of that displacement, per structure."""
+
+    def __init__(self, X, z, batch, B, XM, numbers_M, sigma, prior):
+        self.X, self.batch, self.B, self.XM, self.inv_s2 = X, batch, B, XM, 1.0 / sigma**2
+        self.blocks = _element_blocks(z, numbers_M)
+        self.KE, self.ks = _energy_rows(X, z, batch, B, XM, self.blocks, sigma)
+        self.prior = prior
+        if prior:
+            self.pairs = _pairs(z, batch)
+            i, j = self.pairs
+            self.kij = torch.exp(-((X[i] - X[j]) ** 2).sum(1) * 0.5 * self.inv_s2)
+            self.kEE = X.new_zeros(B).index_add_(0, batch[i], self.kij)
+
+    def tangent(self, dX: Tensor) -> tuple[Tensor, Tensor | None]:
+        X, batch, inv_s2 = self.X, self.batch, self.inv_s2
+        p = (X * dX).sum(1)  # x_i . dx_i, shape (n,)
+        seg = X.new_zeros((self.B, self.XM.shape[0]))
+        for (ia, c0, c1), k in zip(self.blocks, self.ks, strict=True):
+            q = dX[ia] @ self.XM[c0:c1].T  # dx_i . x_m, shape (n_z, M_z)
+            seg[:, c0:c1].index_add_(0, batch[ia], k * (p[ia, None] - q) * inv_s2)
+        if not self.prior:
+            return seg, None
+        i, j = self.pairs
+        dd = (dX[i] * dX[j]).sum(1)
+        u = ((X[i] - X[j]) * dX[i]).sum(1)
+        v = ((X[i] - X[j]) * dX[j]).sum(1)
+        val = self.kij * inv_s2 * (dd - u * v * inv_s2)
+        return seg, X.new_zeros(self.B).index_add_(0, batch[i], val)

@@ -8,6 +8,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
+from atoms_factory import cu_images, make_data
 
 from atomistic.active import (
     LabelStore,
@@ -22,6 +23,8 @@ from atomistic.active import (
     structure_key,
     structure_uncertainty,
 )
+from atomistic.calculator import AtompipeCalculator
+from atomistic.models import GaussianProcess
 
 
 def _cu(seed: int, rattle: float = 0.05):
@@ -295,6 +298,38 @@ def test_a_trajectory_leaving_the_trust_bound_keeps_its_last_trusted_step():
     # an edge that is a snapshot step already is kept once: bound crossed at step 6
     frames = explore(_GrowingStd(), [_cu(0)], [300.0], steps=30, interval=5, max_uncertainty=0.065)
     assert [f.info["step"] for f in frames] == [5, 6]
+
+
+class _RecordsUncertainty(AtompipeCalculator):
+    """Records, for every calculation, whether the stds were asked for."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.asked: list[bool] = []
+
+    def calculate(self, *args, **kwargs):
+        self.asked.append(self.uncertainty)
+        super().calculate(*args, **kwargs)
+
+
+def test_checking_every_few_steps_keeps_the_snapshots():
+    """A sparse GP on forces: u checked only at the snapshots (check_every=interval), the MD
+    steps between on the means alone, gives the same trajectory as checking every step (the
+    two force paths, reverse-mode means and forward-mode design rows, agree to rounding)."""
+    gp = GaussianProcess(sigma=2.0, forces=True, n_sparse=20, optimize=False)
+    gp.fit(make_data(cu_images(6, rattle=0.1), cutoff=4.0, angular_type="G4"))
+    kw = {"steps": 12, "interval": 4, "seed": 2, "timestep_fs": 1.0}
+    every = explore(gp, [_cu(0)], [600.0], **kw)
+    calc = _RecordsUncertainty(gp)
+    sparse = explore(calc, [_cu(0)], [600.0], check_every=4, **kw)
+    assert [f.info["step"] for f in sparse] == [4, 8, 12] == [f.info["step"] for f in every]
+    # forces at the start and at 12 steps; stds only at steps 4, 8, 12; switched back on after
+    assert calc.asked == [False] * 4 + [True] + [False] * 3 + [True] + [False] * 3 + [True]
+    assert calc.uncertainty
+    for f, g in zip(every, sparse, strict=True):
+        np.testing.assert_allclose(g.positions, f.positions, atol=1e-9)
+        assert g.info["uncertainty"] == pytest.approx(f.info["uncertainty"], rel=1e-9)
+    assert all(f.info["uncertainty"] > 0 for f in sparse)
 
 
 def test_exploration_needs_an_uncertainty():

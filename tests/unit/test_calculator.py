@@ -6,7 +6,7 @@ import pytest
 from ase import units
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
-from atoms_factory import cu_images, make_data
+from atoms_factory import cu_images, finite_difference_forces, make_data
 
 from atomistic.calculator import AtompipeCalculator
 from atomistic.models import GaussianProcess, NeuralNetwork, TrainingConfig
@@ -44,6 +44,25 @@ def test_gp_calculator_reports_std():
     atoms.get_potential_energy()
     assert "energy_std" in atoms.calc.implemented_properties
     assert atoms.calc.results["energy_std"] > 0
+
+
+def test_gp_means_only_skip_the_force_stds():
+    """A sparse GP on forces: with ``uncertainty`` off the calculator asks for means only
+    (one reverse-mode pass) and reports the same energy and forces as the full prediction
+    (forward-mode design rows), and minus the energy's central differences; no stds."""
+    data = make_data(cu_images(6, rattle=0.1), cutoff=4.0, angular_type="G4")
+    gp = GaussianProcess(sigma=2.0, forces=True, n_sparse=20, optimize=False).fit(data)
+    atoms = cu_images(1, seed=5, rattle=0.1)[0]
+    full = AtompipeCalculator(gp)
+    atoms.calc = full
+    F_full = atoms.get_forces().copy()
+    assert full.results["forces_std"].shape == (len(atoms), 3)
+    means = AtompipeCalculator(gp)
+    means.uncertainty = False
+    atoms.calc = means
+    np.testing.assert_allclose(atoms.get_forces(), F_full, atol=1e-10)
+    assert "forces_std" not in means.results
+    np.testing.assert_allclose(F_full, finite_difference_forces(gp, atoms), atol=1e-6)
 
 
 class _ScaledForces(AtompipeCalculator):
