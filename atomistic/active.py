@@ -123,7 +123,8 @@ def explore(
             f"{steps}, {interval}, {check_every}"
         )
     calc = model if isinstance(model, Calculator) else AtompipeCalculator(model)
-    selective = check_every > 1 and hasattr(calc, "uncertainty")
+    # the switch of a calculator whose stds cost extra, when u is not checked at every step
+    switch = calc if check_every > 1 and isinstance(calc, AtompipeCalculator) else None
     rng = np.random.default_rng(seed)
     frames: list[Atoms] = []
     trajectory = 0
@@ -149,11 +150,11 @@ def explore(
             edge: Atoms | None = None  # the last step within the trust bound, unless kept
             for step in range(1, steps + 1):
                 checked = step % interval == 0 or step % check_every == 0
-                if selective:
-                    calc.uncertainty = checked  # the forces of this step are computed in run
+                if switch is not None:
+                    switch.uncertainty = checked  # the forces of this step are computed in run
                 dyn.run(1)
                 atoms.get_forces()
-                if selective and not checked:
+                if switch is not None and not checked:
                     continue
                 std = calc.results.get("forces_std")
                 if std is None:
@@ -174,8 +175,8 @@ def explore(
                 if untrusted or _min_distance(atoms) < min_distance:
                     break
             trajectory += 1
-    if selective:
-        calc.uncertainty = True
+    if switch is not None:
+        switch.uncertainty = True
     return frames
 
 

@@ -50,7 +50,7 @@ class AtompipeCalculator(Calculator):
             out = self.model.predict_atoms([self.atoms], forces=True, stress=stress)
         else:  # a GP asked for means only: no stds (a model whose stds are free keeps them)
             data = self.model._as_data([self.atoms])
-            out = self.model.predict(data, forces=True, stress=stress, std=False)
+            out = dict(self.model.predict(data, forces=True, stress=stress, std=False))  # type: ignore[call-arg]
             out["forces"] = [out["forces"]]  # one structure, as predict_atoms gives it
         energy = float(out["energy"][0])
         self.results = {
