@@ -29,6 +29,15 @@ as data/cu_emt.extxyz):
   candidate labelled to know it). If even the oracle does not reach random selection's error
   with half the labels, no uncertainty can on this exploration.
 
+* ``--model gp``: the sparse GP on energies and forces (``GaussianProcess(forces=True)``,
+  ``--n-sparse`` representatives per element) drives the same loop in place of the committee.
+  Its sigma, amplitude and noises come from the marginal likelihood on the seed structures
+  (the search on at most 40 of them) and are kept for the later fits (``--gp-reoptimize``:
+  searched at every fit); its stds are recalibrated on the validation structures at every
+  fit. The exploration computes u at the snapshots only (``explore(check_every=interval)``:
+  a GP's force stds cost a forward-mode pass per atom and direction, its means one reverse
+  pass). Its outputs are named ``active_learning_<system>_gp*``.
+
 Prints both curves (force MAE against labels added), the labels active learning needs to reach
 random selection's error at the full budget (linear interpolation between iterations), and the
 uncertainty calibration on the test set at each iteration; draws
@@ -42,6 +51,8 @@ exploration at 500 and 1000 K (300 steps, a snapshot every 10).
     python -m benchmarks.active_learning --methods active --seed 1 --out runs/s1   # one curve
     python -m benchmarks.active_learning --methods random --seed 1 --out runs/s1   # (side by side)
     python -m benchmarks.active_learning --combine runs/*/active_learning_cu_*.json
+    python -m benchmarks.active_learning --system ethanol --model gp --steps 1000 \
+        --temperatures 300 500 800 1000        # the GP, longer exploration (README figures)
 
 ``--combine`` reads runs of several seeds and methods: the median curve of each method over its
 seeds, with the min-max band, at every ``--per-iteration`` labels (a run whose iterations added

@@ -34,6 +34,13 @@ class ActiveExploration(Strict):
         description="end a trajectory once its force uncertainty exceeds this, eV/Å; nothing "
         "above it is picked",
     )
+    check_every: int = Field(
+        1,
+        ge=1,
+        description="compute the uncertainty every this many steps (and at every snapshot); "
+        "a GP's force stds cost several times its forces, so a GP explores faster with "
+        "`interval` here, a committee's come with its forces",
+    )
 
 
 class ActiveSelection(Strict):

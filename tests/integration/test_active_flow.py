@@ -187,8 +187,9 @@ def test_each_serve_trigger_runs_one_more_iteration(tmp_path, shipped, prefect_h
 
 
 def test_a_gaussian_process_on_forces_drives_the_loop(tmp_path, shipped, prefect_harness):
-    """A sparse GP on energies and forces in place of the committee: its predicted force
-    standard deviations rank the explored snapshots, and the two most uncertain are labelled."""
+    """A sparse GP on energies and forces in place of the committee, its uncertainty computed
+    at the snapshots only (``check_every``): its predicted force standard deviations rank the
+    explored snapshots, and the two most uncertain are labelled."""
     from atomistic.data import read_dataset
     from atomistic.models import load_model
     from flows.active import run_active
@@ -197,6 +198,8 @@ def test_a_gaussian_process_on_forces_drives_the_loop(tmp_path, shipped, prefect
     gp = {"type": "gaussianprocess", "features": "g", "forces": True, "n_sparse": 30}
     gp.update({"optimize": False, "sigma": 2.0, "energy_noise": 0.002, "force_noise": 0.02})
     active = {**CAMPAIGN["active"], "model": "gp", "iterations": 1, "budget": 2}
+    # u only at the snapshots: the steps between run on the GP's means alone
+    active["exploration"] = {**active["exploration"], "check_every": 5}
     campaign = {**CAMPAIGN, "models": {"gp": gp}, "active": active}
     (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(campaign))
     cfg = load_campaign(tmp_path / "campaign.yaml")
