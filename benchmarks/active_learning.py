@@ -572,7 +572,8 @@ def report(curves: dict[str, list[dict]], args, runs: dict | None = None) -> dic
     stem = f"active_learning_{args.system}" + ("_gp" if args.model == "gp" else "")
     stem += "" if len(curves) > 1 else f"_{next(iter(curves))}"
     png = args.out / f"{stem}.png"
-    plot(curves, png, f"{SYSTEMS[args.system]['title']}: active learning vs random selection")
+    driver = "sparse GP" if args.model == "gp" else f"committee of {args.committee}"
+    plot(curves, png, f"{SYSTEMS[args.system]['title']}, {driver}: active vs random")
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     print(f"wrote {png}")
     return result
