@@ -96,7 +96,8 @@ def explore(
     that reports ``forces_std``) from every start at every temperature (K).
 
     Every ``interval`` steps the structure is kept (positions in Å, no calculator) with
-    ``info``: ``uncertainty`` (u, eV/Å), ``energy_std`` (eV, when reported), ``temperature``
+    ``info``: ``uncertainty`` (u, eV/Å), ``uncertainty_mean`` (the mean over the atoms of
+    |σ_F,i|, eV/Å), ``energy_std`` (eV, when reported), ``temperature``
     (K), ``start`` (index), ``step``, ``trajectory`` (index). ``rattle`` (Å) displaces the start's
     atoms by Gaussian noise first. A trajectory ends early, its last snapshot kept, when u exceeds
     ``max_uncertainty`` (the model has left what it knows; the dynamics would be nonsense; u is
@@ -162,15 +163,18 @@ def explore(
                         "exploration needs a model with force uncertainty (a committee "
                         "NeuralNetwork(ensemble>1) or a GaussianProcess(forces=True))"
                     )
-                u = float(np.linalg.norm(std, axis=1).max())
+                norms = np.linalg.norm(std, axis=1)
+                u = float(norms.max())
                 untrusted = max_uncertainty is not None and u > max_uncertainty
+                info = {"uncertainty": u, "uncertainty_mean": float(norms.mean()), "step": step}
+                info.update(temperature=float(T), start=s, trajectory=trajectory)
                 if not (untrusted or step % interval == 0):
                     if max_uncertainty is not None:
-                        edge = _snapshot(atoms, u, T, s, step, trajectory, calc)
+                        edge = _snapshot(atoms, info, calc)
                     continue
                 if untrusted and edge is not None:
                     frames.append(edge)
-                frames.append(_snapshot(atoms, u, T, s, step, trajectory, calc))
+                frames.append(_snapshot(atoms, info, calc))
                 edge = None
                 if untrusted or _min_distance(atoms) < min_distance:
                     break
@@ -180,7 +184,7 @@ def explore(
     return frames
 
 
-def _snapshot(atoms: Atoms, u: float, T: float, start: int, step: int, trajectory: int, calc):
+def _snapshot(atoms: Atoms, info: dict[str, Any], calc):
     """A copy of the MD state (no calculator) with the exploration's ``info``."""
     snap = Atoms(
         numbers=atoms.numbers,
@@ -188,9 +192,7 @@ def _snapshot(atoms: Atoms, u: float, T: float, start: int, step: int, trajector
         cell=atoms.cell.array.copy(),
         pbc=atoms.pbc.copy(),
     )
-    snap.info.update(
-        uncertainty=u, temperature=float(T), start=start, step=step, trajectory=trajectory
-    )
+    snap.info.update(info)
     if "energy_std" in calc.results:
         snap.info["energy_std"] = float(calc.results["energy_std"])
     return snap

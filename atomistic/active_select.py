@@ -30,14 +30,20 @@ __all__ = [
 
 
 # -- uncertainty -----------------------------------------------------------------------------------
-def structure_uncertainty(forces_std: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """(S,) u_s = max over the atoms of structure s of |σ_F,i| (eV/Å).
+def structure_uncertainty(
+    forces_std: np.ndarray, offsets: np.ndarray, reduce: str = "max"
+) -> np.ndarray:
+    """(S,) u_s = max over the atoms of structure s of |σ_F,i| (eV/Å); ``reduce="mean"``: their
+    mean.
 
     forces_std: (n_atoms, 3) eV/Å, per Cartesian component; offsets: (S + 1,) atom offsets.
     """
+    if reduce not in ("max", "mean"):
+        raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
     norms = np.linalg.norm(np.asarray(forces_std, dtype=np.float64), axis=1)
     offsets = np.asarray(offsets, dtype=np.int64)
-    return np.array([norms[offsets[s] : offsets[s + 1]].max() for s in range(len(offsets) - 1)])
+    fn = np.max if reduce == "max" else np.mean
+    return np.array([fn(norms[offsets[s] : offsets[s + 1]]) for s in range(len(offsets) - 1)])
 
 
 def calibrate_threshold(

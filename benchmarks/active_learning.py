@@ -306,15 +306,17 @@ def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) 
             val_pred = model.predict(AtomicData.from_atoms(seed_val, featurizer, scaler), True)
             off = np.concatenate([[0], np.cumsum([len(a) for a in seed_val])])
             threshold = calibrate_threshold(
-                structure_uncertainty(val_pred["forces_std"], off), args.quantile
+                structure_uncertainty(val_pred["forces_std"], off, args.criterion), args.quantile
             )
+            key = "uncertainty" if args.criterion == "max" else "uncertainty_mean"
+            ranked = np.array([f.info[key] for f in frames])
+            ranked[u > args.max_uncertainty] = -np.inf  # the trust bound is on the largest
             picks = select(
-                u,
+                ranked,
                 threshold,
                 n_pick,
                 diversity="fps",
                 descriptors=structure_descriptors(frames, featurizer, scaler),
-                upper=args.max_uncertainty,
                 pool=args.pool,
             )
         elif method == "oracle":
@@ -341,7 +343,10 @@ def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) 
                 upper=args.max_uncertainty,
                 seed=int(rng.integers(2**31)),
             )
-        n_uncertain = int((u > threshold).sum()) if method != "random" else len(u)
+        if method == "active":
+            n_uncertain = int((ranked > threshold).sum())
+        else:
+            n_uncertain = int((u > threshold).sum()) if method != "random" else len(u)
         if len(picks) == 0:
             print(f"  {method}: nothing uncertain left", flush=True)
             break
@@ -467,6 +472,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="default: the system's")
     p.add_argument("--interval", type=int, default=None, help="default: the system's")
     p.add_argument("--temperatures", type=float, nargs="+", default=None)
+    p.add_argument(
+        "--criterion",
+        choices=["max", "mean"],
+        default="max",
+        help="active: rank snapshots by the largest or the mean atomic force std",
+    )
     p.add_argument("--quantile", type=float, default=0.9)
     p.add_argument("--max-uncertainty", type=float, default=2.0)
     p.add_argument(

@@ -38,6 +38,10 @@ def test_structure_uncertainty_is_the_largest_atomic_std_norm():
     std = np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
     # structure 0: atoms 0, 1 (norms 5, 1); structure 1: atom 2 (norm 1)
     np.testing.assert_allclose(structure_uncertainty(std, np.array([0, 2, 3])), [5.0, 1.0])
+    mean = structure_uncertainty(std, np.array([0, 2, 3]), reduce="mean")
+    np.testing.assert_allclose(mean, [3.0, 1.0])
+    with pytest.raises(ValueError, match="reduce"):
+        structure_uncertainty(std, np.array([0, 2, 3]), reduce="median")
 
 
 def test_calibrated_threshold_is_a_quantile_of_validation_uncertainties():
@@ -260,6 +264,7 @@ def test_exploration_snapshots_and_their_bookkeeping():
     assert [f.info["step"] for f in frames] == [3, 6] * 4
     assert [f.info["temperature"] for f in frames] == [300.0, 300.0, 600.0, 600.0] * 2
     assert all(f.info["uncertainty"] == pytest.approx(0.3) for f in frames)  # 4 atoms: 0.1 * 3
+    assert all(f.info["uncertainty_mean"] == pytest.approx(0.15) for f in frames)  # 0.1 * 1.5
     assert all(f.calc is None for f in frames)
     # seeded: the same snapshots again
     again = explore(_EMTWithStd(), starts, [300.0, 600.0], steps=6, interval=3, seed=1)
