@@ -341,6 +341,36 @@ class Store:
                 raise  # not the object store's: the caller's own file
             raise StoreError(f"cannot write {kind}/{key} to the store {self.url}: {exc}") from exc
 
+    def chain(self, kind: str, key: str) -> list[tuple[str, zarr.Group]]:
+        """(key, group) of the groups holding ``<kind>/<key>``'s rows, the oldest first: the
+        group alone, or a version's parents and then the version. A version names its parent in
+        the attribute ``appends`` (``{"parent": key, ...}``) and stores only what it appended.
+        A parent that is missing or incomplete, or a chain that loops, is a
+        :class:`CorruptionError` naming it; the key asked for itself missing is the KeyError of
+        :meth:`open`."""
+        chain: list[tuple[str, zarr.Group]] = []
+        k: str | None = key
+        while k is not None:
+            if any(k == seen for seen, _ in chain):
+                raise CorruptionError(f"{self.url}: {kind}/{key}: its parent chain loops at {k}")
+            try:
+                group = self.open(kind, k)
+            except KeyError as exc:
+                if k == key:
+                    raise  # the group asked for is absent: the store's own message
+                raise CorruptionError(
+                    f"{self.url}: {kind}/{key}: its parent {kind}/{k} is missing or incomplete "
+                    "(the version stores only what it appended)"
+                ) from exc
+            chain.append((k, group))
+            link = group.attrs.get("appends")
+            k = None
+            if link is not None:
+                if not isinstance(link, dict) or not isinstance(link.get("parent"), str):
+                    raise CorruptionError(f"{self.url}: {kind}/{chain[-1][0]}: bad 'appends'")
+                k = link["parent"]
+        return chain[::-1]
+
     def require(self, kind: str, key: str) -> zarr.Group:
         """An in-place group for resumable, chunk-by-chunk writing (features, latent).
 

@@ -67,6 +67,10 @@ def test_incremental_quick_grows_by_the_new_structures_only(tmp_path):
     assert inc["featurized_atoms"] == 4 * inc["atoms_per_structure"] == 128
     assert inc["full_atoms"] == 204 * 32
     assert inc["max_abs_diff"] <= 1e-12 and inc["same_keys"] is True
+    # the grown version's groups hold its 4 new structures only, not the parent's 200 again
+    stored = inc["dataset_bytes"]
+    assert stored["grown"] < stored["parent"] / 5
+    assert stored["grown_features"] < stored["parent_features"] / 5
     for name in ("full", "grow", "_grow_features"):
         assert len(inc["seconds"][name]) == inc["repeat"] == 1
         assert inc["median_s"][name] > 0 and inc["spread"][name] == 1.0

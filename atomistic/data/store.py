@@ -163,37 +163,10 @@ def _prefix_of(
     return base
 
 
-def _chain(store: Store, key: str) -> list[tuple[str, Any]]:
-    """(key, group) of the groups holding ``datasets/<key>``'s structures, the oldest first:
-    one group, or a version's parents and then the version."""
-    chain: list[tuple[str, Any]] = []
-    k: str | None = key
-    while k is not None:
-        if any(k == seen for seen, _ in chain):
-            raise CorruptionError(f"{store.url}: datasets/{key}: its parent chain loops at {k}")
-        try:
-            group = store.open("datasets", k)
-        except KeyError as exc:
-            if k == key:
-                raise  # the dataset asked for is absent: the store's own message
-            raise CorruptionError(
-                f"{store.url}: datasets/{key}: its parent datasets/{k} is missing or incomplete "
-                "(the version stores only the structures it appended)"
-            ) from exc
-        chain.append((k, group))
-        link = group.attrs.get("appends")
-        k = None
-        if link is not None:
-            if not isinstance(link, dict) or not isinstance(link.get("parent"), str):
-                raise CorruptionError(f"{store.url}: datasets/{chain[-1][0]}: bad 'appends'")
-            k = link["parent"]
-    return chain[::-1]
-
-
 def _segments(store: Store, key: str, verified: bool) -> list[tuple[Any, np.ndarray]]:
     """(group, its offsets from 0) along ``datasets/<key>``'s chain, the oldest first."""
     read = (lambda g: read_verified(g, "offsets", store.url)) if verified else _offsets
-    return [(group, read(group)) for _, group in _chain(store, key)]
+    return [(group, read(group)) for _, group in store.chain("datasets", key)]
 
 
 def _offsets(group: Any) -> np.ndarray:

@@ -296,12 +296,56 @@ def read_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows and offsets, for all structures or the given structure indices.
 
+    A group that extends a parent (attribute ``appends``, written by
+    :func:`write_feature_array` with ``parent``) holds only the appended structures' rows;
+    the rows are read along the chain, each group checked against its checksums.
+
     Returns ``values`` (n_atoms_selected, n_features) float64 and ``offsets``
     (n_selected + 1,) int64.
     """
     store = store if isinstance(store, Store) else Store(store)
-    group = store.open(kind, key)
-    offsets = _verified_offsets(store, group, key, kind)
+    chain = store.chain(kind, key)
+    segments = [(k, g, _verified_offsets(store, g, k, kind)) for k, g in chain]
+    if len(segments) == 1:
+        return _read_group(store, *segments[0], kind, structures)
+    starts = np.cumsum([0] + [len(off) - 1 for _, _, off in segments])  # first structure of each
+    if structures is None:
+        blocks = [_read_group(store, k, g, off, kind, None)[0] for k, g, off in segments]
+        sizes = np.concatenate([np.diff(off) for _, _, off in segments])
+        return np.concatenate(blocks), np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    idx = np.asarray(structures, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= starts[-1]):
+        raise IndexError(f"{kind}/{key}: structure indices outside 0..{starts[-1] - 1}")
+    seg = np.searchsorted(starts, idx, side="right") - 1
+    counts = np.zeros(len(idx), dtype=np.int64)
+    parts = {}
+    for j in np.unique(seg):
+        k, g, off = segments[j]
+        parts[j] = _read_group(store, k, g, off, kind, idx[seg == j] - starts[j])
+        counts[seg == j] = np.diff(parts[j][1])
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    n_features = array(segments[-1][1], "values").shape[1]
+    values = np.zeros((int(offsets[-1]), n_features))
+    for j, (vals, _) in parts.items():
+        mine = np.flatnonzero(seg == j)
+        values[_rows(offsets[mine], counts[mine])] = vals
+    return values, offsets
+
+
+def _rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The row indices of consecutive runs: ``starts[k] .. starts[k] + counts[k]``, in order."""
+    return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+
+
+def _read_group(
+    store: Store,
+    key: str,
+    group: Any,
+    offsets: np.ndarray,
+    kind: str,
+    structures: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_features` of one group (its own rows), ``offsets`` its verified offsets."""
     if structures is None:
         return _verified_rows(store, group, key, kind, 0, int(offsets[-1])), offsets
     idx = np.asarray(structures, dtype=np.int64)
@@ -311,8 +355,7 @@ def read_features(
         return np.zeros((0, array(group, "values").shape[1])), new_offsets
     lo, hi = int(offsets[idx.min()]), int(offsets[idx.max() + 1])
     block = _verified_rows(store, group, key, kind, lo, hi)  # one read, then a gather
-    rows = np.concatenate([np.arange(offsets[s], offsets[s + 1]) for s in idx]) - lo
-    return block[rows], new_offsets
+    return block[_rows(offsets[idx] - lo, counts)], new_offsets
 
 
 def _layout_ok(group: Any) -> bool:
@@ -401,11 +444,20 @@ def write_feature_array(
     offsets: np.ndarray,
     attrs: dict[str, Any],
     kind: str = "latent",
+    parent: str | None = None,
 ) -> bool:
-    """Write a whole per-atom array in one go (latent features); returns False if present."""
+    """Write a whole per-atom array in one go (latent features); returns False if present.
+
+    ``parent``: the key of a complete group of the same kind whose structures come first;
+    ``values`` and ``offsets`` are then those of the appended structures only, and the group
+    names its parent in the attribute ``appends`` (read back whole by :func:`read_features`)."""
     if store.has(kind, key) and repair_feature_group(store, key, kind):
         return False
     values = np.asarray(values, dtype=np.float64)
+    if parent is not None:
+        chain = store.chain(kind, parent)
+        n_parent = sum(len(_verified_offsets(store, g, k, kind)) - 1 for k, g in chain)
+        attrs = {**attrs, "appends": {"parent": parent, "structures": n_parent}}
     with store.writing(kind, key) as group:
         rows = _rows_per_chunk(offsets, values.shape[1], None)
         n_chunks = max(1, -(-len(values) // rows))

@@ -15,7 +15,6 @@ from atomistic import interrupt
 from atomistic.data import Dataset, read_dataset, read_structures, write_dataset
 from atomistic.features.store import (
     feature_key,
-    read_features,
     repair_feature_group,
     write_feature_array,
 )
@@ -148,12 +147,12 @@ def _grown(old: Dataset, added: Dataset) -> Dataset:
 def _grow_features(
     store: Store, features: FeatureRef, key: str, grown: Dataset, added: Dataset
 ) -> tuple[str, int]:
-    """Features of dataset ``key`` (``grown``): the parent's rows copied, ``added``'s computed,
-    unless the group is complete already. Returns its key and the atoms featurized now."""
+    """Features of dataset ``key`` (``grown``): ``added``'s computed and stored in a group that
+    names the parent's as its first rows (attribute ``appends``), unless the group is complete
+    already. Returns its key and the atoms featurized now."""
     fkey = feature_key(key, features.featurizer, features.params)
     if store.has("features", fkey) and repair_feature_group(store, fkey, "features"):
         return fkey, 0
-    X_old, _ = read_features(store, features.key)
     X_new = model_featurizer(features).featurize_arrays(
         added.numbers, added.positions, added.cell, added.pbc, added.offsets
     )
@@ -161,8 +160,8 @@ def _grow_features(
     write_feature_array(
         store,
         fkey,
-        np.concatenate([X_old, np.asarray(X_new, dtype=np.float64)]),
-        grown.offsets,
+        np.asarray(X_new, dtype=np.float64),
+        added.offsets,
         {
             "featurizer": features.featurizer,
             "params": features.params,
@@ -173,6 +172,7 @@ def _grow_features(
             "complete": True,
         },
         kind="features",
+        parent=features.key,
     )
     return fkey, added.n_atoms
 
