@@ -50,6 +50,7 @@ from atomistic.active_select import (
     select,
     structure_descriptors,
     structure_uncertainty,
+    variance_reduction_order,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "structure_descriptors",
     "structure_key",
     "structure_uncertainty",
+    "variance_reduction_order",
     "warm_start",
 ]
 

@@ -272,9 +272,12 @@ def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) 
         stop_reason,
         structure_descriptors,
         structure_uncertainty,
+        variance_reduction_order,
     )
     from atomistic.models import AtomicData
 
+    if args.select == "variance" and args.model != "gp":
+        raise SystemExit("--select variance needs --model gp")
     rng = np.random.default_rng(args.seed)
     train = list(seed_train)
     t0 = time.perf_counter()
@@ -311,14 +314,32 @@ def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) 
             key = "uncertainty" if args.criterion == "max" else "uncertainty_mean"
             ranked = np.array([f.info[key] for f in frames])
             ranked[u > args.max_uncertainty] = -np.inf  # the trust bound is on the largest
-            picks = select(
-                ranked,
-                threshold,
-                n_pick,
-                diversity="fps",
-                descriptors=structure_descriptors(frames, featurizer, scaler),
-                pool=args.pool,
-            )
+            if args.select == "variance":
+                cand = AtomicData.from_atoms(frames, featurizer, scaler)
+                V, rest = model.force_variance_terms(cand)
+                picks = np.sort(
+                    variance_reduction_order(
+                        V,
+                        rest,
+                        cand.dataset.offsets,
+                        n_pick,
+                        model.amplitude_,
+                        model.force_noise_,
+                        eligible=np.isfinite(ranked),  # the trust bound; the score weighs the rest
+                        shortlist=args.shortlist,
+                        scale=model.force_std_scale_,
+                        seed=int(rng.integers(2**31)),
+                    )
+                )
+            else:
+                picks = select(
+                    ranked,
+                    threshold,
+                    n_pick,
+                    diversity="fps",
+                    descriptors=structure_descriptors(frames, featurizer, scaler),
+                    pool=args.pool,
+                )
         elif method == "oracle":
             # the upper bound of any uncertainty: every candidate labelled, the largest true
             # force error per structure in place of u (same pool and diversity as "active")
@@ -477,6 +498,19 @@ def main(argv: list[str] | None = None) -> dict:
         choices=["max", "mean"],
         default="max",
         help="active: rank snapshots by the largest or the mean atomic force std",
+    )
+    p.add_argument(
+        "--select",
+        choices=["fps", "variance"],
+        default="fps",
+        help="active: farthest points among the most uncertain, or (GP) the batch of largest "
+        "expected variance reduction over all candidates (variance_reduction_order)",
+    )
+    p.add_argument(
+        "--shortlist",
+        type=int,
+        default=100,
+        help="--select variance: score only this many most uncertain candidates per pick",
     )
     p.add_argument("--quantile", type=float, default=0.9)
     p.add_argument("--max-uncertainty", type=float, default=2.0)

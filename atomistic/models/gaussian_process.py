@@ -296,6 +296,46 @@ class GaussianProcess(KernelModel):
             "forces_std": np.sqrt(varF).reshape(-1, 3) * self.force_std_scale_,
         }
 
+    def force_variance_terms(self, data: AtomicData) -> tuple[np.ndarray, np.ndarray]:
+        """The parts of the predictive variance of every force component of ``data``: the
+        whitened design rows V (M, 3 n_atoms), V_r = L_C^-1 L_K^-1 phi_r^T, and the rest c
+        (3 n_atoms,), so that var_r = amplitude_^2 |V_r|^2 + c_r (eV^2/Å^2, before
+        ``force_std_scale_``): the DTC residual a^2 (k** - phi K_MM^-1 phi^T) and the force
+        noise. Only |V_r|^2 shrinks when labels are added (C grows by a^2 / force_noise^2 V V^T
+        of the new rows): what a batch selection that accounts for its own picks updates
+        (:func:`atomistic.active_select.variance_reduction_order`). Columns: atom-major,
+        3 i + c. Sparse model on forces only."""
+        data = self._as_data(data)
+        self._check_fitted()
+        if not self._sparse:
+            raise ValueError("force_variance_terms needs the sparse GP on forces (forces=True)")
+        ds = data.dataset
+        featurizer = data.featurizer if data.featurizer is not None else self.featurizer_
+        scaler = data.scaler if data.featurizer is not None else self.scaler_
+        V = np.zeros((len(self.alpha_), 3 * ds.n_atoms))
+        rest = np.zeros(3 * ds.n_atoms)
+        blocks = design_blocks(
+            data,
+            self.X_train_,
+            self.numbers_train_,
+            self.sigma_,
+            forces=True,
+            prior=True,
+            budget=self.budget,
+            featurizer=featurizer,
+            scaler=scaler,
+        )
+        with torch.no_grad():
+            for d in blocks:
+                assert d.KF is not None and d.kFF is not None  # prior rows
+                cols = (3 * d.rows[:, None] + np.arange(3)).reshape(-1)
+                Phi = d.KF.numpy()
+                v1 = scipy.linalg.solve_triangular(self.cholesky_mm_, Phi.T, lower=True)
+                V[:, cols] = scipy.linalg.solve_triangular(self.cholesky_, v1, lower=True)
+                projected = np.clip(d.kFF.numpy() - (v1 * v1).sum(0), 0.0, None)
+                rest[cols] = self.amplitude_**2 * projected + self.force_noise_**2
+        return V, rest
+
     def _sparse_variance(self, Phi: np.ndarray, prior: np.ndarray) -> np.ndarray:
         """Latent DTC variance of rows Phi (n, M) with prior variances ``prior`` (n,), eV^2."""
         v1 = scipy.linalg.solve_triangular(self.cholesky_mm_, Phi.T, lower=True)  # L_K^-1 phi

@@ -22,6 +22,7 @@ from atomistic.active import (
     stop_reason,
     structure_key,
     structure_uncertainty,
+    variance_reduction_order,
 )
 from atomistic.calculator import AtompipeCalculator
 from atomistic.models import GaussianProcess
@@ -370,3 +371,51 @@ def test_warm_start_begins_from_the_previous_weights():
     a = first.predict(data)["energy"]
     np.testing.assert_allclose(warm.predict(data)["energy"], a, rtol=0, atol=1e-9)
     assert not np.allclose(fresh.predict(data)["energy"], a, rtol=0, atol=1e-6)
+
+
+# -- batch selection by variance reduction (sparse GP) --------------------------------------------
+def _dense_total_variance(v1, C, rows_added, a, sF):
+    """Sum over all components of a^2 v1_r^T C'^-1 v1_r, C' = C + (a/sF)^2 sum v1 v1^T over the
+    added components: the GP's latent weight variance by a dense inverse (no Woodbury)."""
+    Cp = C + (a / sF) ** 2 * v1[:, rows_added] @ v1[:, rows_added].T
+    return a**2 * np.einsum("mr,mr->", v1, np.linalg.solve(Cp, v1))
+
+
+def test_variance_reduction_batch_equals_a_brute_force_greedy():
+    data = make_data(cu_images(8, rattle=0.1), cutoff=4.0, angular_type="G4")
+    gp = GaussianProcess(sigma=2.0, forces=True, n_sparse=20, optimize=False).fit(data)
+    candidates = cu_images(5, seed=11, rattle=0.15)
+    candidates.append(cu_images(5, seed=11, rattle=0.15)[2])  # a twin: worth little after it
+    cand = make_data(candidates, cutoff=4.0, angular_type="G4")
+    V, rest = gp.force_variance_terms(cand)
+    # the terms give the model's own force stds
+    std = np.sqrt(gp.amplitude_**2 * (V * V).sum(0) + rest) * gp.force_std_scale_
+    np.testing.assert_allclose(std.reshape(-1, 3), gp.predict(cand, forces=True)["forces_std"])
+
+    offsets = cand.dataset.offsets
+    a, sF = gp.amplitude_, gp.force_noise_
+    picks = variance_reduction_order(V, rest, offsets, 3, a, sF, sample_rows=10**6)
+    # brute force: C = L_C L_C^T, v1 = L_C V (un-whitened rows), every candidate tried
+    L = gp.cholesky_
+    C, v1 = L @ L.T, L @ V
+    chosen: list[int] = []
+    for _ in range(3):
+        before = _dense_total_variance(v1, C, _cols(chosen, offsets), a, sF)
+        gain = [
+            before - _dense_total_variance(v1, C, _cols([*chosen, s], offsets), a, sF)
+            if s not in chosen
+            else -np.inf
+            for s in range(len(candidates))
+        ]
+        chosen.append(int(np.argmax(gain)))
+    assert picks.tolist() == chosen
+    assert {2, 5} - set(picks.tolist())  # never both twins in the batch
+    # eligibility and the batch size are respected
+    only = variance_reduction_order(V, rest, offsets, 10, a, sF, eligible=np.arange(6) < 2)
+    assert sorted(only.tolist()) == [0, 1]
+
+
+def _cols(structures: list[int], offsets: np.ndarray) -> np.ndarray:
+    return np.concatenate(
+        [np.arange(3 * offsets[s], 3 * offsets[s + 1]) for s in structures] or [np.zeros(0, int)]
+    ).astype(int)
