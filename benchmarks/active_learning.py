@@ -53,6 +53,8 @@ exploration at 500 and 1000 K (300 steps, a snapshot every 10).
     python -m benchmarks.active_learning --combine runs/*/active_learning_cu_*.json
     python -m benchmarks.active_learning --system ethanol --model gp --steps 1000 \
         --temperatures 300 500 800 1000        # the GP, longer exploration (README figures)
+    python -m benchmarks.active_learning --model gp --n-sparse 500 \
+        --temperatures 300 700 1100 1500       # Cu, the GP, a temperature ladder (README)
 
 ``--combine`` reads runs of several seeds and methods: the median curve of each method over its
 seeds, with the min-max band, at every ``--per-iteration`` labels (a run whose iterations added
