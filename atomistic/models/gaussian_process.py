@@ -258,29 +258,12 @@ class GaussianProcess(KernelModel):
             return super().predict(data, forces, stress)
         if stress:
             return {**super().predict(data, False, True), **self.predict(data, True)}
-        self._check_fitted()
-        self._check_elements(data.dataset)
         ds = data.dataset
-        featurizer = data.featurizer if data.featurizer is not None else self.featurizer_
-        if featurizer is None:
-            raise ValueError("forces need a featurizer (none given and none stored)")
-        scaler = data.scaler if data.featurizer is not None else self.scaler_
         E, varE = np.zeros(ds.n_structures), np.zeros(ds.n_structures)
         F, varF = np.zeros(3 * ds.n_atoms), np.zeros(3 * ds.n_atoms)
         counts = np.diff(ds.offsets)
-        blocks = design_blocks(
-            data,
-            self.X_train_,
-            self.numbers_train_,
-            self.sigma_,
-            forces=True,
-            prior=True,
-            budget=self.budget,
-            featurizer=featurizer,
-            scaler=scaler,
-        )
         with torch.no_grad():
-            for d in blocks:
+            for d in self._force_design(data):
                 assert d.KF is not None and d.kEE is not None and d.kFF is not None  # prior rows
                 E[d.idx] = d.KE.numpy() @ self.alpha_
                 varE[d.idx] = self._sparse_variance(d.KE.numpy(), d.kEE.numpy())
@@ -296,25 +279,17 @@ class GaussianProcess(KernelModel):
             "forces_std": np.sqrt(varF).reshape(-1, 3) * self.force_std_scale_,
         }
 
-    def force_variance_terms(self, data: AtomicData) -> tuple[np.ndarray, np.ndarray]:
-        """The parts of the predictive variance of every force component of ``data``: the
-        whitened design rows V (M, 3 n_atoms), V_r = L_C^-1 L_K^-1 phi_r^T, and the rest c
-        (3 n_atoms,), so that var_r = amplitude_^2 |V_r|^2 + c_r (eV^2/Å^2, before
-        ``force_std_scale_``): the DTC residual a^2 (k** - phi K_MM^-1 phi^T) and the force
-        noise. Only |V_r|^2 shrinks when labels are added (C grows by a^2 / force_noise^2 V V^T
-        of the new rows): what a batch selection that accounts for its own picks updates
-        (:func:`atomistic.active_select.variance_reduction_order`). Columns: atom-major,
-        3 i + c. Sparse model on forces only."""
-        data = self._as_data(data)
+    def _force_design(self, data: AtomicData):
+        """The design rows of ``data``'s energies and forces against the representatives, with
+        their prior variances, block by block (:func:`design_blocks`), through ``data``'s
+        featurizer and scaler or the stored ones."""
         self._check_fitted()
-        if not self._sparse:
-            raise ValueError("force_variance_terms needs the sparse GP on forces (forces=True)")
-        ds = data.dataset
+        self._check_elements(data.dataset)
         featurizer = data.featurizer if data.featurizer is not None else self.featurizer_
+        if featurizer is None:
+            raise ValueError("forces need a featurizer (none given and none stored)")
         scaler = data.scaler if data.featurizer is not None else self.scaler_
-        V = np.zeros((len(self.alpha_), 3 * ds.n_atoms))
-        rest = np.zeros(3 * ds.n_atoms)
-        blocks = design_blocks(
+        return design_blocks(
             data,
             self.X_train_,
             self.numbers_train_,
@@ -325,8 +300,24 @@ class GaussianProcess(KernelModel):
             featurizer=featurizer,
             scaler=scaler,
         )
+
+    def force_variance_terms(self, data: AtomicData) -> tuple[np.ndarray, np.ndarray]:
+        """The parts of the predictive variance of every force component of ``data``: the
+        whitened design rows V (M, 3 n_atoms), V_r = L_C^-1 L_K^-1 phi_r^T, and the rest c
+        (3 n_atoms,), so that var_r = amplitude_^2 |V_r|^2 + c_r (eV^2/Å^2, before
+        ``force_std_scale_``): the DTC residual a^2 (k** - phi K_MM^-1 phi^T) and the force
+        noise. Only |V_r|^2 shrinks when labels are added (C grows by a^2 / force_noise^2 V V^T
+        of the new rows): what a batch selection that accounts for its own picks updates
+        (:func:`atomistic.active_select.variance_reduction_order`). Columns: atom-major,
+        3 i + c. Sparse model on forces only."""
+        data = self._as_data(data)
+        if not self._sparse:
+            raise ValueError("force_variance_terms needs the sparse GP on forces (forces=True)")
+        ds = data.dataset
+        V = np.zeros((len(self.alpha_), 3 * ds.n_atoms))
+        rest = np.zeros(3 * ds.n_atoms)
         with torch.no_grad():
-            for d in blocks:
+            for d in self._force_design(data):
                 assert d.KF is not None and d.kFF is not None  # prior rows
                 cols = (3 * d.rows[:, None] + np.arange(3)).reshape(-1)
                 Phi = d.KF.numpy()
