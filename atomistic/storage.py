@@ -7,6 +7,13 @@ readers ignore anything else. On a local store a new group is written under
 or a concurrent writer can never leave a torn group behind. An object store (any fsspec URL:
 ``s3://``, ``gs://``, ``memory://``) has no rename: the staged group is copied into place with
 its ``zarr.json`` written last, which is when a Zarr v3 group starts to exist for readers.
+A version (a grown dataset or its features) names its parent in ``appends``;
+:meth:`Store.chain` resolves it for every kind.
+
+Why one module (over 400 lines): writing, publishing, sweeping stale staging and resolving a
+version's parents all rest on the same invariant (a group exists for readers only when it is
+complete), and the checksum helpers are what readers check groups with; split, each part would
+have to re-state it.
 """
 
 from __future__ import annotations
