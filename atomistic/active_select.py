@@ -137,6 +137,7 @@ def select(
     groups: np.ndarray | None = None,
     min_separation: float = 0.0,
     upper: float | None = None,
+    upper_factor: float | None = None,
     pool: float | None = None,
     seed: int = 0,
 ) -> np.ndarray:
@@ -159,6 +160,10 @@ def select(
 
     ``upper`` (eV/Å, DP-GEN's trust upper bound): snapshots with u > ``upper`` are never picked,
     by either method; the model's dynamics had left physical configurations there.
+    ``upper_factor`` (> 1, DP-GEN's trust window ``trust_lo``-``trust_hi``): method
+    "uncertainty" picks only snapshots with u <= ``upper_factor`` × ``threshold`` as well, the
+    moderately uncertain ones; the most uncertain are often configurations the dynamics is about
+    to leave, far from those the model will be asked about (random selection ignores it).
     """
     u = np.asarray(uncertainty, dtype=np.float64)
     n = len(u)
@@ -173,6 +178,10 @@ def select(
         return np.sort(picked).astype(np.int64)
     if method != "uncertainty":
         raise ValueError(f"method must be 'uncertainty' or 'random', got {method!r}")
+    if upper_factor is not None:
+        if not upper_factor > 1.0:
+            raise ValueError(f"upper_factor must be > 1, got {upper_factor}")
+        trusted &= u <= upper_factor * threshold
     cand = np.flatnonzero((u > threshold) & trusted)
     # most uncertain first; ties by index, so the order is deterministic
     cand = cand[np.lexsort((cand, -u[cand]))]

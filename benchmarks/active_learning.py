@@ -316,6 +316,8 @@ def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) 
             key = "uncertainty" if args.criterion == "max" else "uncertainty_mean"
             ranked = np.array([f.info[key] for f in frames])
             ranked[u > args.max_uncertainty] = -np.inf  # the trust bound is on the largest
+            if args.trust_factor is not None:  # DP-GEN's trust window, from the calibration
+                ranked[u > args.trust_factor * threshold] = -np.inf
             if args.select == "variance":
                 cand = AtomicData.from_atoms(frames, featurizer, scaler)
                 V, rest = model.force_variance_terms(cand)
@@ -516,6 +518,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--quantile", type=float, default=0.9)
     p.add_argument("--max-uncertainty", type=float, default=2.0)
+    p.add_argument(
+        "--trust-factor",
+        type=float,
+        default=None,
+        help="active: pick nothing above this × the calibrated threshold (DP-GEN's trust_hi "
+        "over trust_lo); the exploration still runs to --max-uncertainty",
+    )
     p.add_argument(
         "--pool",
         type=float,

@@ -54,6 +54,12 @@ class ActiveSelection(Strict):
     )
     quantile: float = Field(0.9, ge=0, le=1, description="quantile of `threshold: auto`")
     factor: float = Field(1.0, gt=0, description="multiplier of `threshold: auto`")
+    upper_factor: float | None = Field(
+        None,
+        gt=1,
+        description="pick nothing above this × the threshold (a trust window: the moderately "
+        "uncertain snapshots, not those the dynamics is about to leave); null: no window",
+    )
     max_labels: int = Field(10, ge=1, description="new labels per iteration at most")
     diversity: Literal["fps", "time", "none"] = Field(
         "fps",

@@ -293,6 +293,7 @@ def select_stage(
         groups=np.array([f.info["trajectory"] for f in frames]),
         min_separation=settings["min_separation"],
         upper=settings.get("upper"),
+        upper_factor=settings.get("upper_factor"),
         pool=settings.get("pool"),
     )
     return {

@@ -72,6 +72,18 @@ def test_nothing_above_the_upper_bound_is_picked():
         assert sorted(r.tolist()) == [0, 1, 3]
 
 
+def test_the_trust_window_keeps_the_moderately_uncertain():
+    u = np.array([0.1, 0.5, 3.0, 0.9, 2.5, 0.7])
+    # threshold 0.25, window 3 x 0.25 = 0.75: candidates 0.5 and 0.7 only
+    assert select(u, 0.25, 10, upper_factor=3.0).tolist() == [1, 5]
+    assert select(u, 0.25, 1, upper_factor=3.0).tolist() == [5]
+    assert select(u, 0.25, 10, upper_factor=3.0, upper=0.6).tolist() == [1]
+    # random selection ignores the window (it is the baseline)
+    assert sorted(select(u, 0.25, 6, method="random", upper_factor=3.0).tolist()) == list(range(6))
+    with pytest.raises(ValueError, match="upper_factor must be > 1"):
+        select(u, 0.25, 10, upper_factor=1.0)
+
+
 def test_farthest_point_diversity_skips_near_duplicates():
     u = np.array([0.9, 0.85, 0.8, 0.3])
     X = np.array([[0.0, 0.0], [0.01, 0.0], [5.0, 5.0], [1.0, 1.0]])

@@ -134,3 +134,25 @@ def test_labels_and_the_grown_dataset_match_emt_and_the_featurizer(stored, tmp_p
     X_new = direct.featurize_arrays(tail.numbers, tail.positions, tail.cell, tail.pbc, tail.offsets)
     np.testing.assert_array_equal(X[: len(X_old)], X_old)
     np.testing.assert_allclose(X[len(X_old) :], X_new, rtol=1e-12, atol=1e-12)
+
+
+def test_the_select_stage_applies_the_campaigns_trust_window(tmp_path):
+    from flows.config_active import ActiveSelection
+    from tasks.pipeline.active import select_stage
+
+    frames = cu_images(6, seed=3)
+    for t, atoms in enumerate(frames):
+        atoms.calc = None
+        atoms.info.update(step=10 * t, trajectory=0)
+    explored = {"path": str(tmp_path / "explored.extxyz")}
+    explored["uncertainty"] = [0.1, 0.5, 3.0, 0.9, 2.5, 0.7]
+    ase.io.write(explored["path"], frames, format="extxyz")
+    settings = ActiveSelection(threshold=0.25, diversity="none", upper_factor=3.0)
+    settings = {**settings.model_dump(mode="json"), "upper": 2.0}
+    # window 0.25-0.75 eV/Å: of the five above the threshold only 0.5 and 0.7 may be picked
+    picked = select_stage(explored, None, None, None, [], settings, 4, seed=0)
+    assert picked["indices"] == [1, 5] and picked["threshold"] == 0.25
+    without = select_stage(explored, None, None, None, [], {**settings, "upper_factor": None}, 4, 0)
+    assert without["indices"] == [1, 3, 5]  # 2.5 and 3.0 are above the trust bound 2.0
+    with pytest.raises(ValueError, match="greater than 1"):
+        ActiveSelection(upper_factor=1.0)
