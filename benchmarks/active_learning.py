@@ -316,8 +316,8 @@ def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) 
             key = "uncertainty" if args.criterion == "max" else "uncertainty_mean"
             ranked = np.array([f.info[key] for f in frames])
             ranked[u > args.max_uncertainty] = -np.inf  # the trust bound is on the largest
-            if args.trust_factor is not None:  # DP-GEN's trust window, from the calibration
-                ranked[u > args.trust_factor * threshold] = -np.inf
+            if args.upper_factor is not None:  # DP-GEN's trust window, from the calibration
+                ranked[u > args.upper_factor * threshold] = -np.inf
             if args.select == "variance":
                 cand = AtomicData.from_atoms(frames, featurizer, scaler)
                 V, rest = model.force_variance_terms(cand)
@@ -472,7 +472,7 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str) -> None:
     ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quantile", type=float, default=0.9)
     p.add_argument("--max-uncertainty", type=float, default=2.0)
     p.add_argument(
-        "--trust-factor",
+        "--upper-factor",
         type=float,
         default=None,
         help="active: pick nothing above this × the calibrated threshold (DP-GEN's trust_hi "
@@ -596,7 +596,10 @@ def _cell(row: dict | None) -> str:
 def report(curves: dict[str, list[dict]], args, runs: dict | None = None) -> dict:
     """Print the table and the labels-to-match figure; write the JSON and the plot. ``runs``:
     the separate runs (seeds) behind median ``curves``, kept in the JSON."""
-    result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "curves": curves}
+    settings = {k: str(v) for k, v in vars(args).items() if k not in ("out", "combine")}
+    if args.combine:  # the runs' files by name: a results file names no folder of this machine
+        settings["combine"] = str([f"{p.parent.name}/{p.name}" for p in args.combine])
+    result: dict[str, Any] = {"args": settings, "curves": curves}
     if runs is not None:
         result["runs"] = runs
         result["labels_to_match_per_seed"] = {
