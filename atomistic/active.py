@@ -207,15 +207,20 @@ def stop_reason(
     test_error: float | None = None,
     target_error: float | None = None,
     n_uncertain: int | None = None,
+    n_picked: int | None = None,
 ) -> str | None:
     """Why the loop stops now, or None to go on: "budget" (``labels_used`` >= ``budget``),
-    "target" (``test_error`` <= ``target_error``), "converged" (no uncertain snapshot left)."""
+    "target" (``test_error`` <= ``target_error``), "converged" (no uncertain snapshot left),
+    "untrusted" (``n_uncertain`` snapshots above the threshold but ``n_picked`` = 0: every one
+    above the trust bound or outside the trust window, where the model's dynamics went wrong)."""
     if budget is not None and labels_used >= budget:
         return "budget"
     if target_error is not None and test_error is not None and test_error <= target_error:
         return "target"
     if n_uncertain is not None and n_uncertain == 0:
         return "converged"
+    if n_picked is not None and n_picked == 0:
+        return "untrusted"
     return None
 
 

@@ -160,10 +160,11 @@ def select(
 
     ``upper`` (eV/Å, DP-GEN's trust upper bound): snapshots with u > ``upper`` are never picked,
     by either method; the model's dynamics had left physical configurations there.
-    ``upper_factor`` (> 1, DP-GEN's trust window ``trust_lo``-``trust_hi``): method
-    "uncertainty" picks only snapshots with u <= ``upper_factor`` × ``threshold`` as well, the
-    moderately uncertain ones; the most uncertain are often configurations the dynamics is about
-    to leave, far from those the model will be asked about (random selection ignores it).
+    ``upper_factor`` (> 1): method "uncertainty" picks only snapshots with u <= ``upper_factor``
+    × ``threshold`` as well, the moderately uncertain ones, a trust window like DP-GEN's
+    ``trust_lo``-``trust_hi`` with its upper end relative to the threshold; the most uncertain are
+    often configurations the dynamics is about to leave, far from those the model will be asked
+    about (random selection ignores it).
     """
     u = np.asarray(uncertainty, dtype=np.float64)
     n = len(u)

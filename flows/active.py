@@ -230,9 +230,15 @@ def active_flow(config: dict[str, Any], new_iterations: int | None = None) -> di
             n_max,
             seed,
         ).result()
-        if not picked["indices"]:
-            reason = "converged"
-            log.info("active %d: no snapshot above %.4f eV/Å; stopping", it, picked["threshold"])
+        why = stop_reason(added, n_uncertain=picked["uncertain"], n_picked=len(picked["indices"]))
+        if why is not None:
+            reason = why
+            log.info(
+                "active %d: stopping (%s): %d snapshots above the threshold, none picked",
+                it,
+                why,
+                picked["uncertain"],
+            )
             break
         labels = label_stage(
             explored,

@@ -255,6 +255,9 @@ def test_stop_reasons():
     assert stop_reason(0, test_error=0.05, target_error=0.06) == "target"
     assert stop_reason(0, test_error=0.07, target_error=0.06) is None
     assert stop_reason(0, n_uncertain=0) == "converged"
+    assert stop_reason(0, n_uncertain=0, n_picked=0) == "converged"
+    assert stop_reason(0, n_uncertain=5, n_picked=0) == "untrusted"  # all beyond the trust bound
+    assert stop_reason(0, n_uncertain=5, n_picked=2) is None
     assert stop_reason(0) is None
 
 
