@@ -163,7 +163,8 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         out.append(
             (
                 f"Dask featurization, {d['atoms']} atoms ({d.get('chunks_2', '?')} chunks "
-                f"with 2 workers, {d.get('chunks_1', '?')} with 1): 2 workers vs 1",
+                f"with 2 workers, {d.get('chunks_1', '?')} with 1): 2 workers vs 1, median of "
+                f"{d.get('repeat', '?')}",
                 f"{_f(d['workers_2_s'])} s vs {_f(d['workers_1_s'])} s",
                 f"serial, no Dask: {_f(d['serial_s'])} s",
                 f"{_f(d['speedup_2_vs_1'])}×",
