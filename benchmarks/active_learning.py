@@ -13,8 +13,9 @@ as data/cu_emt.extxyz):
   functions G2 + G4 with cutoff 4.5 Å (``--features dense``: 16 columns on shifted grids, see
   :func:`make_featurizer`; ``ml4chem``: ML4Chem's default 8), the scaler fitted once on the seed
   structures;
-* each iteration: Langevin MD with the current committee from 2 labelled structures at 800 and
-  1400 K, 150 steps of 2 fs each, a snapshot every 5 steps (120 candidates); pick
+* each iteration: Langevin MD with the current committee from ``--starts`` (2) labelled
+  structures at 800 and 1400 K, 150 steps of 2 fs each, a snapshot every 5 steps (120
+  candidates); pick
   ``--per-iteration`` (20) of them; label them with EMT; retrain, warm-started from the previous
   weights, with the same epoch budget; measure the test force MAE (eV/Å).
 * active learning picks snapshots whose committee force uncertainty u = max_i |σ_F,i| exceeds the
@@ -293,7 +294,7 @@ def run_loop(args, method: str, seed_train, seed_val, test, featurizer, scaler) 
     it = 0
     while stop_reason(added, args.budget) is None:
         it += 1
-        starts = [train[i] for i in rng.choice(len(train), size=2, replace=False)]
+        starts = [train[i] for i in rng.choice(len(train), size=args.starts, replace=False)]
         frames = explore(
             model,
             starts,
@@ -497,6 +498,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="default: the system's")
     p.add_argument("--interval", type=int, default=None, help="default: the system's")
     p.add_argument("--temperatures", type=float, nargs="+", default=None)
+    p.add_argument(
+        "--starts", type=int, default=2, help="starting structures per iteration (labelled ones)"
+    )
     p.add_argument(
         "--criterion",
         choices=["max", "mean"],
