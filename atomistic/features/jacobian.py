@@ -23,17 +23,29 @@ passes over the whole dataset, independent of the number of features. Memory: N 
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 
-__all__ = ["feature_jacobians", "jacobian_nbytes"]
+__all__ = ["dual_level", "feature_jacobians", "jacobian_nbytes"]
 
 # structures per forward pass: bounds the working memory of the featurizer's pair/triplet terms
 _ATOMS_PER_CALL = 4096
-_FORWARD_AD = threading.Lock()
+_FORWARD_AD = threading.RLock()
+
+
+@contextlib.contextmanager
+def dual_level() -> Iterator[None]:
+    """``torch.autograd.forward_ad.dual_level()``, one thread at a time. Forward-mode levels
+    are global to the process: two threads opening them at once (a campaign fits its models
+    concurrently) fail with "Nested forward mode AD is not supported". Every forward-mode pass
+    in atompipe opens its level here."""
+    with _FORWARD_AD, fwAD.dual_level():
+        yield
 
 
 def jacobian_nbytes(n_features: int, offsets: np.ndarray, dtype: torch.dtype) -> int:
@@ -81,14 +93,12 @@ def feature_jacobians(
             nl.to_torch(device),
         )
         loc = torch.from_numpy(local[a:b]).to(device)
-        # forward-mode levels are global to the process: two threads (a campaign trains models
-        # concurrently) must not open them at once
-        with torch.no_grad(), _FORWARD_AD:
+        with torch.no_grad():
             X[a:b] = module(*args).to(dtype).cpu()
             for k in range(3 * int(sizes[s:e].max())):
                 tangent = torch.zeros((b - a, 3), dtype=torch.float64, device=device)
                 tangent[loc == k // 3, k % 3] = 1.0
-                with fwAD.dual_level():
+                with dual_level():
                     dual = fwAD.make_dual(args[1], tangent)
                     out = module(args[0], dual, *args[2:])
                     J[a:b, :, k // 3, k % 3] = fwAD.unpack_dual(out).tangent.to(dtype).cpu()

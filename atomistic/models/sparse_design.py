@@ -20,6 +20,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from atomistic import interrupt
+from atomistic.features.jacobian import dual_level
 from atomistic.models.base import AtomicData, NeighborCache, scaled_features_torch
 from atomistic.models.kernels import DEFAULT_BUDGET, squared_distances
 from atomistic.models.keys import BATCH_KEY, NUMBERS_KEY, POSITIONS_KEY, ROWS_KEY
@@ -223,7 +224,7 @@ def design_blocks(
             moved = [torch.nonzero(local == a).squeeze(1) for a, _ in group]  # atom a, each (B',)
             for r, ((_, c), m) in enumerate(zip(group, moved, strict=True)):
                 tangent[r * n + m, c] = 1.0
-            with fwAD.dual_level():
+            with dual_level():  # one thread at a time: the levels are global to the process
                 dual = fwAD.make_dual(pos, tangent)
                 out = scaled_features_torch(featurizer, scaler, {**b, POSITIONS_KEY: dual})
                 Xp, dX = fwAD.unpack_dual(out)

@@ -255,3 +255,23 @@ def test_campaign_keys_build_the_sparse_models():
         KernelRidgeConfig(features="g", forces=True, kernel="laplacian")
     with pytest.raises(ValidationError, match="sparse_method"):
         KernelRidgeConfig(features="g", forces=True, sparse_method="random")
+
+
+def test_force_fits_from_two_threads_at_once(tiny):
+    """A campaign fits its models in threads, and the force design rows are forward-mode passes
+    whose levels are global to the process: a KRR and a GP on forces fitted at once must not
+    collide (they raised 'Nested forward mode AD is not supported') and must give the serial
+    fits' predictions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fit(cls):
+        kw = {"optimize": False} if cls is GaussianProcess else {}
+        model = cls(sigma=SIGMA, forces=True, n_sparse=10, sparse_method="fps", **kw).fit(tiny)
+        return model.predict(tiny, forces=True)["forces"]
+
+    classes = [KernelRidge, GaussianProcess] * 3
+    serial = {cls: fit(cls) for cls in (KernelRidge, GaussianProcess)}
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(fit, classes))
+    for cls, F in zip(classes, results, strict=True):
+        np.testing.assert_array_equal(F, serial[cls])
