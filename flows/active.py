@@ -310,7 +310,7 @@ def active_flow(config: dict[str, Any], new_iterations: int | None = None) -> di
 
     from tasks.pipeline.active_record import record_active
 
-    tracking = record_active(config, rows, test, model_dirs, str(flow_run.id or "none"))
+    tracking = record_active(config, rows, test, model_dirs, str(flow_run.id or "none"), reason)
     log.info("active: champion %s", tracking["champion"])
     final = ModelRef.of(model)
     return {

@@ -57,6 +57,7 @@ def record_active(
     test: dict[str, Any],
     model_dirs: dict[str, str],
     flow_run: str = "none",
+    stopped: str | None = None,
 ) -> dict[str, Any]:
     """Log an active-learning loop to MLflow, under the tracking database's writers' lock.
 
@@ -73,6 +74,9 @@ def record_active(
         Each row's model key mapped to its saved model's folder.
     flow_run : str
         The Prefect flow run's id (a tag of every run), "none" outside a flow.
+    stopped : str or None
+        Why the loop ended (``budget``, ``target``, ``converged``, ...): the parent run's tag
+        ``atompipe.stopped``.
 
     Returns
     -------
@@ -90,7 +94,7 @@ def record_active(
         The tracking server cannot be reached, or its sqlite database is damaged.
     """
     with recording(config) as uri:
-        return _record(config, rows, test, model_dirs, uri, flow_run)
+        return _record(config, rows, test, model_dirs, uri, flow_run, stopped)
 
 
 def _recorded(client: Any, exp_id: str) -> set[tuple[int, str]]:
@@ -208,6 +212,7 @@ def _record(
     model_dirs: dict[str, str],
     uri: str,
     flow_run: str,
+    stopped: str | None = None,
 ) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
@@ -220,7 +225,8 @@ def _record(
     client = MlflowClient(uri)
     exp_id = experiment_id(client, name, ws, "://" not in uri or uri.startswith("sqlite"))
     tags = {"atompipe.git_commit": _git_commit(), "atompipe.prefect_flow_run": flow_run}
-    parent = client.create_run(exp_id, run_name=f"{config['name']}-active", tags=tags)
+    stop = {} if stopped is None else {"atompipe.stopped": stopped}
+    parent = client.create_run(exp_id, run_name=f"{config['name']}-active", tags={**tags, **stop})
     pid = parent.info.run_id
     _params(client, pid, config.get("active", {}))
     register = (config.get("evaluation") or {}).get("register_best", True)

@@ -86,6 +86,8 @@ def test_two_iterations_grow_the_dataset_and_never_relabel(tmp_path, shipped, pr
     runs = client.search_runs([exp.experiment_id])
     names = sorted(r.info.run_name for r in runs)
     assert names == ["altest-active", "iteration-0", "iteration-1", "iteration-2"]
+    parent = next(r for r in runs if r.info.run_name == "altest-active")
+    assert parent.data.tags["atompipe.stopped"] == "budget"  # 4 labels of a budget of 4
     it2 = next(r for r in runs if r.info.run_name == "iteration-2")
     assert it2.data.metrics["dataset_size"] == 19
     assert it2.data.metrics["labels_added"] == 4
